@@ -1,0 +1,44 @@
+# hotconf — the two commands that matter: `make dev` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+ASSETS := hack/control-plane-assets.sh
+# The directory with etcd, kube-apiserver and kube-controller-manager (built or cached on demand).
+ASSETS_DIR = $$(bash $(ASSETS) | tail -n 1)
+
+.PHONY: all build assets dev run test test-unit lint fmt crds clean-dev
+
+all: build
+
+build:
+	$(CARGO) build
+
+## assets: get etcd, kube-apiserver and kube-controller-manager (KUBEBUILDER_ASSETS, cache, or build)
+assets:
+	@bash $(ASSETS) >/dev/null
+
+## dev: a local control plane under .dev/ with the CRDs, the examples and the operator (Ctrl-C stops)
+dev: build
+	@dir=$(ASSETS_DIR) && KUBEBUILDER_ASSETS=$$dir ./target/debug/hotconf dev --dir .dev
+
+## run: the operator against the current kubeconfig (an existing cluster)
+run: build
+	./target/debug/hotconf operator
+
+## test: everything — assets, unit tests and integration tests against a real control plane
+test:
+	@dir=$(ASSETS_DIR) && echo "control plane binaries: $$dir" && \
+	KUBEBUILDER_ASSETS=$$dir $(CARGO) test --all-targets --no-fail-fast
+
+test-unit:
+	$(CARGO) test --lib
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+clean-dev:
+	rm -rf .dev

@@ -1,0 +1,74 @@
+//! Command-line interface: the subcommands of the `hotconf` binary (also `kubectl-hotconf`).
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{dev, telemetry};
+
+/// hotconf: validated, versioned, hot-reloadable configuration for Kubernetes.
+#[derive(Parser, Debug)]
+#[command(name = "hotconf", version, about)]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, env = "HOTCONF_LOG_FORMAT", value_enum, default_value_t = telemetry::LogFormat::Text, global = true)]
+    pub log_format: telemetry::LogFormat,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager) under a
+    /// directory, install the CRDs, apply the examples and run the operator in the foreground.
+    Dev(DevArgs),
+}
+
+/// Arguments of `hotconf dev`.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Working directory for data, certificates, logs and the kubeconfig.
+    #[arg(long, env = "HOTCONF_DEV_DIR", default_value = ".dev")]
+    pub dir: PathBuf,
+    /// CRD files or directories to install.
+    #[arg(long, env = "HOTCONF_DEV_CRDS", default_value = "crds")]
+    pub crds: Vec<PathBuf>,
+    /// Manifests (files or directories) to apply once the control plane is up.
+    #[arg(long, env = "HOTCONF_DEV_EXAMPLES", default_value = "examples")]
+    pub examples: Vec<PathBuf>,
+    /// Directory with etcd, kube-apiserver and kube-controller-manager (default:
+    /// $KUBEBUILDER_ASSETS, then the cache filled by hack/control-plane-assets.sh).
+    #[arg(long, env = "KUBEBUILDER_ASSETS")]
+    pub assets: Option<PathBuf>,
+}
+
+/// When the binary runs as `kubectl-hotconf` (a kubectl plugin), its name is the same program.
+pub fn plugin_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter().collect()
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    telemetry::init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

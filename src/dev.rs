@@ -1,0 +1,61 @@
+//! `hotconf dev`: a local control plane with the CRDs and the examples, for someone with no
+//! cluster. Ctrl-C stops everything.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use crate::{
+    cli::DevArgs,
+    envtest::{ControlPlane, Options},
+    manifests,
+};
+
+/// Starts the control plane under `args.dir`, installs CRDs, applies the examples and waits for
+/// Ctrl-C (or SIGTERM).
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let crds: Vec<_> = args.crds.iter().filter(|p| p.exists()).cloned().collect();
+    eprintln!(
+        "starting etcd, kube-apiserver and kube-controller-manager under {}",
+        args.dir.display()
+    );
+    let plane = ControlPlane::start(Options {
+        assets: args.assets.clone(),
+        dir: Some(args.dir.clone()),
+        log_dir: Some(args.dir.join("logs")),
+        crds,
+        ..Options::default()
+    })
+    .await
+    .context("starting the local control plane")?;
+    let client = plane.client().await?;
+    let examples: Vec<_> = args
+        .examples
+        .iter()
+        .filter(|p| p.exists())
+        .cloned()
+        .collect();
+    for applied in manifests::apply_paths(&client, &examples, "hotconf-dev").await? {
+        eprintln!("applied {applied}");
+    }
+    println!(
+        "\nThe control plane is up ({}). In another shell:\n\n    export KUBECONFIG={}\n    kubectl get ns\n\nLogs: {}\nCtrl-C stops everything.",
+        plane.server(),
+        plane.kubeconfig_path().display(),
+        plane.log_dir().display()
+    );
+    shutdown_signal().await;
+    eprintln!("stopping the control plane");
+    drop(plane);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

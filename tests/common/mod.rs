@@ -1,0 +1,85 @@
+//! Shared set-up for the integration tests: one control plane per test binary, a namespace and
+//! a fresh client per test, and the control-plane logs printed when a test fails.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use hotconf::envtest::{ControlPlane, Options};
+use kube::Client;
+use tokio::sync::OnceCell;
+
+static PLANE: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The control plane shared by this test binary, started on first use with the CRDs of `crds/`.
+/// It is never dropped: the supervisors stop it when the test binary exits.
+pub async fn plane() -> &'static ControlPlane {
+    let started = PLANE
+        .get_or_init(|| async {
+            let name = std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "tests".into());
+            let options = Options {
+                log_dir: Some(repo().join("target/control-plane-logs").join(name)),
+                crds: vec![repo().join("crds")],
+                ..Options::default()
+            };
+            ControlPlane::start(options)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    match started {
+        Ok(plane) => plane,
+        Err(e) => panic!("the control plane did not start: {e}"),
+    }
+}
+
+/// One test's view: the shared control plane, its own namespace and a client of its runtime.
+/// When the test panics, the control-plane logs are printed.
+pub struct TestEnv {
+    pub plane: &'static ControlPlane,
+    pub client: Client,
+    pub ns: String,
+}
+
+impl TestEnv {
+    pub async fn new(prefix: &str) -> TestEnv {
+        let plane = plane().await;
+        let client = plane.client().await.expect("admin client");
+        let ns = plane.namespace(prefix).await.expect("test namespace");
+        TestEnv { plane, client, ns }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test in namespace {} failed; control-plane logs:", self.ns);
+            self.plane.print_logs();
+        }
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
