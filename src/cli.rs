@@ -21,9 +21,19 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Print the CustomResourceDefinitions (as `crds/` holds them).
+    Crds(CrdsArgs),
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager) under a
     /// directory, install the CRDs, apply the examples and run the operator in the foreground.
     Dev(DevArgs),
+}
+
+/// Arguments of `hotconf crds`.
+#[derive(Args, Debug)]
+pub struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long, env = "HOTCONF_CRDS_DIR")]
+    pub output_dir: Option<PathBuf>,
 }
 
 /// Arguments of `hotconf dev`.
@@ -52,6 +62,9 @@ pub fn plugin_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     telemetry::init_logging(cli.log_format);
+    if let Command::Crds(args) = &cli.command {
+        return print_crds(args);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -62,6 +75,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
+            Command::Crds(_) => unreachable!("handled above"),
         }
     });
     match result {
@@ -71,4 +85,20 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print_crds(args: &CrdsArgs) -> ExitCode {
+    let Some(dir) = &args.output_dir else {
+        print!("{}", crate::crd::crds_yaml());
+        return ExitCode::SUCCESS;
+    };
+    for (file, yaml) in crate::crd::crd_files() {
+        let path = dir.join(file);
+        if let Err(e) = std::fs::write(&path, yaml) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
 }

@@ -4,10 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod crd;
 pub mod dev;
 pub mod envtest;
 mod error;
 pub mod manifests;
 pub mod telemetry;
+pub mod validation;
 
 pub use error::Error;

@@ -1,0 +1,694 @@
+//! The custom resources: `RuntimeConfig` and `PoolBudget` (`hotconf.dev/v1alpha1`), their shared
+//! target and status types, and the CRD documents generated from them (`hotconf crds`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The API group.
+pub const GROUP: &str = "hotconf.dev";
+/// The API version.
+pub const VERSION: &str = "v1alpha1";
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "hotconf";
+
+/// Label and annotation names (SPEC.md §2).
+pub mod names {
+    /// Label on every written object.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Label: the owning CR's kind.
+    pub const OWNER_KIND: &str = "hotconf.dev/owner-kind";
+    /// Label: the owning CR's name.
+    pub const OWNER_NAME: &str = "hotconf.dev/owner-name";
+    /// Annotation on projected objects: the revision they carry.
+    pub const REVISION: &str = "hotconf.dev/revision";
+    /// Annotation on projected objects: the SHA-256 of the effective document.
+    pub const HASH: &str = "hotconf.dev/hash";
+    /// User annotation on a CR: pin a revision from history (`N` or `previous`).
+    pub const ROLLBACK_TO: &str = "hotconf.dev/rollback-to";
+    /// User annotation on a CR: why the spec changed, recorded in history.
+    pub const CHANGE_REASON: &str = "hotconf.dev/change-reason";
+    /// Annotation naming who changed the spec (set by an admission webhook when present).
+    pub const CHANGED_BY: &str = "hotconf.dev/changed-by";
+    /// Annotation the agent writes on its Pod.
+    pub const APPLIED: &str = "hotconf.dev/applied";
+}
+
+/// The longest history `revisionHistoryLimit` allows.
+pub const MAX_HISTORY_LIMIT: i32 = 100;
+/// The default `revisionHistoryLimit`.
+pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
+
+// ---------------------------------------------------------------------------------------------
+// RuntimeConfig
+// ---------------------------------------------------------------------------------------------
+
+/// Typed application settings with a schema, feature flags and a maintenance switch.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "hotconf.dev",
+    version = "v1alpha1",
+    kind = "RuntimeConfig",
+    plural = "runtimeconfigs",
+    shortname = "rtc",
+    category = "hotconf",
+    namespaced,
+    status = "ConfigStatus",
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.currentRevision"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("!has(self.valuesFrom) || !has(self.values) || self.valuesFrom.all(v, !(v.key in self.values))").message("a key is set either in values or in valuesFrom, not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfigSpec {
+    /// Declared parameters. When present, values are checked against it and keys not in it
+    /// are rejected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schema: BTreeMap<String, Parameter>,
+    /// Literal values by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "any_map")]
+    pub values: BTreeMap<String, Value>,
+    /// Values read from Secrets (the only way to set a sensitive key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<ValueFrom>,
+    /// Feature flags by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feature_flags: BTreeMap<String, FeatureFlag>,
+    /// The maintenance switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<Maintenance>,
+    /// Where and how the effective document is projected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// How many snapshots `.status.history` keeps (1..100, default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub revision_history_limit: Option<i32>,
+    /// Validate and record, but do not project.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// The type of a declared parameter.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    /// A UTF-8 string.
+    String,
+    /// A whole number.
+    Integer,
+    /// Any number.
+    Number,
+    /// true or false.
+    Boolean,
+    /// A duration such as `30s`, `5m`, `1h30m`.
+    Duration,
+    /// Any JSON value.
+    Json,
+}
+
+impl ParamType {
+    /// The name used in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Number => "number",
+            ParamType::Boolean => "boolean",
+            ParamType::Duration => "duration",
+            ParamType::Json => "json",
+        }
+    }
+}
+
+/// One declared parameter (`schema.<key>`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Parameter {
+    /// The value's type.
+    #[serde(rename = "type")]
+    pub type_: ParamType,
+    /// The value used when none is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub default: Option<Value>,
+    /// Lower bound (numbers, integers; a duration string or seconds for durations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub minimum: Option<Value>,
+    /// Upper bound (numbers, integers; a duration string or seconds for durations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub maximum: Option<Value>,
+    /// Shortest string length, in characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_length: Option<i64>,
+    /// Longest string length, in characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_length: Option<i64>,
+    /// A regular expression strings must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// The allowed values.
+    #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_list")]
+    pub enum_: Option<Vec<Value>>,
+    /// A change to this key needs a restart of the consumers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requires_restart: bool,
+    /// The value is secret: only settable through `valuesFrom[].secretKeyRef`, never shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
+    /// What the parameter means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A value read from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueFrom {
+    /// The key in `values` this sets.
+    #[schemars(length(min = 1))]
+    pub key: String,
+    /// The Secret and the key in it.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the CR's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The key in its data.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// A feature flag.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureFlag {
+    /// false turns the flag off for everyone.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The share of subjects in the rollout, 0..100 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub rollout_percentage: Option<i64>,
+    /// Subjects for whom the flag is always on (when enabled).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Subjects for whom the flag is always off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+}
+
+/// The maintenance switch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Maintenance {
+    /// Maintenance is on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Why, for the consumers to show.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// When maintenance ends by itself (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// PoolBudget
+// ---------------------------------------------------------------------------------------------
+
+/// Resource budgets and connection-pool limits.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "hotconf.dev",
+    version = "v1alpha1",
+    kind = "PoolBudget",
+    plural = "poolbudgets",
+    shortname = "pb",
+    category = "hotconf",
+    namespaced,
+    status = "ConfigStatus",
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.currentRevision"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolBudgetSpec {
+    /// Resource budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    /// Connection pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pools: Option<Pools>,
+    /// Where and how the effective document is projected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// How many snapshots `.status.history` keeps (1..100, default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub revision_history_limit: Option<i32>,
+    /// Validate and record, but do not project.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// Resource budgets (`spec.metrics`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Metrics {
+    /// 1..500, default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 500))]
+    pub max_concurrent_operations: Option<i64>,
+    /// 64..2048, default 512.
+    #[serde(default, rename = "maxMemoryMB", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 64, max = 2048))]
+    pub max_memory_mb: Option<i64>,
+    /// 1..100, default 85.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_cpu_percent: Option<i64>,
+    /// 1..1,000,000, default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_request_rate_per_minute: Option<i64>,
+    /// 1..600,000, default 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600_000))]
+    pub max_processing_time_ms: Option<i64>,
+    /// Backpressure thresholds, 0 < light < moderate < heavy <= 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backpressure: Option<Backpressure>,
+}
+
+/// Backpressure thresholds as shares of the budget.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.light) || !has(self.moderate) || self.light < self.moderate").message("light must be below moderate"))]
+#[x_kube(validation = Rule::new("!has(self.moderate) || !has(self.heavy) || self.moderate < self.heavy").message("moderate must be below heavy"))]
+pub struct Backpressure {
+    /// Default 0.70.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub light: Option<f64>,
+    /// Default 0.85.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub moderate: Option<f64>,
+    /// Default 0.95.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub heavy: Option<f64>,
+}
+
+/// Connection pools (`spec.pools`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Pools {
+    /// The database pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabasePool>,
+    /// The Redis pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisPool>,
+    /// The HTTP client pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpPool>,
+    /// The cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CachePool>,
+}
+
+/// Durations as Go and CEL write them: `30s`, `5m`, `1h30m`, `100ms`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// The database pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minConnections) || !has(self.maxConnections) || self.minConnections <= self.maxConnections").message("minConnections must not exceed maxConnections"))]
+#[x_kube(validation = Rule::new("!has(self.idleTimeout) || !has(self.maxLifetime) || duration(self.idleTimeout) < duration(self.maxLifetime)").message("idleTimeout must be shorter than maxLifetime"))]
+pub struct DatabasePool {
+    /// 0..100, default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_connections: Option<i64>,
+    /// 5..100, default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 100))]
+    pub max_connections: Option<i64>,
+    /// Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub connection_timeout: Option<String>,
+    /// Default 10m; shorter than maxLifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub idle_timeout: Option<String>,
+    /// Default 30m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub max_lifetime: Option<String>,
+    /// 0..10, default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retry_attempts: Option<i64>,
+}
+
+/// The Redis pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minConnections) || !has(self.maxConnections) || self.minConnections <= self.maxConnections").message("minConnections must not exceed maxConnections"))]
+pub struct RedisPool {
+    /// 0..200, default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 200))]
+    pub min_connections: Option<i64>,
+    /// 5..200, default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 200))]
+    pub max_connections: Option<i64>,
+    /// Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub connection_timeout: Option<String>,
+    /// Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub socket_timeout: Option<String>,
+    /// Default 100ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub retry_delay: Option<String>,
+    /// 0..10, default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retry_attempts: Option<i64>,
+}
+
+/// The HTTP client pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.maxKeepaliveConnections) || !has(self.maxConnections) || self.maxKeepaliveConnections <= self.maxConnections").message("maxKeepaliveConnections must not exceed maxConnections"))]
+pub struct HttpPool {
+    /// 10..1000, default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 1000))]
+    pub max_connections: Option<i64>,
+    /// 0..1000 and at most maxConnections, default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_keepalive_connections: Option<i64>,
+    /// Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub keepalive_expiry: Option<String>,
+    /// Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub timeout: Option<String>,
+}
+
+/// How the cache evicts entries.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EvictionPolicy {
+    /// Least recently used.
+    #[serde(rename = "LRU")]
+    Lru,
+    /// Least frequently used.
+    #[serde(rename = "LFU")]
+    Lfu,
+    /// By age.
+    #[serde(rename = "TTL")]
+    Ttl,
+}
+
+/// The cache.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CachePool {
+    /// 1..10,000,000, default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_entries: Option<i64>,
+    /// 1..65,536, default 64.
+    #[serde(default, rename = "maxSizeMB", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65_536))]
+    pub max_size_mb: Option<i64>,
+    /// Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub ttl: Option<String>,
+    /// Default LRU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_policy: Option<EvictionPolicy>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared
+// ---------------------------------------------------------------------------------------------
+
+/// The projected document's serialization.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// YAML (the default).
+    #[default]
+    Yaml,
+    /// JSON.
+    Json,
+    /// Java properties, `a.b.c=value`.
+    Properties,
+    /// dotenv, `A_B_C=value`.
+    Env,
+}
+
+impl Format {
+    /// The default data key for this format.
+    pub fn default_file_name(self) -> &'static str {
+        match self {
+            Format::Yaml => "config.yaml",
+            Format::Json => "config.json",
+            Format::Properties => "config.properties",
+            Format::Env => "config.env",
+        }
+    }
+}
+
+/// Where and how the effective document is projected (`spec.target`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// The ConfigMap (and Secret) name; default: the CR's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub config_map_name: Option<String>,
+    /// The serialization (default yaml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// The data key holding the whole document (default `config.<format>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub file_name: Option<String>,
+    /// Also write one data key per value.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flatten: bool,
+}
+
+/// The observed state of either kind.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Valid, RolledBack, Paused (metav1.Condition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The revision projected now (a rollback target while pinned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<i64>,
+    /// The hash of the projected document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_hash: Option<String>,
+    /// The newest revision recorded for the spec; revision numbers never go below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_revision: Option<i64>,
+    /// The ConfigMap (and Secret) the document is projected into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected: Option<Projected>,
+    /// Snapshots, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Snapshot>,
+    /// The rollback pin, while one holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
+    /// Keys marked requiresRestart that the latest revision changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
+}
+
+/// The objects a CR is projected into.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Projected {
+    /// The ConfigMap's name.
+    pub config_map: String,
+    /// The Secret's name, when there are sensitive values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// One entry of `.status.history`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// The revision number.
+    pub revision: i64,
+    /// SHA-256 of the canonical document.
+    pub hash: String,
+    /// When it was recorded (RFC 3339).
+    pub created_at: String,
+    /// The spec generation it came from.
+    pub generation: i64,
+    /// From the `hotconf.dev/change-reason` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The best known identity of who changed the spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
+    /// Document paths that differ from the previous revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_keys: Vec<String>,
+    /// The full effective document (sensitive values left out).
+    #[schemars(schema_with = "any_object")]
+    pub document: Value,
+}
+
+/// The rollback pin.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// The revision projected.
+    pub target_revision: i64,
+    /// The spec generation the pin holds for.
+    pub pinned_generation: i64,
+    /// The annotation's value (`N` or `previous`).
+    pub requested: String,
+}
+
+/// A condition in the standard `metav1.Condition` shape.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Ready, Valid, RolledBack, Paused, ...
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// The generation it was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// UpperCamelCase reason.
+    pub reason: String,
+    /// Human-readable detail.
+    #[serde(default)]
+    pub message: String,
+}
+
+fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+}
+
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+}
+
+fn any_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": { "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+fn any_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": { "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {"type": "string", "maxLength": 316},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "reason": {"type": "string", "maxLength": 1024},
+                "message": {"type": "string", "maxLength": 32768}
+            }
+        }
+    })
+}
+
+/// The CRDs, as `hotconf crds` prints them and `crds/` holds them.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![runtime_config_crd(), PoolBudget::crd()]
+}
+
+fn runtime_config_crd() -> CustomResourceDefinition {
+    let mut crd = serde_json::to_value(RuntimeConfig::crd()).expect("a CRD serializes");
+    // schemars types an optional free-form field named `default` as a nullable string; a
+    // parameter's default is any JSON value.
+    let pointer = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/schema/additionalProperties/properties/default";
+    if let Some(node) = crd.pointer_mut(pointer) {
+        *node = serde_json::json!({
+            "description": "The value used when none is set.",
+            "x-kubernetes-preserve-unknown-fields": true
+        });
+    }
+    serde_json::from_value(crd).expect("the patched CRD deserializes")
+}
+
+/// The CRDs as one multi-document YAML text.
+pub fn crds_yaml() -> String {
+    crds()
+        .iter()
+        .map(|crd| serde_yaml::to_string(crd).expect("a CRD serializes"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The file name under `crds/` of each CRD.
+pub fn crd_files() -> Vec<(String, String)> {
+    crds()
+        .iter()
+        .map(|crd| {
+            (
+                format!("{}.yaml", kube::ResourceExt::name_any(crd)),
+                serde_yaml::to_string(crd).expect("a CRD serializes"),
+            )
+        })
+        .collect()
+}
