@@ -21,6 +21,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the controller for RuntimeConfig and PoolBudget.
+    Operator(crate::operator::OperatorArgs),
     /// Print the CustomResourceDefinitions (as `crds/` holds them).
     Crds(CrdsArgs),
     /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager) under a
@@ -75,6 +77,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
+            Command::Operator(args) => crate::operator::run(args).await,
             Command::Crds(_) => unreachable!("handled above"),
         }
     });

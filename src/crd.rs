@@ -275,7 +275,11 @@ pub struct Metrics {
     #[schemars(range(min = 1, max = 500))]
     pub max_concurrent_operations: Option<i64>,
     /// 64..2048, default 512.
-    #[serde(default, rename = "maxMemoryMB", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "maxMemoryMB",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(range(min = 64, max = 2048))]
     pub max_memory_mb: Option<i64>,
     /// 1..100, default 85.
@@ -492,7 +496,10 @@ impl Format {
 pub struct Target {
     /// The ConfigMap (and Secret) name; default: the CR's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub config_map_name: Option<String>,
     /// The serialization (default yaml).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -691,4 +698,43 @@ pub fn crd_files() -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_in_crds_match_the_rust_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let files = crd_files();
+        assert_eq!(files.len(), 2);
+        for (file, generated) in files {
+            let checked_in = std::fs::read_to_string(dir.join(&file))
+                .unwrap_or_else(|e| panic!("crds/{file}: {e}"));
+            assert!(
+                checked_in == generated,
+                "crds/{file} differs from the Rust types: run `cargo run -- crds --output-dir crds`"
+            );
+        }
+    }
+
+    #[test]
+    fn crds_carry_names_columns_and_cel_rules() {
+        let yaml = crds_yaml();
+        for needle in [
+            "shortNames:\n    - rtc",
+            "shortNames:\n    - pb",
+            "categories:\n    - hotconf",
+            "name: Valid",
+            "name: Revision",
+            "self.minConnections <= self.maxConnections",
+            "self.light < self.moderate",
+            "self.maxKeepaliveConnections <= self.maxConnections",
+            "duration(self.idleTimeout) < duration(self.maxLifetime)",
+            "subresources:\n      status: {}",
+        ] {
+            assert!(yaml.contains(needle), "{needle:?} missing from the CRDs");
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! `hotconf dev`: a local control plane with the CRDs and the examples, for someone with no
-//! cluster. Ctrl-C stops everything.
+//! cluster: the operator runs in the foreground. Ctrl-C stops everything.
 
 use std::process::ExitCode;
 
@@ -39,14 +39,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         eprintln!("applied {applied}");
     }
     println!(
-        "\nThe control plane is up ({}). In another shell:\n\n    export KUBECONFIG={}\n    kubectl get ns\n\nLogs: {}\nCtrl-C stops everything.",
+        "\nThe control plane is up ({}) and the operator runs below. In another shell:\n\n    export KUBECONFIG={}\n    kubectl get rtc,pb -A\n\nControl-plane logs: {}\nCtrl-C stops everything.\n",
         plane.server(),
         plane.kubeconfig_path().display(),
         plane.log_dir().display()
     );
-    shutdown_signal().await;
+    let operator = crate::controller::run(
+        client.clone(),
+        crate::controller::Scope::default(),
+        shutdown_signal(),
+    )
+    .await;
     eprintln!("stopping the control plane");
     drop(plane);
+    operator?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -32,6 +32,10 @@ pub const ASSETS_VERSION: &str = "1.20.2";
 /// The user every admin client authenticates as (group `system:masters`).
 pub const ADMIN_USER: &str = "hotconf-admin";
 
+/// A second `system:masters` user for an operator under test, so that the audit log tells its
+/// requests apart from the test's own.
+pub const OPERATOR_USER: &str = "hotconf-operator";
+
 type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T> {
@@ -104,7 +108,7 @@ pub struct ControlPlane {
     kubeconfig_path: PathBuf,
     server: String,
     tokens: Vec<(String, String)>,
-    processes: Vec<Supervised>,
+    processes: Vec<Process>,
     reaper: Option<Supervised>,
 }
 
@@ -130,6 +134,16 @@ for _ in $(seq 150); do
   sleep 0.1
 done
 rm -rf "$dir"
+"#;
+
+// Every write (and nothing else) at Metadata level: enough to count who wrote what.
+const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
 "#;
 
 fn free_port() -> Result<u16> {
@@ -214,7 +228,12 @@ impl ControlPlane {
         let admin_token = random_token();
         self.tokens
             .push((ADMIN_USER.to_string(), admin_token.clone()));
-        let mut token_csv = format!("{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n");
+        let operator_token = random_token();
+        self.tokens
+            .push((OPERATOR_USER.to_string(), operator_token.clone()));
+        let mut token_csv = format!(
+            "{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n{operator_token},{OPERATOR_USER},{OPERATOR_USER},\"system:masters\"\n"
+        );
         for user in &options.users {
             let token = random_token();
             token_csv.push_str(&format!("{token},{user},{user}\n"));
@@ -224,13 +243,17 @@ impl ControlPlane {
             "writing the token file",
             fs::write(pki.join("tokens.csv"), token_csv),
         )?;
+        io(
+            "writing the audit policy",
+            fs::write(pki.join("audit-policy.yaml"), AUDIT_POLICY),
+        )?;
 
         // etcd
         let etcd_port = free_port()?;
         let peer_port = free_port()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        self.spawn(
+        self.start_component(
             "etcd",
             &assets.join("etcd"),
             &[
@@ -252,7 +275,7 @@ impl ControlPlane {
         // kube-apiserver
         let api_port = free_port()?;
         let p = |f: &str| pki.join(f).display().to_string();
-        self.spawn(
+        self.start_component(
             "kube-apiserver",
             &assets.join("kube-apiserver"),
             &[
@@ -276,6 +299,9 @@ impl ControlPlane {
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--endpoint-reconciler-type=none".into(),
                 "--enable-priority-and-fairness=false".into(),
+                format!("--audit-policy-file={}", p("audit-policy.yaml")),
+                format!("--audit-log-path={}", self.audit_log_path().display()),
+                "--audit-log-format=json".into(),
                 format!("--cert-dir={}", dir.join("apiserver-certs").display()),
                 "--v=1".into(),
             ],
@@ -285,7 +311,7 @@ impl ControlPlane {
         self.wait_ready(Duration::from_secs(90)).await?;
 
         if options.controller_manager {
-            self.spawn(
+            self.start_component(
                 "kube-controller-manager",
                 &assets.join("kube-controller-manager"),
                 &[
@@ -310,28 +336,16 @@ impl ControlPlane {
         }
     }
 
-    fn spawn(&mut self, name: &'static str, binary: &Path, args: &[String]) -> Result<()> {
-        let log_path = self.log_dir.join(format!("{name}.log"));
-        let log = io(
-            format!("creating {}", log_path.display()),
-            fs::File::create(&log_path),
-        )?;
-        let err = io("duplicating the log handle", log.try_clone())?;
-        let mut command = Command::new("bash");
-        command
-            .arg("-c")
-            .arg(SUPERVISOR)
-            .arg(name)
-            .arg(binary)
-            .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::piped())
-            .stdout(log)
-            .stderr(err);
-        // Its own process group: a terminal's Ctrl-C reaches us, and we stop it in order.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = io(format!("starting {name}"), command.spawn())?;
-        let stdin = child.stdin.take();
+    fn start_component(
+        &mut self,
+        name: &'static str,
+        binary: &Path,
+        args: &[String],
+    ) -> Result<()> {
+        let log = self.log_dir.join(format!("{name}.log"));
+        // A fresh log per start.
+        let _ = fs::remove_file(&log);
+        let process = Process::spawn(name, binary, args, &[], &log)?;
         let mut list = io(
             "recording the supervisor",
             fs::OpenOptions::new()
@@ -339,8 +353,11 @@ impl ControlPlane {
                 .append(true)
                 .open(self.dir.join(".supervisors")),
         )?;
-        io("recording the supervisor", writeln!(list, "{}", child.id()))?;
-        self.processes.push(Supervised { name, child, stdin });
+        io(
+            "recording the supervisor",
+            writeln!(list, "{}", process.inner.child.id()),
+        )?;
+        self.processes.push(process);
         Ok(())
     }
 
@@ -412,8 +429,66 @@ impl ControlPlane {
         // The supervisor outlives its child, so look for the child under it.
         self.processes
             .iter()
-            .find(|p| child_pids(p.child.id()).is_empty())
-            .map(|p| p.name)
+            .find(|p| !p.running())
+            .map(|p| p.inner.name)
+    }
+
+    /// The API server's audit log: one JSON object per write request.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.log_dir.join("audit.log")
+    }
+
+    /// The write requests of `user` logged since the start, as
+    /// (verb, resource, namespace, name, response code).
+    pub fn audit_writes(&self, user: &str) -> Vec<AuditEntry> {
+        let text = fs::read_to_string(self.audit_log_path()).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user)
+            .map(|e| {
+                let s = |p: &str| {
+                    e.pointer(p)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                AuditEntry {
+                    verb: s("/verb"),
+                    resource: s("/objectRef/resource"),
+                    subresource: s("/objectRef/subresource"),
+                    namespace: s("/objectRef/namespace"),
+                    name: s("/objectRef/name"),
+                    code: e
+                        .pointer("/responseStatus/code")
+                        .and_then(|v| v.as_i64())
+                        .unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    /// Starts `program` under a supervisor (like the control plane's own processes), with
+    /// `KUBECONFIG` pointing at a kubeconfig for `user`, its output appended to `log`.
+    pub fn spawn(
+        &self,
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        user: &str,
+        log: &Path,
+    ) -> Result<Process> {
+        let kubeconfig = if user == ADMIN_USER {
+            self.kubeconfig_path.clone()
+        } else {
+            self.kubeconfig_for(user)?
+        };
+        Process::spawn(
+            name,
+            program,
+            args,
+            &[("KUBECONFIG", kubeconfig.as_os_str())],
+            log,
+        )
     }
 
     /// The API server's URL.
@@ -537,18 +612,14 @@ impl ControlPlane {
     /// The process ids of the running components (etcd, kube-apiserver, ...), for tests that
     /// check clean-up.
     pub fn component_pids(&self) -> Vec<u32> {
-        self.processes
-            .iter()
-            .flat_map(|p| child_pids(p.child.id()))
-            .collect()
+        self.processes.iter().filter_map(Process::pid).collect()
     }
 
     /// Stops every process (the controller manager first, etcd last) and removes a temporary
     /// working directory.
     pub fn stop(&mut self) {
         while let Some(mut p) = self.processes.pop() {
-            drop(p.stdin.take());
-            let _ = p.child.wait();
+            p.stop();
         }
         if let Some(mut reaper) = self.reaper.take() {
             drop(reaper.stdin.take());
@@ -558,6 +629,105 @@ impl ControlPlane {
 }
 
 impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One write request from the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// create, update, patch, delete, ...
+    pub verb: String,
+    /// e.g. `configmaps`, `runtimeconfigs`, `events`.
+    pub resource: String,
+    /// e.g. `status`.
+    pub subresource: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+    /// The HTTP status code of the answer.
+    pub code: i64,
+}
+
+/// A process under a supervisor: it stops (SIGTERM, then SIGKILL) when [`Process::stop`] is
+/// called, when it is dropped, or when this process exits in any way.
+pub struct Process {
+    inner: Supervised,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program args` with extra environment variables, output appended to `log`.
+    pub fn spawn(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &std::ffi::OsStr)],
+        log: &Path,
+    ) -> Result<Process> {
+        let out = io(
+            format!("opening {}", log.display()),
+            fs::OpenOptions::new().create(true).append(true).open(log),
+        )?;
+        let err = io("duplicating the log handle", out.try_clone())?;
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg(SUPERVISOR)
+            .arg(name)
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = io(format!("starting {name}"), command.spawn())?;
+        let stdin = child.stdin.take();
+        Ok(Process {
+            inner: Supervised { name, child, stdin },
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The process id of the program (not of its supervisor), once it has started.
+    pub fn pid(&self) -> Option<u32> {
+        child_pids(self.inner.child.id()).first().copied()
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Sends SIGTERM and waits until it has exited (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        drop(self.inner.stdin.take());
+        let _ = self.inner.child.wait();
+    }
+
+    /// Sends SIGKILL to the program and waits for its supervisor.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+        self.stop();
+    }
+
+    /// Whether the program still runs.
+    pub fn running(&self) -> bool {
+        !child_pids(self.inner.child.id()).is_empty()
+    }
+}
+
+impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
     }
@@ -590,12 +760,7 @@ pub async fn install_crds(client: &Client, paths: &[PathBuf]) -> Result<Vec<Stri
                     message: e.to_string(),
                 })?;
             let name = crd.name_any();
-            api.patch(
-                &name,
-                &PatchParams::apply("hotconf").force(),
-                &Patch::Apply(&crd),
-            )
-            .await?;
+            apply_crd(&api, &name, crd).await?;
             names.push(name);
         }
     }
@@ -616,6 +781,39 @@ pub async fn install_crds(client: &Client, paths: &[PathBuf]) -> Result<Vec<Stri
         })?;
     }
     Ok(names)
+}
+
+// Server-side apply first. A server older than 1.25 does not know `x-kubernetes-validations` and
+// refuses to build the typed object for apply; a plain create or update then stores the CRD
+// without the CEL rules (hotconf's operator checks the same rules itself).
+async fn apply_crd(
+    api: &Api<CustomResourceDefinition>,
+    name: &str,
+    mut crd: CustomResourceDefinition,
+) -> Result<()> {
+    match api
+        .patch(
+            name,
+            &PatchParams::apply("hotconf").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.message.contains("x-kubernetes-validations") => {
+            match api.get_opt(name).await? {
+                Some(existing) => {
+                    crd.metadata.resource_version = existing.resource_version();
+                    api.replace(name, &PostParams::default(), &crd).await?;
+                }
+                None => {
+                    api.create(&PostParams::default(), &crd).await?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn child_pids(pid: u32) -> Vec<u32> {

@@ -25,6 +25,11 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The CRDs are not installed in the cluster.
+    #[error(
+        "CRD {0} is not installed: run `hotconf crds | kubectl apply --server-side -f -` (or install the Helm chart) first"
+    )]
+    CrdsMissing(String),
     /// A process or file operation of the local control plane failed.
     #[error("{what}: {source}")]
     Process {
@@ -77,6 +82,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Io { .. } => "io",
             Error::Manifest { .. } => "manifest",
+            Error::CrdsMissing(_) => "crds_missing",
             Error::Process { .. } => "process",
             Error::MissingBinary { .. } => "missing_binary",
             Error::NotReady { .. } => "not_ready",

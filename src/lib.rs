@@ -4,11 +4,19 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod dev;
+pub mod document;
 pub mod envtest;
 mod error;
+pub mod flags;
+pub mod history;
+pub mod kinds;
 pub mod manifests;
+pub mod operator;
+pub mod projection;
+pub mod reconcile;
 pub mod telemetry;
 pub mod validation;
 

@@ -83,3 +83,80 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The `hotconf` binary built for this test run.
+pub fn hotconf_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hotconf"))
+}
+
+impl TestEnv {
+    /// Starts `hotconf operator` for this test's namespace, as its own user, logging to
+    /// `target/control-plane-logs/<binary>/operator-<ns>.log`.
+    pub fn start_operator(&self) -> hotconf::envtest::Process {
+        let log = self
+            .plane
+            .log_dir()
+            .join(format!("operator-{}.log", self.ns));
+        self.plane
+            .spawn(
+                "hotconf-operator",
+                &hotconf_bin(),
+                &["operator".to_string(), format!("--namespaces={}", self.ns)],
+                hotconf::envtest::OPERATOR_USER,
+                &log,
+            )
+            .expect("starting the operator")
+    }
+
+    /// Runs kubectl against the control plane in this test's namespace; panics with its output
+    /// when it fails.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_raw(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl and returns its output, whatever the exit code.
+    pub fn kubectl_raw(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.plane.kubeconfig_path())
+            .arg("-n")
+            .arg(&self.ns)
+            .args(args)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// Applies YAML text with kubectl in this namespace.
+    pub fn apply_yaml(&self, yaml: &str) -> String {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.plane.kubeconfig_path())
+            .args(["-n", &self.ns, "apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

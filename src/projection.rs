@@ -1,0 +1,280 @@
+//! The objects a CR is projected into: a ConfigMap with the document (and, with `flatten`, one
+//! key per value), and a Secret of the same name for sensitive values. Pure builders and the
+//! comparison that decides whether a write is needed.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::ObjectMeta;
+use serde_json::Value;
+
+use crate::crd::{Format, Target, names};
+use crate::document;
+
+/// The resolved `spec.target` of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedTarget {
+    /// The ConfigMap (and Secret) name.
+    pub name: String,
+    /// The serialization.
+    pub format: Format,
+    /// The data key of the whole document.
+    pub file_name: String,
+    /// One data key per value too.
+    pub flatten: bool,
+}
+
+impl ResolvedTarget {
+    /// Fills in the defaults: the CR's name, yaml, `config.<format>`.
+    pub fn resolve(target: Option<&Target>, cr_name: &str) -> Self {
+        let t = target.cloned().unwrap_or_default();
+        let format = t.format.unwrap_or_default();
+        ResolvedTarget {
+            name: t.config_map_name.unwrap_or_else(|| cr_name.to_string()),
+            format,
+            file_name: t
+                .file_name
+                .unwrap_or_else(|| format.default_file_name().to_string()),
+            flatten: t.flatten,
+        }
+    }
+}
+
+/// What the projected objects carry besides the document.
+#[derive(Clone, Debug)]
+pub struct Stamp {
+    /// The owning CR's kind.
+    pub kind: &'static str,
+    /// The owning CR's name.
+    pub owner_name: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The controller ownerReference to the CR.
+    pub owner: OwnerReference,
+    /// The revision projected.
+    pub revision: i64,
+    /// The document's hash.
+    pub hash: String,
+}
+
+/// The labels of every object hotconf writes.
+pub fn labels(kind: &str, owner_name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (names::MANAGED_BY.to_string(), "hotconf".to_string()),
+        (names::OWNER_KIND.to_string(), kind.to_string()),
+        (names::OWNER_NAME.to_string(), label_value(owner_name)),
+    ])
+}
+
+// A label value is at most 63 characters; longer names are cut (the ownerReference is exact).
+fn label_value(name: &str) -> String {
+    let cut: String = name.chars().take(63).collect();
+    cut.trim_end_matches(['-', '.', '_']).to_string()
+}
+
+fn meta(target: &ResolvedTarget, stamp: &Stamp) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(target.name.clone()),
+        namespace: Some(stamp.namespace.clone()),
+        labels: Some(labels(stamp.kind, &stamp.owner_name)),
+        annotations: Some(BTreeMap::from([
+            (names::REVISION.to_string(), stamp.revision.to_string()),
+            (names::HASH.to_string(), stamp.hash.clone()),
+        ])),
+        owner_references: Some(vec![stamp.owner.clone()]),
+        ..Default::default()
+    }
+}
+
+/// The ConfigMap data for a document: the whole document under `file_name` and, with
+/// `flatten`, one key per leaf (dotted path; a path that is not a valid key is left out).
+pub fn config_map_data(document: &Value, target: &ResolvedTarget) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::new();
+    if target.flatten {
+        for (k, v) in document::flatten(document) {
+            if is_valid_data_key(&k) && k != target.file_name {
+                data.insert(k, v);
+            }
+        }
+    }
+    data.insert(
+        target.file_name.clone(),
+        document::render(document, target.format),
+    );
+    data
+}
+
+/// A ConfigMap data key: `[-._a-zA-Z0-9]+`, at most 253 characters, not `.` or `..`.
+pub fn is_valid_data_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The desired ConfigMap.
+pub fn config_map(document: &Value, target: &ResolvedTarget, stamp: &Stamp) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(target, stamp),
+        data: Some(config_map_data(document, target)),
+        ..Default::default()
+    }
+}
+
+/// The desired Secret for sensitive values (one key per value).
+pub fn secret(
+    sensitive: &BTreeMap<String, String>,
+    target: &ResolvedTarget,
+    stamp: &Stamp,
+) -> Secret {
+    Secret {
+        metadata: meta(target, stamp),
+        type_: Some("Opaque".into()),
+        data: Some(
+            sensitive
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn owned_meta_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let owned = desired.owner_references.iter().flatten().all(|want| {
+        existing
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|have| have.uid == want.uid && have.controller == want.controller)
+    });
+    subset(&desired.labels, &existing.labels)
+        && subset(&desired.annotations, &existing.annotations)
+        && owned
+}
+
+/// Whether an existing ConfigMap already is what `desired` says (so no write is needed).
+pub fn config_map_matches(existing: &ConfigMap, desired: &ConfigMap) -> bool {
+    existing.data.clone().unwrap_or_default() == desired.data.clone().unwrap_or_default()
+        && existing.binary_data.as_ref().is_none_or(BTreeMap::is_empty)
+        && owned_meta_matches(&existing.metadata, &desired.metadata)
+}
+
+/// Whether an existing Secret already is what `desired` says.
+pub fn secret_matches(existing: &Secret, desired: &Secret) -> bool {
+    let mut have = existing.data.clone().unwrap_or_default();
+    for (k, v) in existing.string_data.clone().unwrap_or_default() {
+        have.insert(k, ByteString(v.into_bytes()));
+    }
+    have == desired.data.clone().unwrap_or_default()
+        && owned_meta_matches(&existing.metadata, &desired.metadata)
+}
+
+/// The revision and hash an existing projected object carries.
+pub fn stamped(meta: &ObjectMeta) -> (Option<i64>, Option<String>) {
+    let a = meta.annotations.as_ref();
+    (
+        a.and_then(|a| a.get(names::REVISION))
+            .and_then(|r| r.parse().ok()),
+        a.and_then(|a| a.get(names::HASH)).cloned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stamp() -> Stamp {
+        Stamp {
+            kind: "RuntimeConfig",
+            owner_name: "lazy".into(),
+            namespace: "shop".into(),
+            owner: OwnerReference {
+                api_version: "hotconf.dev/v1alpha1".into(),
+                kind: "RuntimeConfig".into(),
+                name: "lazy".into(),
+                uid: "u1".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+            revision: 3,
+            hash: "abc".into(),
+        }
+    }
+
+    #[test]
+    fn resolve_defaults() {
+        let t = ResolvedTarget::resolve(None, "lazy");
+        assert_eq!(t.name, "lazy");
+        assert_eq!(t.file_name, "config.yaml");
+        let t = ResolvedTarget::resolve(
+            Some(&Target {
+                format: Some(Format::Json),
+                ..Default::default()
+            }),
+            "lazy",
+        );
+        assert_eq!(t.file_name, "config.json");
+    }
+
+    #[test]
+    fn config_map_carries_labels_annotations_owner_and_flattened_keys() {
+        let target = ResolvedTarget {
+            flatten: true,
+            ..ResolvedTarget::resolve(None, "lazy")
+        };
+        let doc = json!({"values": {"a": 1, "b c": 2}});
+        let cm = config_map(&doc, &target, &stamp());
+        let data = cm.data.as_ref().unwrap();
+        assert_eq!(data["config.yaml"], "values:\n  a: 1\n  b c: 2\n");
+        assert_eq!(data["values.a"], "1");
+        assert!(!data.contains_key("values.b c"), "not a valid data key");
+        let labels = cm.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[names::MANAGED_BY], "hotconf");
+        assert_eq!(labels[names::OWNER_KIND], "RuntimeConfig");
+        assert_eq!(labels[names::OWNER_NAME], "lazy");
+        let ann = cm.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[names::REVISION], "3");
+        assert_eq!(ann[names::HASH], "abc");
+        assert!(config_map_matches(&cm, &cm));
+        let mut changed = cm.clone();
+        changed
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
+        assert!(!config_map_matches(&changed, &cm));
+        let mut restamped = cm.clone();
+        restamped
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(names::REVISION.into(), "4".into());
+        assert!(!config_map_matches(&cm, &restamped));
+    }
+
+    #[test]
+    fn secret_holds_sensitive_values() {
+        let target = ResolvedTarget::resolve(None, "lazy");
+        let s = secret(
+            &BTreeMap::from([("db_password".to_string(), "pw".to_string())]),
+            &target,
+            &stamp(),
+        );
+        assert_eq!(s.data.as_ref().unwrap()["db_password"].0, b"pw");
+        assert!(secret_matches(&s, &s));
+    }
+}

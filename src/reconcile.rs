@@ -1,0 +1,522 @@
+//! The reconcile decision for one object, as a pure function: from the object and what was
+//! observed (projected objects, Secrets, the time) to a [`Plan`] of writes, status and Events.
+//! The controller executes plans; tests call [`plan`] directly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+
+use crate::crd::{Condition, ConfigStatus, Projected, RollbackStatus, Snapshot, names};
+use crate::document::{self, ResolvedSecret};
+use crate::history::{self, RollbackDecision};
+use crate::kinds::ConfigResource;
+use crate::projection::{self, ResolvedTarget, Stamp};
+use crate::validation::SecretValues;
+
+/// What the controller read before deciding.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The ConfigMap at the target name, if it exists.
+    pub config_map: Option<ConfigMap>,
+    /// The Secret at the target name, if it exists.
+    pub secret: Option<Secret>,
+    /// `valuesFrom` resolution: document key → value (with its Secret's uid) or why not.
+    pub secrets: BTreeMap<String, Result<ResolvedSecret, String>>,
+    /// The time of this reconcile.
+    pub now: DateTime<Utc>,
+}
+
+/// An Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// UpperCamelCase reason.
+    pub reason: &'static str,
+    /// The action, a verb.
+    pub action: &'static str,
+    /// The message.
+    pub note: String,
+}
+
+/// Everything one reconcile should do.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// The ConfigMap to apply (`None`: it is as it should be, or must be left alone).
+    pub config_map: Option<ConfigMap>,
+    /// The Secret to apply.
+    pub secret: Option<Secret>,
+    /// Projected objects of an earlier target to delete: (ConfigMap names, Secret names).
+    pub delete_config_maps: Vec<String>,
+    /// Secrets to delete.
+    pub delete_secrets: Vec<String>,
+    /// The new status.
+    pub status: ConfigStatus,
+    /// Whether the status differs from the object's.
+    pub status_changed: bool,
+    /// Events to publish.
+    pub events: Vec<PlannedEvent>,
+    /// Remove the `hotconf.dev/rollback-to` annotation (the spec moved on while pinned).
+    pub remove_rollback_annotation: bool,
+    /// Reconcile again after this long (a maintenance window ends).
+    pub requeue_after: Option<Duration>,
+}
+
+fn now_string(now: DateTime<Utc>) -> String {
+    now.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The best known identity of whoever changed the spec last: the `hotconf.dev/changed-by`
+/// annotation (set by the admission webhook), else the field manager of the newest managed-fields
+/// entry that touches `spec`.
+pub fn changed_by<K: Resource>(obj: &K) -> Option<String> {
+    if let Some(by) = obj.annotations().get(names::CHANGED_BY) {
+        return Some(by.clone());
+    }
+    obj.meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.subresource.as_deref().unwrap_or("").is_empty())
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.get("f:spec").is_some())
+        })
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.clone())
+}
+
+/// Decides what one reconcile does.
+pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
+    let now = observed.now;
+    let name = obj.name_any();
+    let namespace = obj.namespace().unwrap_or_default();
+    let generation = obj.meta().generation.unwrap_or(0);
+    let prev = obj.config_status().cloned().unwrap_or_default();
+    let target = ResolvedTarget::resolve(obj.target(), &name);
+    let mut status = prev.clone();
+    status.observed_generation = Some(generation);
+    let mut events = Vec::new();
+    let mut plan = Plan::default();
+
+    // 1. Validate, with the Secrets as they were read.
+    let secret_values: SecretValues = observed
+        .secrets
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_ref().map(|s| s.value.clone()).map_err(Clone::clone),
+            )
+        })
+        .collect();
+    let errors = obj.validate(Some(&secret_values));
+    let valid = errors.is_empty();
+
+    // 2. Evaluate and decide the revision.
+    let latest_entry = prev
+        .latest_revision
+        .and_then(|r| prev.history.iter().find(|s| s.revision == r))
+        .cloned();
+    let (cm_revision, cm_hash) = observed
+        .config_map
+        .as_ref()
+        .map(|cm| projection::stamped(&cm.metadata))
+        .unwrap_or_default();
+    let mut sensitive = None;
+    let mut new_revision = false;
+    if valid {
+        let resolved: BTreeMap<String, ResolvedSecret> = observed
+            .secrets
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().ok().map(|s| (k.clone(), s.clone())))
+            .collect();
+        let eff = obj.evaluate(&resolved, now);
+        let hash = document::hash(&eff.document);
+        plan.requeue_after = eff
+            .next_change
+            .map(|t| (t - now).to_std().unwrap_or_default() + Duration::from_secs(1));
+        sensitive = Some(eff.sensitive.clone());
+        if latest_entry.as_ref().map(|s| &s.hash) != Some(&hash) {
+            new_revision = true;
+            // A projection written before a status write that never happened is adopted.
+            let revision = match (cm_revision, &cm_hash) {
+                (Some(r), Some(h)) if *h == hash && r > prev.latest_revision.unwrap_or(0) => r,
+                _ => history::next_revision(Some(&prev), cm_revision),
+            };
+            let changed =
+                document::changed_keys(latest_entry.as_ref().map(|s| &s.document), &eff.document);
+            status.pending_restart = document::restart_needed(&eff.restart_keys, &changed);
+            status.history.push(Snapshot {
+                revision,
+                hash,
+                created_at: now_string(now),
+                generation,
+                reason: obj.annotations().get(names::CHANGE_REASON).cloned(),
+                changed_by: changed_by(obj),
+                changed_keys: changed,
+                document: eff.document,
+            });
+            status.latest_revision = Some(revision);
+        }
+    }
+
+    // 3. Rollback.
+    let decision = history::decide_rollback(
+        obj.annotations()
+            .get(names::ROLLBACK_TO)
+            .map(String::as_str),
+        prev.rollback.as_ref(),
+        generation,
+        &status.history,
+        status.latest_revision,
+    );
+    let mut rolled_back = cond_false("RolledBack", "NotRolledBack", "no rollback is pinned");
+    let pinned: Option<i64> = match &decision {
+        RollbackDecision::Pin {
+            target: t,
+            pinned_generation,
+        } => {
+            let requested = obj
+                .annotations()
+                .get(names::ROLLBACK_TO)
+                .cloned()
+                .unwrap_or_default();
+            if prev.rollback.as_ref().map(|p| p.target_revision) != Some(*t) {
+                events.push(normal(
+                    "RolledBack",
+                    "Rollback",
+                    format!("revision {t} pinned by {}={requested}", names::ROLLBACK_TO),
+                ));
+            }
+            status.rollback = Some(RollbackStatus {
+                target_revision: *t,
+                pinned_generation: *pinned_generation,
+                requested: requested.clone(),
+            });
+            rolled_back = cond_true(
+                "RolledBack",
+                "RolledBack",
+                &format!(
+                    "revision {t} is pinned by {}={requested}; remove the annotation or change the spec to release it",
+                    names::ROLLBACK_TO
+                ),
+            );
+            Some(*t)
+        }
+        RollbackDecision::ReleasedByRemoval { was } => {
+            status.rollback = None;
+            events.push(normal(
+                "RollbackReleased",
+                "Release",
+                format!("the rollback to revision {was} was released: the annotation was removed"),
+            ));
+            None
+        }
+        RollbackDecision::ReleasedBySpecChange { was } => {
+            status.rollback = None;
+            plan.remove_rollback_annotation = true;
+            events.push(normal(
+                "RollbackReleased",
+                "Release",
+                format!(
+                    "the spec changed (generation {generation}) while revision {was} was pinned: the new spec wins and {} was removed",
+                    names::ROLLBACK_TO
+                ),
+            ));
+            None
+        }
+        RollbackDecision::TargetMissing { requested } => {
+            let available: Vec<String> = status
+                .history
+                .iter()
+                .map(|s| s.revision.to_string())
+                .collect();
+            let message = format!(
+                "{}={requested} names no revision in history (available: {})",
+                names::ROLLBACK_TO,
+                if available.is_empty() {
+                    "none".to_string()
+                } else {
+                    available.join(", ")
+                }
+            );
+            if find_condition(&prev, "RolledBack").map(|c| (&c.reason, &c.message))
+                != Some((&"RollbackTargetMissing".to_string(), &message))
+            {
+                events.push(warning(
+                    "RollbackTargetMissing",
+                    "Rollback",
+                    message.clone(),
+                ));
+            }
+            rolled_back = cond_false("RolledBack", "RollbackTargetMissing", &message);
+            // Everything stays as it is, an earlier pin included.
+            prev.rollback.as_ref().map(|p| p.target_revision)
+        }
+        RollbackDecision::None => {
+            status.rollback = None;
+            None
+        }
+    };
+
+    // 4. What to project.
+    let source: Option<(i64, String, Value)> = match pinned {
+        Some(t) => status
+            .history
+            .iter()
+            .find(|s| s.revision == t)
+            .map(|s| (s.revision, s.hash.clone(), s.document.clone())),
+        None if valid => status
+            .latest_revision
+            .and_then(|r| status.history.iter().find(|s| s.revision == r))
+            .map(|s| (s.revision, s.hash.clone(), s.document.clone())),
+        None => None,
+    };
+    let conflict = observed
+        .config_map
+        .as_ref()
+        .filter(|cm| !owned_by(&cm.metadata, obj))
+        .map(|_| {
+            format!(
+                "ConfigMap {} exists and is not controlled by this {}",
+                target.name,
+                K::KIND
+            )
+        });
+    let paused = obj.paused();
+    let mut projected_now = false;
+    if let (Some((revision, hash, doc)), false, None) = (&source, paused, &conflict)
+        && let Some(owner) = obj.controller_owner_ref(&())
+    {
+        let stamp = Stamp {
+            kind: K::KIND,
+            owner_name: name.clone(),
+            namespace: namespace.clone(),
+            owner,
+            revision: *revision,
+            hash: hash.clone(),
+        };
+        let desired = projection::config_map(doc, &target, &stamp);
+        if !observed
+            .config_map
+            .as_ref()
+            .is_some_and(|cm| projection::config_map_matches(cm, &desired))
+        {
+            events.push(normal(
+                "Projected",
+                "Project",
+                format!("revision {revision} projected to ConfigMap {}", target.name),
+            ));
+            plan.config_map = Some(desired);
+        }
+        // Sensitive values: the Secret follows the valid spec's values (history keeps none).
+        let sensitive = sensitive.unwrap_or_else(|| existing_secret_values(observed));
+        if !sensitive.is_empty() {
+            let desired = projection::secret(&sensitive, &target, &stamp);
+            if !observed
+                .secret
+                .as_ref()
+                .is_some_and(|s| projection::secret_matches(s, &desired))
+            {
+                plan.secret = Some(desired);
+            }
+        } else if observed
+            .secret
+            .as_ref()
+            .is_some_and(|s| owned_by(&s.metadata, obj))
+        {
+            plan.delete_secrets.push(target.name.clone());
+        }
+        status.current_revision = Some(*revision);
+        status.current_hash = Some(hash.clone());
+        if let Some(old) = prev.projected.as_ref() {
+            if old.config_map != target.name {
+                plan.delete_config_maps.push(old.config_map.clone());
+            }
+            if let Some(s) = &old.secret
+                && *s != target.name
+            {
+                plan.delete_secrets.push(s.clone());
+            }
+        }
+        status.projected = Some(Projected {
+            config_map: target.name.clone(),
+            secret: (!sensitive.is_empty()).then(|| target.name.clone()),
+        });
+        projected_now = true;
+    }
+
+    // 5. History bounds.
+    let keep: Vec<i64> = status
+        .latest_revision
+        .into_iter()
+        .chain(status.current_revision)
+        .chain(pinned)
+        .collect();
+    history::trim(
+        &mut status.history,
+        history::history_limit(obj.history_limit()),
+        history::HISTORY_BYTE_BUDGET,
+        &keep,
+    );
+
+    // 6. Conditions and Events.
+    let valid_cond = if valid {
+        cond_true("Valid", "Valid", "the spec is valid")
+    } else {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if find_condition(&prev, "Valid").map(|c| (&c.status, &c.message))
+            != Some((&"False".to_string(), &message))
+        {
+            events.push(warning("ValidationFailed", "Validate", message.clone()));
+        }
+        cond_false("Valid", "ValidationFailed", &message)
+    };
+    let ready = if let Some(c) = &conflict {
+        cond_false("Ready", "TargetConflict", c)
+    } else if paused {
+        cond_false(
+            "Ready",
+            "Paused",
+            "spec.paused is true: revisions are recorded but not projected",
+        )
+    } else if !valid {
+        cond_false(
+            "Ready",
+            "ValidationFailed",
+            &match status.current_revision {
+                Some(r) => format!("the spec is invalid; revision {r} stays projected"),
+                None => "the spec is invalid; nothing is projected".to_string(),
+            },
+        )
+    } else if projected_now {
+        cond_true(
+            "Ready",
+            if pinned.is_some() {
+                "RolledBack"
+            } else {
+                "Projected"
+            },
+            &format!(
+                "revision {} is projected to ConfigMap {}",
+                status.current_revision.unwrap_or(0),
+                target.name
+            ),
+        )
+    } else {
+        cond_false("Ready", "NotProjected", "nothing could be projected")
+    };
+    let paused_cond = if paused {
+        cond_true("Paused", "Paused", "spec.paused is true")
+    } else {
+        cond_false("Paused", "NotPaused", "spec.paused is false")
+    };
+    let mut conditions = vec![ready, valid_cond, rolled_back, paused_cond];
+    if !status.pending_restart.is_empty() || find_condition(&prev, "RestartPending").is_some() {
+        conditions.push(if status.pending_restart.is_empty() {
+            cond_false(
+                "RestartPending",
+                "NoRestartNeeded",
+                "the latest revision changed no restart-only key",
+            )
+        } else {
+            cond_true(
+                "RestartPending",
+                "RestartKeysChanged",
+                &format!(
+                    "changed keys need a restart: {}",
+                    status.pending_restart.join(", ")
+                ),
+            )
+        });
+    }
+    status.conditions = conditions
+        .into_iter()
+        .map(|mut c| {
+            c.observed_generation = Some(generation);
+            c.last_transition_time = match find_condition(&prev, &c.type_) {
+                Some(old) if old.status == c.status => old.last_transition_time.clone(),
+                _ => now_string(now),
+            };
+            c
+        })
+        .collect();
+    if !new_revision && !valid {
+        // An invalid spec changes neither the history nor the pending restarts.
+        status.pending_restart = prev.pending_restart.clone();
+    }
+
+    plan.status_changed = status != prev;
+    plan.status = status;
+    plan.events = events;
+    plan
+}
+
+fn existing_secret_values(observed: &Observed) -> BTreeMap<String, String> {
+    observed
+        .secret
+        .as_ref()
+        .and_then(|s| s.data.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+fn owned_by<K: Resource>(meta: &kube::api::ObjectMeta, obj: &K) -> bool {
+    let uid = obj.meta().uid.as_deref();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid)
+}
+
+fn find_condition<'a>(status: &'a ConfigStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+fn cond_true(type_: &str, reason: &str, message: &str) -> Condition {
+    cond(type_, "True", reason, message)
+}
+
+fn cond_false(type_: &str, reason: &str, message: &str) -> Condition {
+    cond(type_, "False", reason, message)
+}
+
+fn normal(reason: &'static str, action: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        warning: false,
+        reason,
+        action,
+        note,
+    }
+}
+
+fn warning(reason: &'static str, action: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        warning: true,
+        reason,
+        action,
+        note,
+    }
+}

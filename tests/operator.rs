@@ -1,0 +1,702 @@
+//! The operator against the real control plane: projection of the examples, validation that
+//! keeps bad specs from pods, snapshot history, rollback by annotation, write discipline across
+//! restarts, garbage collection, and secrecy of sensitive values.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{TestEnv, eventually, repo};
+use hotconf::crd::{ConfigStatus, Format, PoolBudget, RuntimeConfig, names};
+use hotconf::document::{self, ResolvedSecret};
+use hotconf::kinds::ConfigResource;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+fn condition<'a>(status: &'a ConfigStatus, type_: &str) -> Option<&'a hotconf::crd::Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn is(status: Option<&ConfigStatus>, type_: &str, value: &str) -> bool {
+    status
+        .and_then(|s| condition(s, type_))
+        .is_some_and(|c| c.status == value)
+}
+
+/// Waits until the object satisfies `pred`, and returns it.
+async fn wait_for<K: ConfigResource>(
+    env: &TestEnv,
+    name: &str,
+    what: &str,
+    pred: impl Fn(&K) -> bool,
+) -> K {
+    let api: Api<K> = Api::namespaced(env.client.clone(), &env.ns);
+    let pred = &pred;
+    eventually(60, &format!("{name}: {what}"), || {
+        let api = api.clone();
+        async move { api.get_opt(name).await.unwrap().filter(|o| pred(o)) }
+    })
+    .await
+}
+
+async fn ready_at<K: ConfigResource>(env: &TestEnv, name: &str, revision: i64) -> K {
+    wait_for(
+        env,
+        name,
+        &format!("Ready at revision {revision}"),
+        |o: &K| {
+            let s = o.config_status();
+            is(s, "Ready", "True")
+                && s.and_then(|s| s.current_revision) == Some(revision)
+                && s.and_then(|s| s.observed_generation) == o.meta().generation
+        },
+    )
+    .await
+}
+
+async fn config_map(env: &TestEnv, name: &str) -> ConfigMap {
+    Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+async fn events(env: &TestEnv, object: &str) -> Vec<(String, String, String)> {
+    Api::<Event>::namespaced(env.client.clone(), &env.ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_event(env: &TestEnv, object: &str, reason: &str) -> String {
+    eventually(30, &format!("a {reason} event on {object}"), || async {
+        events(env, object)
+            .await
+            .into_iter()
+            .find(|(_, r, _)| r == reason)
+            .map(|(_, _, note)| note)
+    })
+    .await
+}
+
+fn example(name: &str) -> String {
+    repo()
+        .join("examples")
+        .join(format!("{name}.yaml"))
+        .display()
+        .to_string()
+}
+
+/// Checks the stamp every projected object carries.
+fn assert_stamped<K: ConfigResource>(cm: &ConfigMap, owner: &K, revision: i64, hash: &str) {
+    let owners = cm.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(owners[0].uid, owner.uid().unwrap());
+    assert_eq!(owners[0].kind, K::KIND);
+    assert_eq!(owners[0].controller, Some(true));
+    let labels = cm.labels();
+    assert_eq!(labels[names::MANAGED_BY], "hotconf");
+    assert_eq!(labels[names::OWNER_KIND], K::KIND);
+    assert_eq!(labels[names::OWNER_NAME], owner.name_any());
+    assert_eq!(cm.annotations()[names::REVISION], revision.to_string());
+    assert_eq!(cm.annotations()[names::HASH], hash);
+    assert!(
+        cm.metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|m| m.manager.as_deref() == Some("hotconf")
+                && m.operation.as_deref() == Some("Apply")),
+        "written by server-side apply as hotconf"
+    );
+}
+
+#[tokio::test]
+async fn examples_are_projected_with_defaults_filled_in() {
+    let env = TestEnv::new("examples").await;
+    let _operator = env.start_operator();
+    for name in [
+        "lazy-loading",
+        "trading-bot",
+        "feature-flags",
+        "pool-budget",
+    ] {
+        env.kubectl(&["apply", "-f", &example(name)]);
+    }
+
+    // lazy-loading: YAML, schema defaults, a sensitive value through valuesFrom.
+    let rtc: RuntimeConfig = ready_at(&env, "lazy-loading", 1).await;
+    let cm = config_map(&env, "lazy-loading-config").await;
+    let doc: Value = serde_yaml::from_str(&cm.data.as_ref().unwrap()["config.yaml"]).unwrap();
+    assert_eq!(doc["values"]["check_interval"], json!(30));
+    assert_eq!(doc["values"]["strategy"], "AGGRESSIVE");
+    assert_eq!(doc["values"]["memory_pressure_threshold"], json!(0.8));
+    assert_eq!(doc["values"]["worker_threads"], json!(4));
+    assert_eq!(doc["values"]["idle_timeout"], "5m");
+    assert_eq!(doc["values"]["preload_modules"], json!(["core", "auth"]));
+    assert!(doc["values"].get("db_password").is_none());
+    assert_eq!(
+        doc["secrets"]["db_password"]["secretKeyRef"],
+        json!({"name": "lazy-loading-db", "key": "password"})
+    );
+    let source: Secret = Api::namespaced(env.client.clone(), &env.ns)
+        .get("lazy-loading-db")
+        .await
+        .unwrap();
+    let secrets = BTreeMap::from([(
+        "db_password".to_string(),
+        ResolvedSecret {
+            value: "change-me-in-real-life".into(),
+            salt: source.uid().unwrap(),
+        },
+    )]);
+    let expected = document::runtime_config(&rtc.spec, &secrets, chrono::Utc::now());
+    assert_eq!(
+        doc, expected.document,
+        "the projected document is the effective one"
+    );
+    let hash = document::hash(&expected.document);
+    assert_stamped(&cm, &rtc, 1, &hash);
+    let status = rtc.status.as_ref().unwrap();
+    assert!(is(Some(status), "Valid", "True"));
+    assert_eq!(status.current_hash.as_deref(), Some(hash.as_str()));
+    assert_eq!(status.history.len(), 1);
+    assert_eq!(
+        status.history[0].reason.as_deref(),
+        Some("initial settings")
+    );
+    assert_eq!(
+        status.history[0].changed_by.as_deref(),
+        Some("kubectl-client-side-apply")
+    );
+    let projected: Secret = Api::namespaced(env.client.clone(), &env.ns)
+        .get("lazy-loading-config")
+        .await
+        .unwrap();
+    assert_eq!(
+        projected.data.unwrap()["db_password"].0,
+        b"change-me-in-real-life"
+    );
+    let note = wait_event(&env, "lazy-loading", "Projected").await;
+    assert!(note.contains("revision 1"), "{note}");
+
+    // trading-bot: JSON with the default file name.
+    let rtc: RuntimeConfig = ready_at(&env, "trading-bot", 1).await;
+    let cm = config_map(&env, "trading-bot").await;
+    let expected = document::runtime_config(&rtc.spec, &BTreeMap::new(), chrono::Utc::now());
+    let text = &cm.data.as_ref().unwrap()["config.json"];
+    assert_eq!(text, &document::render(&expected.document, Format::Json));
+    let doc: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(doc["values"]["base_currency"], "USD");
+    assert_eq!(doc["values"]["order_timeout"], "30s");
+    assert_eq!(
+        doc["values"]["symbols"],
+        json!(["BTC-USD", "ETH-USD", "SOL-USD"])
+    );
+    assert_stamped(&cm, &rtc, 1, &document::hash(&expected.document));
+    wait_event(&env, "trading-bot", "Projected").await;
+
+    // feature-flags: properties, flattened keys, a maintenance window still open.
+    let rtc: RuntimeConfig = ready_at(&env, "storefront-flags", 1).await;
+    let cm = config_map(&env, "storefront-flags").await;
+    let data = cm.data.as_ref().unwrap();
+    assert_eq!(data["featureFlags.new_ui.rolloutPercentage"], "25");
+    assert_eq!(data["featureFlags.new_ui.allow.0"], "user-1");
+    assert_eq!(data["maintenance.enabled"], "true");
+    let props = &data["config.properties"];
+    assert!(
+        props.contains("featureFlags.legacy_checkout.enabled=false\n"),
+        "{props}"
+    );
+    assert!(
+        props.contains("maintenance.reason=database migration\n"),
+        "{props}"
+    );
+    let expected = document::runtime_config(&rtc.spec, &BTreeMap::new(), chrono::Utc::now());
+    assert_stamped(&cm, &rtc, 1, &document::hash(&expected.document));
+    wait_event(&env, "storefront-flags", "Projected").await;
+
+    // pool-budget: env format, complete with defaults.
+    let pb: PoolBudget = ready_at(&env, "order-service", 1).await;
+    let cm = config_map(&env, "order-service-pools").await;
+    let env_text = &cm.data.as_ref().unwrap()["config.env"];
+    let expected = document::pool_budget(&pb.spec);
+    assert_eq!(env_text, &document::render(&expected.document, Format::Env));
+    for line in [
+        "POOLS_DATABASE_MAX_CONNECTIONS=40",
+        "POOLS_CACHE_EVICTION_POLICY=LFU",
+        "METRICS_MAX_REQUEST_RATE_PER_MINUTE=300",
+        "POOLS_REDIS_MIN_CONNECTIONS=5",
+        "POOLS_HTTP_KEEPALIVE_EXPIRY=5s",
+        "METRICS_BACKPRESSURE_LIGHT=0.6",
+    ] {
+        assert!(
+            env_text.lines().any(|l| l == line),
+            "{line} missing in:\n{env_text}"
+        );
+    }
+    assert_stamped(&cm, &pb, 1, &document::hash(&expected.document));
+    wait_event(&env, "order-service", "Projected").await;
+}
+
+#[tokio::test]
+async fn invalid_updates_never_reach_the_configmap() {
+    let env = TestEnv::new("invalid").await;
+    let _operator = env.start_operator();
+    let pbs: Api<PoolBudget> = Api::namespaced(env.client.clone(), &env.ns);
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: PoolBudget\nmetadata: {name: pools}\nspec:\n  pools: {database: {minConnections: 2, maxConnections: 10}}\n",
+    );
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app}\nspec:\n  schema:\n    mode: {type: string, enum: [FAST, SAFE], default: SAFE}\n  values: {mode: FAST}\n",
+    );
+    let _: PoolBudget = ready_at(&env, "pools", 1).await;
+    let _: RuntimeConfig = ready_at(&env, "app", 1).await;
+    let pool_cm = config_map(&env, "pools").await;
+    let app_cm = config_map(&env, "app").await;
+
+    // Four kinds of mistake at once, none caught by this server's schema.
+    pbs.patch(
+        "pools",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "metrics": {"backpressure": {"light": 0.9, "moderate": 0.8}},
+            "pools": {"database": {"minConnections": 30, "maxConnections": 10}}
+        }})),
+    )
+    .await
+    .unwrap();
+    rtcs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"values": {"mode": "TURBO", "api_key": "sk-literal-123"},
+                                       "schema": {"api_key": {"type": "string"}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let pb: PoolBudget = wait_for(&env, "pools", "Valid=False", |o: &PoolBudget| {
+        is(o.status.as_ref(), "Valid", "False")
+            && o.status.as_ref().unwrap().observed_generation == o.metadata.generation
+    })
+    .await;
+    let message = &condition(pb.status.as_ref().unwrap(), "Valid")
+        .unwrap()
+        .message;
+    for part in [
+        "spec.metrics.backpressure.light",
+        "spec.pools.database.minConnections",
+    ] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+    let rtc: RuntimeConfig = wait_for(&env, "app", "Valid=False", |o: &RuntimeConfig| {
+        is(o.status.as_ref(), "Valid", "False")
+            && o.status.as_ref().unwrap().observed_generation == o.metadata.generation
+    })
+    .await;
+    let message = &condition(rtc.status.as_ref().unwrap(), "Valid")
+        .unwrap()
+        .message;
+    assert!(message.contains("spec.values.mode"), "{message}");
+    assert!(message.contains("TURBO"), "{message}");
+    assert!(message.contains("spec.values.api_key"), "{message}");
+    assert!(message.contains("secretKeyRef"), "{message}");
+    assert!(
+        !message.contains("sk-literal-123"),
+        "a credential is never echoed: {message}"
+    );
+    let note = wait_event(&env, "pools", "ValidationFailed").await;
+    assert!(note.contains("minConnections"), "{note}");
+    wait_event(&env, "app", "ValidationFailed").await;
+
+    // Nothing reached the ConfigMaps, and no revision was added.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(config_map(&env, "pools").await.data, pool_cm.data);
+    assert_eq!(config_map(&env, "app").await.data, app_cm.data);
+    assert_eq!(
+        config_map(&env, "app").await.resource_version(),
+        app_cm.resource_version()
+    );
+    let status = pb.status.unwrap();
+    assert_eq!(status.history.len(), 1);
+    assert_eq!(status.current_revision, Some(1));
+    assert!(is(Some(&status), "Ready", "False"));
+
+    // Fixed: the next revision is projected and Valid=True again.
+    pbs.patch(
+        "pools",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "metrics": {"backpressure": {"light": 0.5, "moderate": 0.8}},
+            "pools": {"database": {"minConnections": 3, "maxConnections": 30}}
+        }})),
+    )
+    .await
+    .unwrap();
+    let pb: PoolBudget = ready_at(&env, "pools", 2).await;
+    assert!(is(pb.status.as_ref(), "Valid", "True"));
+    let env_cm = config_map(&env, "pools").await;
+    let doc: Value = serde_yaml::from_str(&env_cm.data.unwrap()["config.yaml"]).unwrap();
+    assert_eq!(doc["pools"]["database"]["maxConnections"], json!(30));
+    assert_eq!(doc["metrics"]["backpressure"]["light"], json!(0.5));
+}
+
+#[tokio::test]
+async fn history_keeps_the_newest_revisions_within_count_and_bytes() {
+    let env = TestEnv::new("history").await;
+    let _operator = env.start_operator();
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: counted}\nspec:\n  revisionHistoryLimit: 3\n  values: {n: 1}\n",
+    );
+    let _: RuntimeConfig = ready_at(&env, "counted", 1).await;
+    for n in 2..=10 {
+        rtcs.patch(
+            "counted",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"values": {"n": n}}})),
+        )
+        .await
+        .unwrap();
+        let _: RuntimeConfig = ready_at(&env, "counted", n).await;
+    }
+    let rtc = rtcs.get("counted").await.unwrap();
+    let history = rtc.status.unwrap().history;
+    assert_eq!(
+        history.iter().map(|s| s.revision).collect::<Vec<_>>(),
+        vec![8, 9, 10]
+    );
+    assert_eq!(history[2].document["values"]["n"], json!(10));
+    assert_eq!(history[2].changed_keys, vec!["values.n"]);
+
+    // Big documents: the history stays within its byte budget, the current revision kept.
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: big}\nspec:\n  values: {blob: start}\n",
+    );
+    let _: RuntimeConfig = ready_at(&env, "big", 1).await;
+    for n in 2..=8 {
+        let blob = format!("{n}-{}", "x".repeat(60_000));
+        rtcs.patch(
+            "big",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"values": {"blob": blob}}})),
+        )
+        .await
+        .unwrap();
+        let _: RuntimeConfig = ready_at(&env, "big", n).await;
+    }
+    let history = rtcs.get("big").await.unwrap().status.unwrap().history;
+    let bytes = serde_json::to_vec(&history).unwrap().len();
+    assert!(
+        bytes <= hotconf::history::HISTORY_BYTE_BUDGET,
+        "{bytes} bytes"
+    );
+    assert!(
+        history.len() < 8 && history.len() >= 3,
+        "{} entries",
+        history.len()
+    );
+    assert_eq!(history.last().unwrap().revision, 8);
+}
+
+#[tokio::test]
+async fn rollback_by_annotation_pins_and_releases() {
+    let env = TestEnv::new("rollback").await;
+    let _operator = env.start_operator();
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: svc}\nspec:\n  values: {level: one}\n",
+    );
+    let _: RuntimeConfig = ready_at(&env, "svc", 1).await;
+    for (n, level) in [(2, "two"), (3, "three")] {
+        rtcs.patch(
+            "svc",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"values": {"level": level}}})),
+        )
+        .await
+        .unwrap();
+        let _: RuntimeConfig = ready_at(&env, "svc", n).await;
+    }
+    let before = rtcs.get("svc").await.unwrap();
+    let level = |cm: &ConfigMap| -> Value {
+        let doc: Value = serde_yaml::from_str(&cm.data.as_ref().unwrap()["config.yaml"]).unwrap();
+        doc["values"]["level"].clone()
+    };
+
+    // Pin revision 2: its content is projected, spec untouched.
+    env.kubectl(&["annotate", "rtc/svc", "hotconf.dev/rollback-to=2"]);
+    let pinned: RuntimeConfig = wait_for(&env, "svc", "pinned to 2", |o: &RuntimeConfig| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.rollback.as_ref())
+            .map(|r| r.target_revision)
+            == Some(2)
+            && o.status.as_ref().unwrap().current_revision == Some(2)
+    })
+    .await;
+    assert_eq!(pinned.spec, before.spec);
+    assert_eq!(pinned.metadata.generation, before.metadata.generation);
+    assert!(is(pinned.status.as_ref(), "RolledBack", "True"));
+    let cm = config_map(&env, "svc").await;
+    assert_eq!(level(&cm), json!("two"));
+    assert_eq!(cm.annotations()[names::REVISION], "2");
+    wait_event(&env, "svc", "RolledBack").await;
+
+    // Remove the annotation: the current spec is projected again, no new revision.
+    env.kubectl(&["annotate", "rtc/svc", "hotconf.dev/rollback-to-"]);
+    let released: RuntimeConfig = ready_at(&env, "svc", 3).await;
+    assert!(released.status.as_ref().unwrap().rollback.is_none());
+    assert_eq!(level(&config_map(&env, "svc").await), json!("three"));
+    assert_eq!(released.status.unwrap().latest_revision, Some(3));
+
+    // `previous` pins revision 2; a spec change while pinned releases it and drops the annotation.
+    env.kubectl(&["annotate", "rtc/svc", "hotconf.dev/rollback-to=previous"]);
+    let _: RuntimeConfig = wait_for(&env, "svc", "pinned to previous", |o: &RuntimeConfig| {
+        o.status.as_ref().unwrap().current_revision == Some(2)
+    })
+    .await;
+    assert_eq!(level(&config_map(&env, "svc").await), json!("two"));
+    rtcs.patch(
+        "svc",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"values": {"level": "four"}}})),
+    )
+    .await
+    .unwrap();
+    let moved: RuntimeConfig = ready_at(&env, "svc", 4).await;
+    assert!(moved.status.as_ref().unwrap().rollback.is_none());
+    let moved: RuntimeConfig = wait_for(&env, "svc", "annotation removed", |o: &RuntimeConfig| {
+        !o.annotations().contains_key(names::ROLLBACK_TO)
+    })
+    .await;
+    assert_eq!(level(&config_map(&env, "svc").await), json!("four"));
+    let note = wait_event(&env, "svc", "RollbackReleased").await;
+    assert!(!note.is_empty());
+    assert!(is(moved.status.as_ref(), "RolledBack", "False"));
+
+    // An unknown revision changes nothing and says so.
+    let cm_before = config_map(&env, "svc").await;
+    env.kubectl(&["annotate", "rtc/svc", "hotconf.dev/rollback-to=99"]);
+    let missing: RuntimeConfig =
+        wait_for(&env, "svc", "RollbackTargetMissing", |o: &RuntimeConfig| {
+            o.status
+                .as_ref()
+                .and_then(|s| condition(s, "RolledBack"))
+                .is_some_and(|c| c.reason == "RollbackTargetMissing")
+        })
+        .await;
+    let note = wait_event(&env, "svc", "RollbackTargetMissing").await;
+    assert!(note.contains("99"), "{note}");
+    let cm_after = config_map(&env, "svc").await;
+    assert_eq!(cm_after.data, cm_before.data);
+    assert_eq!(cm_after.resource_version(), cm_before.resource_version());
+    assert_eq!(missing.status.unwrap().current_revision, Some(4));
+    let warnings: Vec<_> = events(&env, "svc")
+        .await
+        .into_iter()
+        .filter(|(t, r, _)| t == "Warning" && r == "RollbackTargetMissing")
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning, not one per reconcile");
+}
+
+#[tokio::test]
+async fn an_operator_restart_writes_nothing_and_revisions_continue() {
+    let env = TestEnv::new("restart").await;
+    let mut operator = env.start_operator();
+    for name in ["lazy-loading", "pool-budget", "feature-flags"] {
+        env.kubectl(&["apply", "-f", &example(name)]);
+    }
+    let _: RuntimeConfig = ready_at(&env, "lazy-loading", 1).await;
+    let _: PoolBudget = ready_at(&env, "order-service", 1).await;
+    let _: RuntimeConfig = ready_at(&env, "storefront-flags", 1).await;
+    // Let any trailing reconcile finish, then restart.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let writes = |env: &TestEnv| {
+        env.plane
+            .audit_writes(hotconf::envtest::OPERATOR_USER)
+            .into_iter()
+            .filter(|e| e.namespace == env.ns)
+            .collect::<Vec<_>>()
+    };
+    let first_run = writes(&env);
+    let kinds = |w: &[hotconf::envtest::AuditEntry], r: &str, sub: &str| {
+        w.iter()
+            .filter(|e| e.resource == r && e.subresource == sub)
+            .count()
+    };
+    // One ConfigMap write and one status write per object (the Secret for lazy-loading).
+    assert_eq!(kinds(&first_run, "configmaps", ""), 3, "{first_run:#?}");
+    assert_eq!(kinds(&first_run, "secrets", ""), 1, "{first_run:#?}");
+    assert_eq!(
+        kinds(&first_run, "runtimeconfigs", "status"),
+        2,
+        "{first_run:#?}"
+    );
+    assert_eq!(
+        kinds(&first_run, "poolbudgets", "status"),
+        1,
+        "{first_run:#?}"
+    );
+    operator.stop();
+
+    let operator = env.start_operator();
+    // The restarted operator lists, reconciles every object, and must find nothing to do.
+    let log = operator.log().to_path_buf();
+    eventually(30, "the restarted operator to start", || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("hotconf operator started")
+            .count()
+            .eq(&2)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let after = writes(&env);
+    assert_eq!(
+        after.len(),
+        first_run.len(),
+        "the restart wrote: {:#?}",
+        &after[first_run.len()..]
+    );
+
+    // Revisions continue from where they were.
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    rtcs.patch(
+        "lazy-loading",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"values": {"check_interval": 45}}})),
+    )
+    .await
+    .unwrap();
+    let rtc: RuntimeConfig = ready_at(&env, "lazy-loading", 2).await;
+    let revisions: Vec<i64> = rtc
+        .status
+        .unwrap()
+        .history
+        .iter()
+        .map(|s| s.revision)
+        .collect();
+    assert_eq!(revisions, vec![1, 2]);
+    drop(operator);
+}
+
+#[tokio::test]
+async fn deleting_a_config_removes_its_projection() {
+    let env = TestEnv::new("gc").await;
+    let _operator = env.start_operator();
+    env.kubectl(&["apply", "-f", &example("pool-budget")]);
+    let _: PoolBudget = ready_at(&env, "order-service", 1).await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    assert!(cms.get_opt("order-service-pools").await.unwrap().is_some());
+    Api::<PoolBudget>::namespaced(env.client.clone(), &env.ns)
+        .delete("order-service", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "the ConfigMap to be garbage-collected", || async {
+        cms.get_opt("order-service-pools")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sensitive_values_appear_only_in_the_secret() {
+    let env = TestEnv::new("secret").await;
+    let operator = env.start_operator();
+    let planted = format!("planted-{}", env.ns);
+    env.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds}}\nstringData: {{password: {planted}}}\n"
+    ));
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app}\nspec:\n  schema:\n    db_password: {type: string, sensitive: true, minLength: 4}\n    port: {type: integer, default: 5432}\n  valuesFrom:\n  - {key: db_password, secretKeyRef: {name: creds, key: password}}\n  target: {flatten: true}\n",
+    );
+    let rtc: RuntimeConfig = ready_at(&env, "app", 1).await;
+
+    // A missing key is a validation error that names it, without any value.
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    rtcs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"valuesFrom": [{"key": "db_password", "secretKeyRef": {"name": "creds", "key": "nope"}}]}})),
+    )
+    .await
+    .unwrap();
+    let broken: RuntimeConfig = wait_for(&env, "app", "Valid=False", |o: &RuntimeConfig| {
+        is(o.status.as_ref(), "Valid", "False")
+    })
+    .await;
+    let message = &condition(broken.status.as_ref().unwrap(), "Valid")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("nope") && message.contains("creds"),
+        "{message}"
+    );
+    // Rotating the Secret's value after fixing the reference makes a new revision.
+    rtcs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"valuesFrom": [{"key": "db_password", "secretKeyRef": {"name": "creds", "key": "password"}}]}})),
+    )
+    .await
+    .unwrap();
+    let _: RuntimeConfig = wait_for(&env, "app", "valid again", |o: &RuntimeConfig| {
+        is(o.status.as_ref(), "Valid", "True")
+            && o.status.as_ref().unwrap().observed_generation == o.metadata.generation
+    })
+    .await;
+    env.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds}}\nstringData: {{password: {planted}-rotated}}\n"
+    ));
+    let rotated: RuntimeConfig = ready_at(&env, "app", 2).await;
+    assert_eq!(rotated.status.as_ref().unwrap().history.len(), 2);
+
+    let secret: Secret = Api::namespaced(env.client.clone(), &env.ns)
+        .get("app")
+        .await
+        .unwrap();
+    assert_eq!(
+        secret.data.unwrap()["db_password"].0,
+        format!("{planted}-rotated").as_bytes()
+    );
+    let cm = config_map(&env, "app").await;
+    let everywhere = [
+        serde_json::to_string(&cm).unwrap(),
+        serde_json::to_string(&rotated).unwrap(),
+        serde_json::to_string(&events(&env, "app").await).unwrap(),
+        std::fs::read_to_string(operator.log()).unwrap(),
+    ];
+    for (i, text) in everywhere.iter().enumerate() {
+        assert!(
+            !text.contains(&planted),
+            "the planted secret leaked into place {i}"
+        );
+    }
+    assert_eq!(
+        rtc.status.unwrap().history[0].document["values"]["port"],
+        json!(5432)
+    );
+}
