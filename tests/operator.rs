@@ -700,3 +700,155 @@ async fn sensitive_values_appear_only_in_the_secret() {
         json!(5432)
     );
 }
+
+#[tokio::test]
+async fn the_invalid_example_reports_every_error() {
+    let env = TestEnv::new("invalid-example").await;
+    let _operator = env.start_operator();
+    env.kubectl(&["apply", "-f", &example("invalid")]);
+    let pb: PoolBudget = wait_for(&env, "broken-budget", "Valid=False", |o: &PoolBudget| {
+        is(o.status.as_ref(), "Valid", "False")
+    })
+    .await;
+    let status = pb.status.unwrap();
+    let message = &condition(&status, "Valid").unwrap().message;
+    for part in [
+        "spec.metrics.backpressure.light",
+        "spec.pools.database.minConnections",
+        "spec.pools.http.maxKeepaliveConnections",
+    ] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+    assert!(is(Some(&status), "Ready", "False"));
+    assert!(status.history.is_empty());
+    assert!(status.current_revision.is_none());
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    assert!(cms.get_opt("broken-budget").await.unwrap().is_none());
+    wait_event(&env, "broken-budget", "ValidationFailed").await;
+}
+
+#[tokio::test]
+async fn maintenance_ends_by_itself_at_until() {
+    let env = TestEnv::new("maintenance").await;
+    let _operator = env.start_operator();
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(4))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    env.apply_yaml(&format!(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {{name: shop}}\nspec:\n  maintenance: {{enabled: true, reason: upgrade, until: \"{until}\"}}\n"
+    ));
+    let _: RuntimeConfig = ready_at(&env, "shop", 1).await;
+    let on: Value =
+        serde_yaml::from_str(&config_map(&env, "shop").await.data.unwrap()["config.yaml"]).unwrap();
+    assert_eq!(on["maintenance"]["enabled"], json!(true));
+    // Nobody touches the object: the operator's own timer projects revision 2.
+    let rtc: RuntimeConfig = ready_at(&env, "shop", 2).await;
+    let off: Value =
+        serde_yaml::from_str(&config_map(&env, "shop").await.data.unwrap()["config.yaml"]).unwrap();
+    assert_eq!(off["maintenance"]["enabled"], json!(false));
+    assert_eq!(off["maintenance"]["reason"], "upgrade");
+    let history = rtc.status.unwrap().history;
+    assert_eq!(history[1].changed_keys, vec!["maintenance.enabled"]);
+    assert_eq!(history[1].generation, history[0].generation);
+}
+
+#[tokio::test]
+async fn paused_specs_are_recorded_but_not_projected() {
+    let env = TestEnv::new("paused").await;
+    let _operator = env.start_operator();
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: held}\nspec:\n  values: {v: 1}\n",
+    );
+    let _: RuntimeConfig = ready_at(&env, "held", 1).await;
+    let cm_before = config_map(&env, "held").await;
+    rtcs.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": true, "values": {"v": 2}}})),
+    )
+    .await
+    .unwrap();
+    let paused: RuntimeConfig = wait_for(&env, "held", "Paused=True", |o: &RuntimeConfig| {
+        is(o.status.as_ref(), "Paused", "True")
+    })
+    .await;
+    let status = paused.status.unwrap();
+    assert_eq!(status.latest_revision, Some(2), "the revision is recorded");
+    assert_eq!(status.current_revision, Some(1), "but not projected");
+    assert_eq!(condition(&status, "Ready").unwrap().reason, "Paused");
+    assert_eq!(
+        config_map(&env, "held").await.resource_version(),
+        cm_before.resource_version()
+    );
+    rtcs.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": false}})),
+    )
+    .await
+    .unwrap();
+    let resumed: RuntimeConfig = ready_at(&env, "held", 2).await;
+    assert_eq!(resumed.status.unwrap().history.len(), 2);
+}
+
+#[tokio::test]
+async fn renaming_the_target_moves_the_projection() {
+    let env = TestEnv::new("rename").await;
+    let _operator = env.start_operator();
+    let pbs: Api<PoolBudget> = Api::namespaced(env.client.clone(), &env.ns);
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: PoolBudget\nmetadata: {name: pools}\nspec:\n  target: {configMapName: old-name}\n",
+    );
+    let _: PoolBudget = ready_at(&env, "pools", 1).await;
+    // A ConfigMap the operator does not own is never taken over.
+    env.apply_yaml(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: users-own}\ndata: {keep: me}\n",
+    );
+    pbs.patch(
+        "pools",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"target": {"configMapName": "users-own"}}})),
+    )
+    .await
+    .unwrap();
+    let refused: PoolBudget = wait_for(&env, "pools", "TargetConflict", |o: &PoolBudget| {
+        o.status
+            .as_ref()
+            .and_then(|s| condition(s, "Ready"))
+            .is_some_and(|c| c.reason == "TargetConflict")
+    })
+    .await;
+    assert!(is(refused.status.as_ref(), "Ready", "False"));
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    assert_eq!(
+        cms.get("users-own").await.unwrap().data.unwrap()["keep"],
+        "me"
+    );
+    pbs.patch(
+        "pools",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"target": {"configMapName": "new-name", "format": "json"}}})),
+    )
+    .await
+    .unwrap();
+    let moved: PoolBudget = wait_for(&env, "pools", "projected to new-name", |o: &PoolBudget| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.projected.as_ref())
+            .is_some_and(|p| p.config_map == "new-name")
+            && is(o.status.as_ref(), "Ready", "True")
+    })
+    .await;
+    let cm = cms.get("new-name").await.unwrap();
+    assert!(cm.data.unwrap().contains_key("config.json"));
+    eventually(20, "the old ConfigMap to be deleted", || async {
+        cms.get_opt("old-name")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // The format changed, the document did not: the same revision, projected anew.
+    assert_eq!(moved.status.unwrap().current_revision, Some(1));
+}
