@@ -21,6 +21,11 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the pod-side agent (a sidecar next to the application).
+    Agent(crate::agent::AgentArgs),
+    /// Validate, render, and inspect or roll back hotconf objects.
+    #[command(flatten)]
+    Tools(crate::commands::Tools),
     /// Run the controller for RuntimeConfig and PoolBudget.
     Operator(crate::operator::OperatorArgs),
     /// Print the CustomResourceDefinitions (as `crds/` holds them).
@@ -78,6 +83,8 @@ pub fn run(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
             Command::Operator(args) => crate::operator::run(args).await,
+            Command::Agent(args) => crate::agent::run(args).await,
+            Command::Tools(tools) => crate::commands::run(tools).await,
             Command::Crds(_) => unreachable!("handled above"),
         }
     });

@@ -3,7 +3,10 @@
 //! The library holds all logic; `src/main.rs` only parses arguments and calls [`cli::run`].
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod controller;
 pub mod crd;
 pub mod dev;

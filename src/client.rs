@@ -1,0 +1,1 @@
+//! The client library for applications. Being written for issue 5.
