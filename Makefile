@@ -26,6 +26,7 @@ run: build
 
 ## test: everything — assets, unit tests and integration tests against a real control plane
 test:
+	@bash hack/test-deps.sh
 	@dir=$(ASSETS_DIR) && echo "control plane binaries: $$dir" && \
 	KUBEBUILDER_ASSETS=$$dir $(CARGO) test --all-targets --no-fail-fast
 

@@ -61,9 +61,20 @@ pub struct DevArgs {
     pub assets: Option<PathBuf>,
 }
 
-/// When the binary runs as `kubectl-hotconf` (a kubectl plugin), its name is the same program.
+/// The command-line arguments to parse. Invoked as `kubectl-hotconf` (a symlink or copy on
+/// PATH, which kubectl runs for `kubectl hotconf ...`), the binary is the same program; only
+/// the name in help and usage becomes `kubectl hotconf`, as the user typed it.
 pub fn plugin_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    args.into_iter().collect()
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    let is_plugin = args.first().is_some_and(|argv0| {
+        std::path::Path::new(argv0)
+            .file_name()
+            .is_some_and(|name| name == "kubectl-hotconf")
+    });
+    if is_plugin {
+        args[0] = OsString::from("kubectl hotconf");
+    }
+    args
 }
 
 /// Runs a parsed command line and returns the process exit code.

@@ -3,6 +3,7 @@
 //! to do, and performs exactly those writes, by server-side apply as field manager `hotconf`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,12 +22,14 @@ use kube::{
     },
 };
 use serde_json::json;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::Error;
 use crate::crd::{ConfigStatus, MANAGER, PoolBudget, RuntimeConfig, names};
 use crate::document::ResolvedSecret;
 use crate::kinds::ConfigResource;
+use crate::metrics::{OperatorMetrics, ResultLabels};
 use crate::projection::ResolvedTarget;
 use crate::reconcile::{self, Observed, Plan};
 
@@ -36,6 +39,10 @@ pub struct Context {
     pub client: Client,
     /// Publishes Events.
     pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<OperatorMetrics>,
+    /// Whether this replica may write (it holds the Lease, or election is off).
+    pub is_leader: watch::Receiver<bool>,
     // uid → (resourceVersion the write was based on, status written): a reconcile that still
     // sees the object as it was before our own status write uses what we wrote.
     written: Mutex<HashMap<String, (String, ConfigStatus)>>,
@@ -43,7 +50,11 @@ pub struct Context {
 
 impl Context {
     /// A context for `client`, reporting Events as `hotconf` (instance: `$POD_NAME` if set).
-    pub fn new(client: Client) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        metrics: Arc<OperatorMetrics>,
+        is_leader: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "hotconf".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -51,9 +62,26 @@ impl Context {
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            metrics,
+            is_leader,
             written: Mutex::new(HashMap::new()),
         })
     }
+
+    fn leading(&self) -> bool {
+        *self.is_leader.borrow()
+    }
+}
+
+/// What the controllers share with the rest of the process.
+#[derive(Clone)]
+pub struct Runtime {
+    /// Metrics to record into.
+    pub metrics: Arc<OperatorMetrics>,
+    /// Leadership (always true without leader election).
+    pub is_leader: watch::Receiver<bool>,
+    /// Set once every watch has listed its objects (`/readyz`).
+    pub ready: Arc<AtomicBool>,
 }
 
 /// Which namespaces the operator watches: all, or a list.
@@ -95,28 +123,36 @@ pub async fn check_crds(client: &Client) -> Result<(), Error> {
 pub async fn run(
     client: Client,
     scope: Scope,
+    runtime: Runtime,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     check_crds(&client).await?;
-    let ctx = Context::new(client.clone());
+    let ctx = Context::new(
+        client.clone(),
+        runtime.metrics.clone(),
+        runtime.is_leader.clone(),
+    );
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut runs: Vec<BoxFuture<'static, ()>> = Vec::new();
+    let mut synced = Vec::new();
     for api in scope.apis::<RuntimeConfig>(&client) {
-        runs.push(Box::pin(controller_for(
-            api,
-            client.clone(),
-            ctx.clone(),
-            stop(&tx),
-        )));
+        let (run, ready) = controller_for(api, client.clone(), ctx.clone(), stop(&tx));
+        runs.push(Box::pin(run));
+        synced.push(ready);
     }
     for api in scope.apis::<PoolBudget>(&client) {
-        runs.push(Box::pin(controller_for(
-            api,
-            client.clone(),
-            ctx.clone(),
-            stop(&tx),
-        )));
+        let (run, ready) = controller_for(api, client.clone(), ctx.clone(), stop(&tx));
+        runs.push(Box::pin(run));
+        synced.push(ready);
     }
+    // The controllers hold what they need; the Lease can be released once they stop.
+    drop(ctx);
+    let ready = runtime.ready.clone();
+    let readiness = tokio::spawn(async move {
+        futures::future::join_all(synced).await;
+        ready.store(true, Ordering::Release);
+        info!("every watch has synced");
+    });
     let trigger = tx.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -124,6 +160,7 @@ pub async fn run(
     });
     info!(namespaces = ?scope.namespaces, "hotconf operator started");
     futures::future::join_all(runs).await;
+    readiness.abort();
     info!("hotconf operator stopped");
     Ok(())
 }
@@ -137,12 +174,16 @@ fn stop(
     }
 }
 
+// The controller of one kind in one scope, and a future that resolves once its watch has synced.
 fn controller_for<K: ConfigResource>(
     api: Api<K>,
     client: Client,
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> impl std::future::Future<Output = ()> + Send {
+) -> (
+    impl std::future::Future<Output = ()> + Send,
+    BoxFuture<'static, ()>,
+) {
     let ns = api.resource_url().to_string();
     let namespace = namespace_of(&ns);
     let (cms, secrets): (Api<ConfigMap>, Api<Secret>) = match &namespace {
@@ -160,6 +201,24 @@ fn controller_for<K: ConfigResource>(
     ));
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let synced = controller.store();
+    let synced: BoxFuture<'static, ()> = Box::pin(async move {
+        // The store's readiness is a one-shot channel that wakes only its latest waiter, and the
+        // controller waits on it too: ask again and again rather than wait once.
+        while tokio::time::timeout(Duration::from_millis(200), synced.wait_until_ready())
+            .await
+            .is_err()
+        {}
+    });
+    // A replica that becomes leader reconciles everything: it skipped writes until now.
+    let became_leader = futures::stream::unfold(ctx.is_leader.clone(), |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    });
     let mut controller = controller
         .owns(cms, owned.clone())
         .owns(secrets.clone(), owned);
@@ -177,14 +236,28 @@ fn controller_for<K: ConfigResource>(
                 .collect::<Vec<_>>()
         });
     }
-    controller
+    let metrics = ctx.metrics.clone();
+    let run = controller
+        .reconcile_all_on(became_leader)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(kind = K::KIND, error = %e, "reconcile failed");
+        .for_each(move |result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        metrics
+                            .watch_restarts
+                            .get_or_create(&OperatorMetrics::kind(K::KIND))
+                            .inc();
+                        warn!(kind = K::KIND, error = %e, "watch failed; restarting it");
+                    }
+                    Err(e) => warn!(kind = K::KIND, error = %e, "reconcile failed"),
+                    Ok(_) => {}
+                }
             }
-        })
+        });
+    (run, synced)
 }
 
 fn namespace_of(url: &str) -> Option<String> {
@@ -237,6 +310,31 @@ async fn resolve_secrets<K: ConfigResource>(
 }
 
 async fn reconcile<K: ConfigResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leading() {
+        // A follower keeps its caches warm and writes nothing; it reconciles all on promotion.
+        return Ok(Action::await_change());
+    }
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(obj, &ctx).await;
+    let kind = OperatorMetrics::kind(K::KIND);
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabels {
+            kind: K::KIND.into(),
+            result: match &result {
+                Ok(_) => "success".into(),
+                Err(e) => e.metric_label().into(),
+            },
+        })
+        .inc();
+    result
+}
+
+async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let client = &ctx.client;
@@ -270,7 +368,7 @@ async fn reconcile<K: ConfigResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
         now: chrono::Utc::now(),
     };
     let plan = reconcile::plan(&obj, &observed);
-    execute(&obj, &plan, &ctx, &cms, &secrets).await?;
+    execute(&obj, &plan, ctx, &cms, &secrets).await?;
     Ok(match plan.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
@@ -342,7 +440,17 @@ async fn execute<K: ConfigResource>(
             .await?;
     }
     let reference = obj.object_ref(&());
+    let kind = OperatorMetrics::kind(K::KIND);
     for e in &plan.events {
+        let counter = match e.reason {
+            "Projected" => Some(&ctx.metrics.revisions_projected),
+            "ValidationFailed" => Some(&ctx.metrics.validation_failures),
+            "RolledBack" => Some(&ctx.metrics.rollbacks),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.get_or_create(&kind).inc();
+        }
         let event = Event {
             type_: if e.warning {
                 EventType::Warning

@@ -44,9 +44,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         plane.kubeconfig_path().display(),
         plane.log_dir().display()
     );
+    let mut registry = prometheus_client::registry::Registry::with_prefix("hotconf");
+    let election = crate::leader::Election::solo();
+    let runtime = crate::controller::Runtime {
+        metrics: std::sync::Arc::new(crate::metrics::OperatorMetrics::register(&mut registry)),
+        is_leader: election.is_leader.clone(),
+        ready: Default::default(),
+    };
     let operator = crate::controller::run(
         client.clone(),
         crate::controller::Scope::default(),
+        runtime,
         shutdown_signal(),
     )
     .await;

@@ -468,7 +468,8 @@ impl ControlPlane {
     }
 
     /// Starts `program` under a supervisor (like the control plane's own processes), with
-    /// `KUBECONFIG` pointing at a kubeconfig for `user`, its output appended to `log`.
+    /// `KUBECONFIG` pointing at a kubeconfig for `user` (a token user, or a ServiceAccount
+    /// `system:serviceaccount:NS:NAME` impersonated by the admin), its output appended to `log`.
     pub fn spawn(
         &self,
         name: &'static str,
@@ -479,6 +480,13 @@ impl ControlPlane {
     ) -> Result<Process> {
         let kubeconfig = if user == ADMIN_USER {
             self.kubeconfig_path.clone()
+        } else if let Some(sa) = user.strip_prefix("system:serviceaccount:") {
+            let ns = sa.split(':').next().unwrap_or_default();
+            let ns_group = format!("system:serviceaccounts:{ns}");
+            self.kubeconfig_impersonating(
+                user,
+                &["system:serviceaccounts", &ns_group, "system:authenticated"],
+            )?
         } else {
             self.kubeconfig_for(user)?
         };
@@ -560,6 +568,34 @@ impl ControlPlane {
         io(
             "writing a user kubeconfig",
             fs::write(&path, admin.replace(admin_token, token)),
+        )?;
+        Ok(path)
+    }
+
+    /// Writes a kubeconfig in which the admin impersonates `user` (e.g. a ServiceAccount,
+    /// `system:serviceaccount:NS:NAME`), so RBAC judges every request as that user's.
+    pub fn kubeconfig_impersonating(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let text = io(
+            "reading the kubeconfig",
+            fs::read_to_string(&self.kubeconfig_path),
+        )?;
+        let mut config: serde_yaml::Value =
+            serde_yaml::from_str(&text).expect("our own kubeconfig parses");
+        let auth = &mut config["users"][0]["user"];
+        auth["as"] = user.into();
+        auth["as-groups"] = groups
+            .iter()
+            .map(|g| serde_yaml::Value::from(*g))
+            .collect::<Vec<_>>()
+            .into();
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self.dir.join(format!("kubeconfig-as-{safe}"));
+        io(
+            "writing an impersonating kubeconfig",
+            fs::write(&path, serde_yaml::to_string(&config).expect("YAML")),
         )?;
         Ok(path)
     }

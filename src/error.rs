@@ -25,6 +25,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Leader(String),
     /// The CRDs are not installed in the cluster.
     #[error(
         "CRD {0} is not installed: run `hotconf crds | kubectl apply --server-side -f -` (or install the Helm chart) first"
@@ -83,6 +86,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Manifest { .. } => "manifest",
             Error::CrdsMissing(_) => "crds_missing",
+            Error::Leader(_) => "leader_election",
             Error::Process { .. } => "process",
             Error::MissingBinary { .. } => "missing_binary",
             Error::NotReady { .. } => "not_ready",

@@ -3,6 +3,7 @@
 //! The library holds all logic; `src/main.rs` only parses arguments and calls [`cli::run`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod client;
@@ -16,7 +17,9 @@ mod error;
 pub mod flags;
 pub mod history;
 pub mod kinds;
+pub mod leader;
 pub mod manifests;
+pub mod metrics;
 pub mod operator;
 pub mod projection;
 pub mod reconcile;

@@ -1,10 +1,18 @@
-//! `hotconf operator`: connects to the cluster and runs the controllers until SIGTERM or Ctrl-C.
+//! `hotconf operator`: connects to the cluster, serves the admin endpoints, takes part in
+//! leader election, and runs the controllers until SIGTERM or Ctrl-C. On shutdown the
+//! controllers stop first, then the Lease is released, so a successor takes over at once.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
 
-use crate::controller::{self, Scope};
+use crate::controller::{self, Runtime, Scope};
+use crate::leader::{Election, LeaderArgs};
+use crate::metrics::OperatorMetrics;
 
 /// Arguments of `hotconf operator`.
 #[derive(clap::Args, Debug, Clone)]
@@ -12,6 +20,12 @@ pub struct OperatorArgs {
     /// Namespaces to watch (comma-separated or repeated); all namespaces when empty.
     #[arg(long, env = "HOTCONF_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "HOTCONF_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// Leader election.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
 }
 
 /// Runs the operator with the usual kubeconfig resolution (in-cluster, `$KUBECONFIG`,
@@ -23,11 +37,68 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let scope = Scope {
         namespaces: args
             .namespaces
-            .into_iter()
+            .iter()
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty())
             .collect(),
     };
-    controller::run(client, scope, crate::dev::shutdown_signal()).await?;
+    controller::check_crds(&client).await?;
+
+    let mut registry = Registry::with_prefix("hotconf");
+    let metrics = Arc::new(OperatorMetrics::register(&mut registry));
+    let registry = Arc::new(registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+
+    let listener = crate::admin::bind(args.admin_addr).await?;
+    let admin = tokio::spawn(crate::admin::serve(
+        listener,
+        registry.clone(),
+        ready.clone(),
+        stopped(&stop_tx),
+    ));
+    let election = if args.leader.leader_elect {
+        Election::start(client.clone(), &args.leader).await?
+    } else {
+        Election::solo()
+    };
+    let gauge = {
+        let mut leading = election.is_leader.clone();
+        let metrics = metrics.clone();
+        let stop = stopped(&stop_tx);
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                let now = *leading.borrow_and_update();
+                metrics.leader.set(i64::from(now));
+                tokio::select! {
+                    _ = &mut stop => break,
+                    changed = leading.changed() => if changed.is_err() { break },
+                }
+            }
+        })
+    };
+
+    let runtime = Runtime {
+        metrics,
+        is_leader: election.is_leader.clone(),
+        ready,
+    };
+    let result = controller::run(client, scope, runtime, crate::dev::shutdown_signal()).await;
+    let _ = stop_tx.send(());
+    let _ = gauge.await;
+    election.release().await;
+    match admin.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server failed"),
+        Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }

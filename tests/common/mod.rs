@@ -93,18 +93,28 @@ impl TestEnv {
     /// Starts `hotconf operator` for this test's namespace, as its own user, logging to
     /// `target/control-plane-logs/<binary>/operator-<ns>.log`.
     pub fn start_operator(&self) -> hotconf::envtest::Process {
+        self.start_operator_with(hotconf::envtest::OPERATOR_USER, &[])
+    }
+
+    /// Starts `hotconf operator` for this namespace as `user` (a token user, or a
+    /// ServiceAccount impersonated by the admin), with extra arguments; the admin server goes
+    /// to a free loopback port unless an address is given.
+    pub fn start_operator_with(&self, user: &str, extra: &[String]) -> hotconf::envtest::Process {
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
         let log = self
             .plane
             .log_dir()
-            .join(format!("operator-{}.log", self.ns));
+            .join(format!("operator-{}-{safe}.log", self.ns));
+        let mut args = vec!["operator".to_string(), format!("--namespaces={}", self.ns)];
+        if !extra.iter().any(|a| a.starts_with("--admin-addr")) {
+            args.push(format!("--admin-addr=127.0.0.1:{}", free_port()));
+        }
+        args.extend(extra.iter().cloned());
         self.plane
-            .spawn(
-                "hotconf-operator",
-                &hotconf_bin(),
-                &["operator".to_string(), format!("--namespaces={}", self.ns)],
-                hotconf::envtest::OPERATOR_USER,
-                &log,
-            )
+            .spawn("hotconf-operator", &hotconf_bin(), &args, user, &log)
             .expect("starting the operator")
     }
 
@@ -159,4 +169,13 @@ impl TestEnv {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

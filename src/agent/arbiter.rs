@@ -1,0 +1,195 @@
+//! Which snapshot to hand on next when two sources feed the agent. Pure: the state of each
+//! source goes in, a decision comes out.
+//!
+//! The API watch is primary: it sees a change the moment the API server stores it, while the
+//! kubelet refreshes a volume 60–120 s later. The volume is used only when there is no API
+//! source, when the API source is failing, or when it has not synced within a grace period after
+//! start. Nothing ever goes backwards: content the API source showed before its current state is
+//! stale and never applied from the volume; content that was applied or refused is not handled
+//! twice.
+
+use std::time::{Duration, Instant};
+
+use super::api::{ApiHealth, ApiState};
+use super::source::{Origin, Snapshot};
+
+/// How long the volume waits for a starting API source before it is used on its own.
+pub const API_GRACE: Duration = Duration::from_secs(3);
+
+/// The agent's memory of what it handed on and what each source showed it last.
+#[derive(Debug)]
+pub struct Arbiter {
+    applied: Option<String>,
+    handled_api: Option<String>,
+    handled_volume: Option<String>,
+    grace_until: Instant,
+}
+
+impl Arbiter {
+    /// An arbiter for an agent started at `start`.
+    pub fn new(start: Instant) -> Self {
+        Arbiter {
+            applied: None,
+            handled_api: None,
+            handled_volume: None,
+            grace_until: start + API_GRACE,
+        }
+    }
+
+    /// Records that `snapshot` was handled: handed on (`applied`) or refused. A source's
+    /// state is handled once; the same content coming back later, after other content, is a
+    /// new state and is handled again.
+    pub fn handled(&mut self, snapshot: &Snapshot, applied: bool) {
+        let id = Some(snapshot.identity.clone());
+        match snapshot.origin {
+            Origin::Api => self.handled_api = id.clone(),
+            Origin::Volume => self.handled_volume = id.clone(),
+        }
+        if applied {
+            self.applied = id;
+        }
+    }
+
+    /// The identity of the content handed on last.
+    pub fn current(&self) -> Option<&str> {
+        self.applied.as_deref()
+    }
+
+    /// Whether the volume may be used now.
+    pub fn volume_allowed(&self, api: &ApiState, now: Instant) -> bool {
+        match api.health {
+            ApiHealth::Disabled | ApiHealth::Failing(_) => true,
+            ApiHealth::Connecting => now >= self.grace_until,
+            ApiHealth::Synced => false,
+        }
+    }
+
+    /// When to look again although no source changed: the end of the start-up grace period.
+    pub fn deadline(&self, api: &ApiState, now: Instant) -> Option<Instant> {
+        (api.health == ApiHealth::Connecting && now < self.grace_until).then_some(self.grace_until)
+    }
+
+    /// The snapshot to hand on next, if any. The API source's latest state comes first; a
+    /// volume snapshot is picked only when the volume may be used and its content is not one
+    /// the API source has shown (that content is either the API's own latest, handled above,
+    /// or older than it).
+    pub fn pick(
+        &self,
+        volume: Option<&Snapshot>,
+        api: &ApiState,
+        now: Instant,
+    ) -> Option<Snapshot> {
+        if let Some(latest) = &api.latest
+            && self.handled_api.as_ref() != Some(&latest.identity)
+            && self.applied.as_ref() != Some(&latest.identity)
+        {
+            return Some(latest.clone());
+        }
+        let volume = volume?;
+        if self.handled_volume.as_ref() == Some(&volume.identity)
+            || self.applied.as_ref() == Some(&volume.identity)
+            || !self.volume_allowed(api, now)
+            || api.history.iter().any(|(id, _)| *id == volume.identity)
+        {
+            return None;
+        }
+        let mut chosen = volume.clone();
+        if chosen.owner.kind.is_none() {
+            chosen.owner = api.owner.clone();
+        }
+        Some(chosen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::source::Origin;
+
+    fn snap(origin: Origin, text: &str, revision: Option<i64>) -> Snapshot {
+        let mut s = Snapshot::new(origin, "config.yaml", Ok(text.to_string()));
+        s.revision = revision;
+        s
+    }
+
+    fn api(health: ApiHealth, seen: &[(&str, i64)]) -> ApiState {
+        let mut state = ApiState {
+            health,
+            ..ApiState::default()
+        };
+        for (text, rev) in seen {
+            state.observe(snap(Origin::Api, text, Some(*rev)));
+        }
+        state
+    }
+
+    #[test]
+    fn volume_alone_is_applied_once() {
+        let t0 = Instant::now();
+        let mut a = Arbiter::new(t0);
+        let none = ApiState::default();
+        let v = snap(Origin::Volume, "a: 1\n", None);
+        let picked = a.pick(Some(&v), &none, t0).unwrap();
+        assert_eq!(picked.origin, Origin::Volume);
+        a.handled(&picked, true);
+        assert!(a.pick(Some(&v), &none, t0).is_none(), "unchanged content");
+        let bad = snap(Origin::Volume, "a: [\n", None);
+        a.handled(&bad, false);
+        assert!(a.pick(Some(&bad), &none, t0).is_none(), "refused once");
+        assert_eq!(a.current(), Some(v.identity.as_str()));
+        // The same bad content coming back after other content is a new state.
+        let other = snap(Origin::Volume, "a: 2\n", None);
+        a.handled(&other, true);
+        assert!(a.pick(Some(&bad), &none, t0).is_some());
+    }
+
+    #[test]
+    fn api_is_primary_and_volume_waits_for_the_grace_period() {
+        let t0 = Instant::now();
+        let a = Arbiter::new(t0);
+        let v = snap(Origin::Volume, "a: 1\n", None);
+        let connecting = api(ApiHealth::Connecting, &[]);
+        assert!(a.pick(Some(&v), &connecting, t0).is_none());
+        assert_eq!(a.deadline(&connecting, t0), Some(t0 + API_GRACE));
+        assert!(a.pick(Some(&v), &connecting, t0 + API_GRACE).is_some());
+        let synced = api(ApiHealth::Synced, &[("a: 2\n", 2)]);
+        assert_eq!(
+            a.pick(Some(&v), &synced, t0).unwrap().origin,
+            Origin::Api,
+            "the API's content wins"
+        );
+    }
+
+    #[test]
+    fn volume_is_the_fallback_but_never_goes_backwards() {
+        let t0 = Instant::now();
+        let mut a = Arbiter::new(t0);
+        let mut state = api(ApiHealth::Synced, &[("a: 1\n", 1), ("a: 2\n", 2)]);
+        let applied = a.pick(None, &state, t0).unwrap();
+        assert_eq!(applied.revision, Some(2));
+        a.handled(&applied, true);
+        state.health = ApiHealth::Failing("connection refused".into());
+        // The kubelet still shows revision 1: stale.
+        let old = snap(Origin::Volume, "a: 1\n", None);
+        assert!(a.pick(Some(&old), &state, t0).is_none());
+        // Content the API never showed is newer: applied from the volume.
+        let new = snap(Origin::Volume, "a: 3\n", None);
+        assert_eq!(a.pick(Some(&new), &state, t0).unwrap().origin, Origin::Volume);
+        // Same content as the API's latest: already applied.
+        let same = snap(Origin::Volume, "a: 2\n", None);
+        assert!(a.pick(Some(&same), &state, t0).is_none());
+        // While the API is healthy the volume is not consulted.
+        state.health = ApiHealth::Synced;
+        assert!(a.pick(Some(&new), &state, t0).is_none());
+    }
+
+    #[test]
+    fn content_refused_from_the_api_is_refused_from_the_volume() {
+        let t0 = Instant::now();
+        let state = api(ApiHealth::Failing("x".into()), &[("a: 1\n", 7)]);
+        let mut a = Arbiter::new(t0);
+        a.handled(state.latest.as_ref().unwrap(), false);
+        let v = snap(Origin::Volume, "a: 1\n", None);
+        assert!(a.pick(Some(&v), &state, t0).is_none());
+    }
+}

@@ -1,0 +1,464 @@
+//! The pod-side agent (`hotconf agent`, SPEC.md §6): it follows a projected ConfigMap through
+//! the mounted volume and/or an API watch, checks each new document, hands the good ones to the
+//! application (atomic write, then a reload URL, a signal or a command), keeps the last good one
+//! when a bad one arrives, and reports what it applied on its own Pod and in its metrics.
+//!
+//! The pieces: [`source`] (what a source hands on), [`volume`] and [`api`] (the two sources),
+//! [`arbiter`] (which source wins), [`check`] (parse and hash checks, `${VAR}` expansion),
+//! [`handoff`] (write and notify), [`report`] (the Pod annotation), [`metrics`] (metrics and
+//! the admin server). The client library (`crate::client`) reuses the sources and the checks.
+
+pub mod api;
+pub mod arbiter;
+pub mod check;
+pub mod handoff;
+pub mod metrics;
+pub mod report;
+pub mod source;
+pub mod volume;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::watch;
+
+use api::{ApiHealth, ApiSource, ApiState};
+use arbiter::Arbiter;
+use handoff::{Handed, Notifier, Target};
+use metrics::{Metrics, Outcome};
+use report::{Applied, Reporter};
+use source::{Owner, Snapshot};
+use volume::VolumeSource;
+
+/// Arguments of `hotconf agent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The directory where the ConfigMap is mounted (watched with inotify; the kubelet's
+    /// atomic `..data` swap is handled).
+    #[arg(long, env = "HOTCONF_WATCH_DIR")]
+    pub watch_dir: Option<PathBuf>,
+    /// Watch the ConfigMap through the API server: NAMESPACE/NAME, or NAME in the Pod's
+    /// namespace. With --watch-dir too, the API is primary and the volume the fallback.
+    #[arg(long, env = "HOTCONF_CONFIGMAP")]
+    pub configmap: Option<String>,
+    /// The data key holding the document (default: the only key, else config.yaml). Its
+    /// extension gives the format: .yaml/.yml, .json, .properties or .env.
+    #[arg(long, env = "HOTCONF_FILE")]
+    pub file: Option<String>,
+    /// Where to write each good document (atomically: temporary file, fsync, rename).
+    #[arg(long, env = "HOTCONF_OUTPUT")]
+    pub output: Option<PathBuf>,
+    /// POST here after each new document (http://; retried with backoff, 2xx is success).
+    #[arg(long, env = "HOTCONF_RELOAD_URL")]
+    pub reload_url: Option<String>,
+    /// How many times a failed reload POST is retried.
+    #[arg(long, env = "HOTCONF_RELOAD_RETRIES", default_value_t = 5)]
+    pub reload_retries: u32,
+    /// How long one reload POST may take.
+    #[arg(long, env = "HOTCONF_RELOAD_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub reload_timeout: Duration,
+    /// Send this signal after each new document (HUP, SIGHUP, 1, ...); needs --pid-file or
+    /// --process-name.
+    #[arg(long, env = "HOTCONF_SIGNAL")]
+    pub signal: Option<String>,
+    /// The file holding the pid to signal.
+    #[arg(long, env = "HOTCONF_PID_FILE", requires = "signal")]
+    pub pid_file: Option<PathBuf>,
+    /// Signal every process with this name (needs shareProcessNamespace in the Pod).
+    #[arg(
+        long,
+        env = "HOTCONF_PROCESS_NAME",
+        requires = "signal",
+        conflicts_with = "pid_file"
+    )]
+    pub process_name: Option<String>,
+    /// Run this with `sh -c` after each new document (HOTCONF_REVISION, HOTCONF_HASH and
+    /// HOTCONF_OUTPUT are set).
+    #[arg(long, env = "HOTCONF_EXEC")]
+    pub exec: Option<String>,
+    /// Expand ${VAR} and ${VAR:default} in the document's string values before writing.
+    #[arg(long, env = "HOTCONF_EXPAND_ENV")]
+    pub expand_env: bool,
+    /// Address of the admin server (/metrics, /healthz, /readyz); "off" disables it.
+    #[arg(long, env = "HOTCONF_ADMIN_ADDR", default_value = "0.0.0.0:9901")]
+    pub admin_addr: String,
+    /// How long the volume directory must be quiet before a change is read.
+    #[arg(long, env = "HOTCONF_DEBOUNCE", default_value = "10ms", value_parser = duration)]
+    pub debounce: Duration,
+    /// This Pod's name, for the hotconf.dev/applied annotation (Downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This Pod's namespace (Downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    crate::validation::parse_duration(text)
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    run_until(args, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run_until(
+    args: AgentArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<ExitCode> {
+    if args.watch_dir.is_none() && args.configmap.is_none() {
+        bail!("give a source: --watch-dir DIR and/or --configmap NAMESPACE/NAME");
+    }
+    let signal = match &args.signal {
+        None => None,
+        Some(s) => {
+            let sig = handoff::parse_signal(s).map_err(anyhow::Error::msg)?;
+            let target = match (&args.pid_file, &args.process_name) {
+                (Some(f), _) => Target::PidFile(f.clone()),
+                (None, Some(n)) => Target::Name(n.clone()),
+                (None, None) => bail!("--signal needs --pid-file or --process-name"),
+            };
+            Some((sig, target))
+        }
+    };
+    let notifier = Notifier::new(
+        args.reload_url.as_deref(),
+        args.reload_retries,
+        args.reload_timeout,
+        signal,
+        args.exec.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if let Some(dir) = args.output.as_ref().and_then(|o| o.parent())
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the output directory {}", dir.display()))?;
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    if !matches!(args.admin_addr.as_str(), "" | "off") {
+        let mut stop = stop_rx.clone();
+        let bound = metrics::serve(&args.admin_addr, metrics.clone(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .with_context(|| format!("serving the admin endpoints on {}", args.admin_addr))?;
+        tracing::info!(addr = %bound, "admin server listening");
+    }
+
+    // A client is needed for the API source and for the Pod annotation.
+    let pod = args.pod_name.clone().zip(args.pod_namespace.clone());
+    let client = if args.configmap.is_some() || pod.is_some() {
+        match kube::Client::try_default().await {
+            Ok(c) => Some(c),
+            Err(e) if args.configmap.is_some() => {
+                return Err(e).context("connecting to the API server for --configmap");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes client: the Pod will not be annotated");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let reporter = match (&client, &pod) {
+        (Some(c), Some((name, ns))) => Some(Reporter::spawn(c.clone(), ns, name)),
+        _ => {
+            tracing::info!(
+                "POD_NAME/POD_NAMESPACE not set: the hotconf.dev/applied annotation is not written"
+            );
+            None
+        }
+    };
+
+    let mut volume_rx = None;
+    if let Some(dir) = &args.watch_dir {
+        let (tx, rx) = watch::channel(None);
+        let source = VolumeSource {
+            dir: dir.clone(),
+            key: args.file.clone(),
+            debounce: args.debounce,
+        };
+        tokio::spawn(source.run(tx));
+        volume_rx = Some(rx);
+    }
+    let mut api_rx = None;
+    if let (Some(spec), Some(client)) = (&args.configmap, &client) {
+        let (namespace, name) = match spec.split_once('/') {
+            Some((ns, name)) => (ns.to_string(), name.to_string()),
+            None => match &args.pod_namespace {
+                Some(ns) => (ns.clone(), spec.clone()),
+                None => bail!("--configmap {spec}: give NAMESPACE/NAME or set POD_NAMESPACE"),
+            },
+        };
+        let (tx, rx) = watch::channel(ApiState::default());
+        let source = ApiSource {
+            client: client.clone(),
+            namespace,
+            name,
+            key: args.file.clone(),
+        };
+        tokio::spawn(source.run(tx));
+        api_rx = Some(rx);
+    }
+
+    let mut agent = Agent {
+        arbiter: Arbiter::new(Instant::now()),
+        notifier,
+        output: args.output.clone(),
+        expand_env: args.expand_env,
+        metrics,
+        reporter,
+        last_good: None,
+        first: true,
+    };
+    tracing::info!(
+        watch_dir = ?args.watch_dir,
+        configmap = ?args.configmap,
+        output = ?args.output,
+        "agent started"
+    );
+    agent.run(volume_rx, api_rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    Ok(ExitCode::SUCCESS)
+}
+
+// What was handed on last, for reports after a refusal.
+#[derive(Clone, Debug)]
+struct Good {
+    owner: Owner,
+    revision: Option<i64>,
+    hash: String,
+}
+
+struct Agent {
+    arbiter: Arbiter,
+    notifier: Notifier,
+    output: Option<PathBuf>,
+    expand_env: bool,
+    metrics: Arc<Metrics>,
+    reporter: Option<Reporter>,
+    last_good: Option<Good>,
+    first: bool,
+}
+
+// Resolves when the receiver (if any) sees a change; pends forever without one, and drops a
+// receiver whose source ended.
+async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                *rx = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    async fn run(
+        &mut self,
+        mut volume_rx: Option<watch::Receiver<Option<Snapshot>>>,
+        mut api_rx: Option<watch::Receiver<ApiState>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let no_api = ApiState::default();
+        loop {
+            // Hand on everything there is to hand on, newest state first.
+            loop {
+                let volume = volume_rx.as_mut().and_then(|r| r.borrow_and_update().clone());
+                let api = api_rx
+                    .as_mut()
+                    .map(|r| r.borrow_and_update().clone())
+                    .unwrap_or_else(|| no_api.clone());
+                match self.arbiter.pick(volume.as_ref(), &api, Instant::now()) {
+                    Some(snapshot) => self.handle(snapshot).await,
+                    None => break,
+                }
+            }
+            let deadline = api_rx
+                .as_ref()
+                .and_then(|r| self.arbiter.deadline(&r.borrow(), Instant::now()));
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("stopping");
+                    return;
+                }
+                _ = changed(&mut volume_rx) => {}
+                _ = changed(&mut api_rx) => {
+                    if let Some(rx) = &api_rx
+                        && let ApiHealth::Failing(e) = &rx.borrow().health
+                    {
+                        tracing::debug!(error = %e, "API source failing; the volume is the fallback");
+                    }
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, snapshot: Snapshot) {
+        let format = snapshot.format();
+        let text = match &snapshot.text {
+            Ok(text) => text.clone(),
+            Err(problem) => return self.refuse(&snapshot, problem),
+        };
+        let checked = match check::check(&text, format, snapshot.hash.as_deref()) {
+            Ok(c) => c,
+            Err(reason) => return self.refuse(&snapshot, &reason),
+        };
+        let lookup = |name: &str| std::env::var(name).ok();
+        let (bytes, missing) = check::output(
+            &text,
+            &checked,
+            format,
+            self.expand_env.then_some(&lookup as check::Lookup<'_>),
+        );
+        if !missing.is_empty() {
+            tracing::warn!(variables = ?missing, "unset environment variables without a default expand to nothing");
+        }
+
+        // At start-up, an output file that already holds this document (an agent restart)
+        // is left alone and the application is not notified again.
+        let first = std::mem::replace(&mut self.first, false);
+        let mut unchanged = false;
+        if let Some(path) = &self.output {
+            unchanged = first && std::fs::read(path).is_ok_and(|b| b == bytes.as_bytes());
+            if !unchanged {
+                let path = path.clone();
+                let data = bytes.clone().into_bytes();
+                let written =
+                    tokio::task::spawn_blocking(move || handoff::write_atomic(&path, &data))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                if let Err(e) = written {
+                    let reason = format!("writing {}: {e}", self.output_display());
+                    tracing::error!(error = %reason, "hand-off failed; the previous file stays");
+                    self.metrics.count(Outcome::WriteFailed);
+                    self.arbiter.handled(&snapshot, false);
+                    self.report(Some(reason));
+                    return;
+                }
+            }
+        }
+        let handed = Handed {
+            revision: snapshot.revision,
+            hash: checked.hash.clone(),
+            file: self.output.clone(),
+        };
+        let notified = if unchanged || self.notifier.is_empty() {
+            Ok(())
+        } else {
+            self.notifier.notify(&handed).await
+        };
+        let latency = snapshot.seen_at.elapsed();
+        self.arbiter.handled(&snapshot, true);
+        self.last_good = Some(Good {
+            owner: snapshot.owner.clone(),
+            revision: snapshot.revision,
+            hash: checked.hash.clone(),
+        });
+        self.metrics.set_revision(snapshot.revision);
+        self.metrics.set_ready();
+        match notified {
+            Ok(()) => {
+                if !unchanged {
+                    self.metrics.count(Outcome::Success);
+                    self.metrics.observe_latency(latency);
+                }
+                tracing::info!(
+                    source = snapshot.origin.as_str(),
+                    revision = ?snapshot.revision,
+                    hash = %checked.hash,
+                    latency_ms = latency.as_secs_f64() * 1000.0,
+                    unchanged,
+                    "applied"
+                );
+                self.report(None);
+            }
+            Err(e) => {
+                tracing::error!(
+                    source = snapshot.origin.as_str(),
+                    revision = ?snapshot.revision,
+                    error = %e,
+                    "written, but notifying the application failed"
+                );
+                self.metrics.count(Outcome::NotifyFailed);
+                self.report(Some(format!("reload failed: {e}")));
+            }
+        }
+    }
+
+    fn output_display(&self) -> String {
+        self.output
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    fn refuse(&mut self, snapshot: &Snapshot, reason: &str) {
+        let what = match snapshot.revision {
+            Some(r) => format!("revision {r}"),
+            None => format!("the new {} content", snapshot.origin.as_str()),
+        };
+        tracing::warn!(
+            source = snapshot.origin.as_str(),
+            revision = ?snapshot.revision,
+            key = %snapshot.key,
+            reason = %reason,
+            "refused a new document; the last good one stays"
+        );
+        self.metrics.count(Outcome::Refused);
+        self.arbiter.handled(snapshot, false);
+        self.report_for(Some(format!("{what} refused: {reason}")), &snapshot.owner);
+    }
+
+    fn report(&self, error: Option<String>) {
+        self.report_for(error, &Owner::default());
+    }
+
+    // Reports the last good document with `error`; `owner` names the CR when nothing good
+    // was handed on yet.
+    fn report_for(&self, error: Option<String>, owner: &Owner) {
+        let Some(reporter) = &self.reporter else {
+            return;
+        };
+        let good = self.last_good.clone();
+        let owner = good.as_ref().map(|g| &g.owner).unwrap_or(owner);
+        reporter.report(Applied {
+            kind: owner.kind.clone(),
+            name: owner.name.clone(),
+            revision: good.as_ref().and_then(|g| g.revision),
+            hash: good
+                .as_ref()
+                .map(|g| g.hash.clone())
+                .filter(|h| !h.is_empty()),
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            error,
+        });
+    }
+}

@@ -1,0 +1,160 @@
+//! What a source (the mounted volume or the API watch) hands to the agent and to the client
+//! library: one whole version of the chosen data key, with what is known about it.
+
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::crd::Format;
+
+/// Where a snapshot came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The mounted ConfigMap directory.
+    Volume,
+    /// The API watch of the ConfigMap.
+    Api,
+}
+
+impl Origin {
+    /// A short name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Volume => "volume",
+            Origin::Api => "api",
+        }
+    }
+}
+
+/// The CR that owns the projected ConfigMap, from its `hotconf.dev/owner-*` labels.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Owner {
+    /// `RuntimeConfig` or `PoolBudget`.
+    pub kind: Option<String>,
+    /// The CR's name.
+    pub name: Option<String>,
+}
+
+/// One version of the data key, as a source saw it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Which source saw it.
+    pub origin: Origin,
+    /// The data key (file name) it was read from.
+    pub key: String,
+    /// The whole text of the key, or why the source could not produce it (e.g. the ConfigMap
+    /// has no such key); a problem is refused like a document that does not parse.
+    pub text: Result<String, String>,
+    /// SHA-256 (hex) of the text: the identity of this content, the same through every source.
+    pub identity: String,
+    /// The `hotconf.dev/revision` annotation (API source only).
+    pub revision: Option<i64>,
+    /// The `hotconf.dev/hash` annotation (API source only).
+    pub hash: Option<String>,
+    /// The owning CR (API source only).
+    pub owner: Owner,
+    /// When the source first noticed the change (start of an inotify burst, arrival of a watch
+    /// event): the start of the source→applied latency.
+    pub seen_at: Instant,
+}
+
+impl Snapshot {
+    /// A snapshot of `text` read from `key`.
+    pub fn new(origin: Origin, key: impl Into<String>, text: Result<String, String>) -> Self {
+        let identity = match &text {
+            Ok(t) => sha256_hex(t.as_bytes()),
+            Err(e) => sha256_hex(format!("error\0{e}").as_bytes()),
+        };
+        Snapshot {
+            origin,
+            key: key.into(),
+            text,
+            identity,
+            revision: None,
+            hash: None,
+            owner: Owner::default(),
+            seen_at: Instant::now(),
+        }
+    }
+
+    /// The document's format, from the data key's extension.
+    pub fn format(&self) -> Format {
+        format_for_key(&self.key)
+    }
+}
+
+/// The format a data key holds, from its extension (`.yaml`/`.yml`, `.json`, `.properties`,
+/// `.env`); anything else is read as YAML, the operator's default.
+pub fn format_for_key(key: &str) -> Format {
+    match key.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()) {
+        Some(ext) if ext == "json" => Format::Json,
+        Some(ext) if ext == "properties" => Format::Properties,
+        Some(ext) if ext == "env" => Format::Env,
+        _ => Format::Yaml,
+    }
+}
+
+/// Which data key holds the document when `--file` is not given: the only key; else
+/// `config.yaml`; else the first of `config.json`, `config.properties`, `config.env` present.
+pub fn default_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let keys: Vec<&str> = keys.into_iter().collect();
+    if let [only] = keys.as_slice() {
+        return Some((*only).to_string());
+    }
+    [
+        "config.yaml",
+        "config.json",
+        "config.properties",
+        "config.env",
+    ]
+    .into_iter()
+    .find(|k| keys.contains(k))
+    .map(str::to_string)
+}
+
+/// SHA-256 in lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_follow_the_extension() {
+        assert_eq!(format_for_key("config.yaml"), Format::Yaml);
+        assert_eq!(format_for_key("app.YML"), Format::Yaml);
+        assert_eq!(format_for_key("config.json"), Format::Json);
+        assert_eq!(format_for_key("x.properties"), Format::Properties);
+        assert_eq!(format_for_key("config.env"), Format::Env);
+        assert_eq!(format_for_key("settings"), Format::Yaml);
+    }
+
+    #[test]
+    fn default_key_is_the_only_key_else_config_yaml() {
+        assert_eq!(default_key(["app.json"]).as_deref(), Some("app.json"));
+        assert_eq!(
+            default_key(["values.a", "config.yaml", "values.b"]).as_deref(),
+            Some("config.yaml")
+        );
+        assert_eq!(
+            default_key(["values.a", "config.env"]).as_deref(),
+            Some("config.env")
+        );
+        assert_eq!(default_key(["a", "b"]), None);
+        assert_eq!(default_key([]), None);
+    }
+
+    #[test]
+    fn identity_is_the_content_hash() {
+        let a = Snapshot::new(Origin::Volume, "config.yaml", Ok("a: 1\n".into()));
+        let b = Snapshot::new(Origin::Api, "config.yaml", Ok("a: 1\n".into()));
+        assert_eq!(a.identity, b.identity);
+        let c = Snapshot::new(Origin::Api, "config.yaml", Err("no key".into()));
+        assert_ne!(a.identity, c.identity);
+    }
+}

@@ -1,1 +1,0 @@
-//! The client library for applications. Being written for issue 5.

@@ -1,0 +1,769 @@
+//! The client library for applications (SPEC.md §6): a handle on the projected document that
+//! follows the mounted ConfigMap (or the API) and swaps in each new version atomically.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hotconf::client::ClientError> {
+//! use hotconf::client::Config;
+//! let config = Config::watch_dir("/etc/hotconf").await?;
+//! let interval: u64 = config.get("check_interval")?;
+//! let _sub = config.subscribe("strategy", |v| println!("strategy is now {v:?}"));
+//! if config.is_enabled("new_ui", "user-42") { /* ... */ }
+//! # let _ = interval; Ok(()) }
+//! ```
+//!
+//! Readers never see a mix of two documents: the current version is an `Arc<Document>` behind
+//! a lock that is held only to clone or replace the pointer, so a reader holding a
+//! [`Document`] (from [`Config::snapshot`]) reads one whole version however many swaps happen
+//! meanwhile. Values resolve in this order: an environment override `HOTCONF_<KEY>` (the key
+//! upper-cased, every other character `_`), the projected value (`values.<key>` of a
+//! RuntimeConfig document, a dotted path into a PoolBudget document), then a default the
+//! application passed with [`Options::default_value`] (the projected document already carries
+//! the schema's defaults; these cover keys the schema does not declare).
+
+mod budget;
+
+pub use budget::{
+    Backpressure, Budget, CachePool, DatabasePool, EvictionPolicy, HttpPool, Pools,
+    PressureLevel, RedisPool,
+};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::agent::api::{ApiSource, ApiState};
+use crate::agent::check;
+use crate::agent::source::Snapshot;
+use crate::agent::volume::VolumeSource;
+use crate::crd::Format;
+
+/// What can go wrong reading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No environment override, projected value or default for the key.
+    #[error("no value for {key}: no {env} variable, no projected value, no default")]
+    Missing {
+        /// The key.
+        key: String,
+        /// Its environment override's name.
+        env: String,
+    },
+    /// The value does not have the requested type.
+    #[error("{key} (from the {from}) does not fit the requested type: {source}")]
+    Type {
+        /// The key.
+        key: String,
+        /// Where the value came from: environment, document or default.
+        from: &'static str,
+        /// The deserialization error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No good document arrived in time (the last refusal's reason, if any).
+    #[error("no valid document within {waited:?}{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    NoDocument {
+        /// How long was waited.
+        waited: Duration,
+        /// Why the last document was refused.
+        reason: Option<String>,
+    },
+    /// The document is not a PoolBudget document.
+    #[error("not a PoolBudget document")]
+    NotPoolBudget,
+}
+
+/// Which kind of CR the document was projected from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `values`, `featureFlags`, `maintenance`.
+    RuntimeConfig,
+    /// `metrics` and `pools`.
+    PoolBudget,
+    /// Anything else: keys are dotted paths from the top.
+    Other,
+}
+
+impl Kind {
+    fn of(value: &Value) -> Kind {
+        if value.get("metrics").is_some() && value.get("pools").is_some() {
+            Kind::PoolBudget
+        } else if value.get("values").is_some_and(Value::is_object) {
+            Kind::RuntimeConfig
+        } else {
+            Kind::Other
+        }
+    }
+}
+
+/// The maintenance switch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// On now (switched on and `until`, if any, not passed yet).
+    pub enabled: bool,
+    /// Why.
+    pub reason: String,
+    /// When it ends by itself.
+    pub until: Option<DateTime<Utc>>,
+}
+
+type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+struct Settings {
+    defaults: BTreeMap<String, Value>,
+    env: EnvLookup,
+}
+
+/// The name of a key's environment override: `HOTCONF_` and the key upper-cased, every
+/// character other than a letter or digit replaced by `_` (`check_interval` →
+/// `HOTCONF_CHECK_INTERVAL`, `pools.database.maxConnections` →
+/// `HOTCONF_POOLS_DATABASE_MAXCONNECTIONS`).
+pub fn env_var(key: &str) -> String {
+    let mut name = String::from("HOTCONF_");
+    name.extend(key.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
+// The environment text as a value: a YAML/JSON scalar (or list, map) when it parses, else the
+// text itself.
+fn env_value(text: &str) -> Value {
+    serde_yaml::from_str::<Value>(text)
+        .ok()
+        .filter(|v| !v.is_null() || text.trim() == "null")
+        .unwrap_or_else(|| Value::String(text.to_string()))
+}
+
+/// One whole version of the document.
+pub struct Document {
+    value: Value,
+    kind: Kind,
+    revision: Option<i64>,
+    hash: String,
+    identity: String,
+    settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Document")
+            .field("kind", &self.kind)
+            .field("revision", &self.revision)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+fn path<'a>(mut node: &'a Value, dotted: &str) -> Option<&'a Value> {
+    for part in dotted.split('.') {
+        node = match node {
+            Value::Object(map) => map.get(part)?,
+            Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+impl Document {
+    /// The whole document.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// Which kind of CR it comes from.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Its revision (`hotconf.dev/revision`; known through the API source).
+    pub fn revision(&self) -> Option<i64> {
+        self.revision
+    }
+
+    /// Its hash (SHA-256 of the canonical JSON, as the operator computes it).
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The projected value of a key: `values.<key>` (then a dotted path into `values`, then
+    /// into the document) for a RuntimeConfig document; a dotted path otherwise.
+    pub fn projected(&self, key: &str) -> Option<&Value> {
+        if self.kind == Kind::RuntimeConfig {
+            let values = &self.value["values"];
+            if let Some(v) = values.get(key).or_else(|| path(values, key)) {
+                return Some(v);
+            }
+        }
+        path(&self.value, key)
+    }
+
+    // The value `get` would use, with where it came from.
+    fn resolve(&self, key: &str) -> Option<(Value, &'static str, Option<String>)> {
+        if let Some(text) = (self.settings.env)(&env_var(key)) {
+            return Some((env_value(&text), "environment", Some(text)));
+        }
+        if let Some(v) = self.projected(key) {
+            return Some((v.clone(), "document", None));
+        }
+        self.settings
+            .defaults
+            .get(key)
+            .map(|v| (v.clone(), "default", None))
+    }
+
+    /// The value of `key` (environment override, then projected value, then default) as `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, ClientError> {
+        let Some((value, from, env_text)) = self.resolve(key) else {
+            return Err(ClientError::Missing {
+                key: key.to_string(),
+                env: env_var(key),
+            });
+        };
+        match serde_json::from_value(value) {
+            Ok(v) => Ok(v),
+            // `HOTCONF_NAME=007` is the string "007" when a string is asked for.
+            Err(e) => match env_text {
+                Some(text) => serde_json::from_value(Value::String(text)).map_err(|_| e),
+                None => Err(e),
+            },
+        }
+        .map_err(|source| ClientError::Type {
+            key: key.to_string(),
+            from,
+            source,
+        })
+    }
+
+    /// Whether a feature flag is on for a subject (SPEC.md §3: deny, enabled, allow, then the
+    /// FNV-1a rollout bucket). An unknown flag is off.
+    pub fn is_enabled(&self, flag: &str, subject: &str) -> bool {
+        self.value
+            .get("featureFlags")
+            .and_then(|f| f.get(flag))
+            .is_some_and(|f| crate::flags::is_enabled(flag, f, subject))
+    }
+
+    /// The maintenance switch, with `until` applied at the current time.
+    pub fn maintenance(&self) -> Maintenance {
+        self.maintenance_at(Utc::now())
+    }
+
+    /// The maintenance switch at time `now`.
+    pub fn maintenance_at(&self, now: DateTime<Utc>) -> Maintenance {
+        let m = &self.value["maintenance"];
+        let until = m["until"]
+            .as_str()
+            .and_then(|u| DateTime::parse_from_rfc3339(u).ok())
+            .map(|u| u.with_timezone(&Utc));
+        Maintenance {
+            enabled: m["enabled"].as_bool().unwrap_or(false) && until.is_none_or(|u| now < u),
+            reason: m["reason"].as_str().unwrap_or_default().to_string(),
+            until,
+        }
+    }
+
+    /// The resource budget of a PoolBudget document.
+    pub fn budget(&self) -> Result<Budget, ClientError> {
+        self.pool_part("metrics")
+    }
+
+    /// The pool settings of a PoolBudget document.
+    pub fn pools(&self) -> Result<Pools, ClientError> {
+        self.pool_part("pools")
+    }
+
+    fn pool_part<T: DeserializeOwned>(&self, part: &str) -> Result<T, ClientError> {
+        if self.kind != Kind::PoolBudget {
+            return Err(ClientError::NotPoolBudget);
+        }
+        serde_json::from_value(self.value[part].clone()).map_err(|source| ClientError::Type {
+            key: part.to_string(),
+            from: "document",
+            source,
+        })
+    }
+
+    /// The pressure level for a utilization (0..1), from the budget's backpressure
+    /// thresholds (the defaults 0.70 / 0.85 / 0.95 for another document).
+    pub fn pressure_level(&self, utilization: f64) -> PressureLevel {
+        self.budget()
+            .map(|b| b.backpressure)
+            .unwrap_or_default()
+            .level(utilization)
+    }
+}
+
+type Callback = Arc<dyn Fn(Option<&Value>) + Send + Sync>;
+
+struct Subscriber {
+    id: u64,
+    key: String,
+    callback: Callback,
+}
+
+struct Inner {
+    current: RwLock<Arc<Document>>,
+    settings: Arc<Settings>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    next_id: Mutex<u64>,
+    version: watch::Sender<u64>,
+    last_error: Mutex<Option<String>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().map(std::mem::take).unwrap_or_default() {
+            task.abort();
+        }
+    }
+}
+
+/// A handle on the configuration; clones share it. Dropping the last one stops the watch.
+#[derive(Clone)]
+pub struct Config {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("document", &self.snapshot())
+            .finish()
+    }
+}
+
+/// Keeps a [`Config::subscribe`] callback registered; dropping it unsubscribes.
+pub struct Subscription {
+    inner: Weak<Inner>,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade()
+            && let Ok(mut subs) = inner.subscribers.lock()
+        {
+            subs.retain(|s| s.id != self.id);
+        }
+    }
+}
+
+/// How to open a [`Config`]: the data key, defaults, how long to wait for the first document.
+#[derive(Clone)]
+pub struct Options {
+    file: Option<String>,
+    defaults: BTreeMap<String, Value>,
+    env: EnvLookup,
+    wait: Duration,
+    debounce: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            file: None,
+            defaults: BTreeMap::new(),
+            env: Arc::new(|name| std::env::var(name).ok()),
+            wait: Duration::from_secs(30),
+            debounce: Duration::from_millis(10),
+        }
+    }
+}
+
+impl Options {
+    /// The data key holding the document (default: the only key, else `config.yaml`).
+    pub fn file(mut self, key: impl Into<String>) -> Self {
+        self.file = Some(key.into());
+        self
+    }
+
+    /// A default for a key the document may lack.
+    pub fn default_value(mut self, key: impl Into<String>, value: impl serde::Serialize) -> Self {
+        self.defaults.insert(
+            key.into(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+        self
+    }
+
+    /// Defaults for keys the document may lack.
+    pub fn defaults(mut self, defaults: BTreeMap<String, Value>) -> Self {
+        self.defaults.extend(defaults);
+        self
+    }
+
+    /// Where environment overrides are looked up (default: the process environment).
+    pub fn env_lookup(mut self, lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.env = Arc::new(lookup);
+        self
+    }
+
+    /// How long `watch_*` waits for the first valid document (default 30 s).
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// How long the volume must be quiet before a change is read (default 10 ms).
+    pub fn debounce(mut self, debounce: Duration) -> Self {
+        self.debounce = debounce;
+        self
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        Arc::new(Settings {
+            defaults: self.defaults.clone(),
+            env: self.env.clone(),
+        })
+    }
+
+    /// A handle on a fixed document (for tests, or documents from elsewhere; see
+    /// [`Config::publish`]).
+    pub fn from_value(self, value: Value) -> Config {
+        let settings = self.settings();
+        let doc = document(value, None, None, settings.clone());
+        Config::new(doc, settings)
+    }
+
+    /// Follows a ConfigMap volume mounted at `dir`; waits for the first valid document.
+    pub async fn watch_dir(self, dir: impl AsRef<Path>) -> Result<Config, ClientError> {
+        let (tx, rx) = watch::channel(None::<Snapshot>);
+        let source = VolumeSource {
+            dir: dir.as_ref().to_path_buf(),
+            key: self.file.clone(),
+            debounce: self.debounce,
+        };
+        let task = tokio::spawn(source.run(tx)).abort_handle();
+        self.follow(rx, |s: &Option<Snapshot>| s.clone(), task).await
+    }
+
+    /// Follows ConfigMap `namespace/name` through the API server; waits for the first valid
+    /// document.
+    pub async fn watch_configmap(
+        self,
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Config, ClientError> {
+        let (tx, rx) = watch::channel(ApiState::default());
+        let source = ApiSource {
+            client,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            key: self.file.clone(),
+        };
+        let task = tokio::spawn(source.run(tx)).abort_handle();
+        self.follow(rx, |s: &ApiState| s.latest.clone(), task).await
+    }
+
+    async fn follow<T: Send + Sync + 'static>(
+        self,
+        mut rx: watch::Receiver<T>,
+        latest: fn(&T) -> Option<Snapshot>,
+        source_task: AbortHandle,
+    ) -> Result<Config, ClientError> {
+        let settings = self.settings();
+        let mut reason = None;
+        let first = tokio::time::timeout(self.wait, async {
+            loop {
+                if let Some(snapshot) = latest(&rx.borrow_and_update()) {
+                    match load(&snapshot, &settings) {
+                        Ok(doc) => return Some(doc),
+                        Err(e) => reason = Some(e),
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        let Ok(Some(doc)) = first else {
+            source_task.abort();
+            return Err(ClientError::NoDocument {
+                waited: self.wait,
+                reason,
+            });
+        };
+        let config = Config::new(doc, settings.clone());
+        let weak = Arc::downgrade(&config.inner);
+        let consumer = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(snapshot) = latest(&rx.borrow_and_update()) else {
+                    continue;
+                };
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                if inner.current().identity == snapshot.identity {
+                    continue;
+                }
+                match load(&snapshot, &settings) {
+                    Ok(doc) => Config { inner }.install(doc),
+                    Err(e) => {
+                        tracing::warn!(reason = %e, "refused a new document; the last good one stays");
+                        *inner.last_error.lock().expect("not poisoned") = Some(e);
+                    }
+                }
+            }
+        })
+        .abort_handle();
+        config
+            .inner
+            .tasks
+            .lock()
+            .expect("not poisoned")
+            .extend([source_task, consumer]);
+        Ok(config)
+    }
+}
+
+fn document(
+    value: Value,
+    revision: Option<i64>,
+    identity: Option<String>,
+    settings: Arc<Settings>,
+) -> Document {
+    let hash = crate::document::hash(&value);
+    Document {
+        kind: Kind::of(&value),
+        identity: identity.unwrap_or_else(|| hash.clone()),
+        hash,
+        value,
+        revision,
+        settings,
+    }
+}
+
+// Checks a snapshot as the agent does and makes a document of it.
+fn load(snapshot: &Snapshot, settings: &Arc<Settings>) -> Result<Document, String> {
+    let text = snapshot.text.as_ref().map_err(Clone::clone)?;
+    let format = snapshot.format();
+    if !matches!(format, Format::Yaml | Format::Json) {
+        return Err(format!(
+            "the client library reads YAML or JSON documents, and {} is {format:?}",
+            snapshot.key
+        ));
+    }
+    let checked = check::check(text, format, snapshot.hash.as_deref())?;
+    let value = checked.document.expect("YAML and JSON documents are parsed");
+    Ok(document(
+        value,
+        snapshot.revision,
+        Some(snapshot.identity.clone()),
+        settings.clone(),
+    ))
+}
+
+impl Inner {
+    fn current(&self) -> Arc<Document> {
+        self.current.read().expect("not poisoned").clone()
+    }
+}
+
+impl Config {
+    fn new(doc: Document, settings: Arc<Settings>) -> Config {
+        Config {
+            inner: Arc::new(Inner {
+                current: RwLock::new(Arc::new(doc)),
+                settings,
+                subscribers: Mutex::new(Vec::new()),
+                next_id: Mutex::new(0),
+                version: watch::channel(0).0,
+                last_error: Mutex::new(None),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Options for opening a handle.
+    pub fn options() -> Options {
+        Options::default()
+    }
+
+    /// Follows a ConfigMap volume mounted at `dir` (default options).
+    pub async fn watch_dir(dir: impl AsRef<Path>) -> Result<Config, ClientError> {
+        Options::default().watch_dir(dir).await
+    }
+
+    /// Follows ConfigMap `namespace/name` through the API server (default options).
+    pub async fn watch_configmap(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Config, ClientError> {
+        Options::default()
+            .watch_configmap(client, namespace, name)
+            .await
+    }
+
+    /// A handle on a fixed document (default options).
+    pub fn from_value(value: Value) -> Config {
+        Options::default().from_value(value)
+    }
+
+    /// The current document: one whole version, unaffected by later swaps.
+    pub fn snapshot(&self) -> Arc<Document> {
+        self.inner.current()
+    }
+
+    /// Replaces the document (what a watch does on each new version): readers switch from
+    /// the old whole document to the new one, and subscribers of changed keys are called.
+    pub fn publish(&self, value: Value, revision: Option<i64>) {
+        self.install(document(value, revision, None, self.inner.settings.clone()));
+    }
+
+    fn install(&self, doc: Document) {
+        let new = Arc::new(doc);
+        let old = std::mem::replace(
+            &mut *self.inner.current.write().expect("not poisoned"),
+            new.clone(),
+        );
+        *self.inner.last_error.lock().expect("not poisoned") = None;
+        self.inner.version.send_modify(|v| *v += 1);
+        let subscribers: Vec<(String, Callback)> = self
+            .inner
+            .subscribers
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|s| (s.key.clone(), s.callback.clone()))
+            .collect();
+        // Called outside the lock, so a callback may read the handle or subscribe.
+        for (key, callback) in subscribers {
+            let before = old.resolve(&key).map(|(v, _, _)| v);
+            let after = new.resolve(&key).map(|(v, _, _)| v);
+            if before != after {
+                callback(after.as_ref());
+            }
+        }
+    }
+
+    /// The value of `key` as `T`: environment override `HOTCONF_<KEY>`, then the projected
+    /// value, then the default given in [`Options`].
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, ClientError> {
+        self.snapshot().get(key)
+    }
+
+    /// Calls `callback` with the new value (or `None` when it is gone) each time the value of
+    /// `key` changes, from the task that follows the source. Keep the [`Subscription`].
+    pub fn subscribe(
+        &self,
+        key: &str,
+        callback: impl Fn(Option<&Value>) + Send + Sync + 'static,
+    ) -> Subscription {
+        let id = {
+            let mut next = self.inner.next_id.lock().expect("not poisoned");
+            *next += 1;
+            *next
+        };
+        self.inner
+            .subscribers
+            .lock()
+            .expect("not poisoned")
+            .push(Subscriber {
+                id,
+                key: key.to_string(),
+                callback: Arc::new(callback),
+            });
+        Subscription {
+            inner: Arc::downgrade(&self.inner),
+            id,
+        }
+    }
+
+    /// A receiver that changes each time a new document is swapped in (its value counts the
+    /// swaps), for applications that prefer to await changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.version.subscribe()
+    }
+
+    /// Why the latest document was refused, while the last good one stays in use.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner.last_error.lock().expect("not poisoned").clone()
+    }
+
+    /// Whether a feature flag is on for a subject.
+    pub fn is_enabled(&self, flag: &str, subject: &str) -> bool {
+        self.snapshot().is_enabled(flag, subject)
+    }
+
+    /// The maintenance switch now.
+    pub fn maintenance(&self) -> Maintenance {
+        self.snapshot().maintenance()
+    }
+
+    /// The resource budget of a PoolBudget document.
+    pub fn budget(&self) -> Result<Budget, ClientError> {
+        self.snapshot().budget()
+    }
+
+    /// The pool settings of a PoolBudget document.
+    pub fn pools(&self) -> Result<Pools, ClientError> {
+        self.snapshot().pools()
+    }
+
+    /// The pressure level for a utilization (0..1).
+    pub fn pressure_level(&self, utilization: f64) -> PressureLevel {
+        self.snapshot().pressure_level(utilization)
+    }
+
+    /// The current document's revision, when known.
+    pub fn revision(&self) -> Option<i64> {
+        self.snapshot().revision()
+    }
+
+    /// The current document's hash.
+    pub fn hash(&self) -> String {
+        self.snapshot().hash().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn env_names() {
+        assert_eq!(env_var("check_interval"), "HOTCONF_CHECK_INTERVAL");
+        assert_eq!(
+            env_var("pools.database.maxConnections"),
+            "HOTCONF_POOLS_DATABASE_MAXCONNECTIONS"
+        );
+        assert_eq!(env_var("a-b"), "HOTCONF_A_B");
+    }
+
+    #[test]
+    fn env_text_is_a_scalar_else_a_string() {
+        assert_eq!(env_value("30"), json!(30));
+        assert_eq!(env_value("true"), json!(true));
+        assert_eq!(env_value("[a, b]"), json!(["a", "b"]));
+        assert_eq!(env_value("hello world"), json!("hello world"));
+        assert_eq!(env_value(""), json!(""));
+        assert_eq!(env_value("a: [b"), json!("a: [b"));
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(Kind::of(&json!({"values": {}})), Kind::RuntimeConfig);
+        assert_eq!(
+            Kind::of(&json!({"metrics": {}, "pools": {}})),
+            Kind::PoolBudget
+        );
+        assert_eq!(Kind::of(&json!({"a": 1})), Kind::Other);
+    }
+}

@@ -1,0 +1,532 @@
+//! Reading manifests for the offline commands: files, directories and stdin (`-`), split into
+//! YAML documents, and sorted into hotconf objects, Secrets (which resolve `valuesFrom`) and the
+//! rest. Problems are collected per document, never fatal, so one run reports everything.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::crd::{GROUP, PoolBudget, RuntimeConfig, VERSION};
+use crate::kinds::ConfigResource;
+use crate::validation::FieldError;
+
+/// How stdin is named in messages.
+pub const STDIN: &str = "<stdin>";
+
+/// The arguments the offline commands share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InputArgs {
+    /// Manifest files or directories (`.yaml`, `.yml`, `.json`), or `-` for stdin; repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        visible_alias = "file",
+        required = true,
+        num_args = 1..,
+        value_name = "PATH",
+        env = "HOTCONF_FILENAME"
+    )]
+    pub paths: Vec<PathBuf>,
+    /// Read directories recursively.
+    #[arg(short = 'R', long, env = "HOTCONF_RECURSIVE")]
+    pub recursive: bool,
+    /// The namespace of objects whose manifest sets none.
+    #[arg(
+        short = 'n',
+        long,
+        env = "HOTCONF_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+}
+
+/// One problem with a document, as the operator's validation reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The field path (`spec.pools.database.maxConnections`), empty for the whole document.
+    pub path: String,
+    /// The offending value as compact JSON text, when it may be shown.
+    pub value: Option<String>,
+    /// The rule that is broken.
+    pub rule: String,
+}
+
+impl From<FieldError> for Problem {
+    fn from(e: FieldError) -> Self {
+        Problem {
+            path: e.path,
+            value: e.value,
+            rule: e.rule,
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.rule)?;
+        if let Some(value) = &self.value {
+            write!(f, " (got {value})")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a document turned out to be.
+#[derive(Clone, Debug)]
+pub enum Content {
+    /// A RuntimeConfig that deserialized into the Rust type.
+    RuntimeConfig(Box<RuntimeConfig>),
+    /// A PoolBudget that deserialized into the Rust type.
+    PoolBudget(Box<PoolBudget>),
+    /// A hotconf object that cannot be judged further (see the document's problems).
+    Broken,
+    /// A file that cannot be read, or a document that is not YAML.
+    Unreadable,
+    /// Anything else: skipped, with a note.
+    Other,
+}
+
+/// One YAML document of the input.
+#[derive(Clone, Debug)]
+pub struct Doc {
+    /// The file as given, or [`STDIN`].
+    pub file: String,
+    /// The document's index in its file, from 0 (empty documents count too); `None` for a
+    /// problem with the whole file.
+    pub index: Option<usize>,
+    /// `kind`, when the document has one.
+    pub kind: Option<String>,
+    /// The namespace (the manifest's, else `--namespace`).
+    pub namespace: Option<String>,
+    /// `metadata.name`.
+    pub name: Option<String>,
+    /// What it is.
+    pub content: Content,
+    /// Errors found before (or instead of) the operator's validation.
+    pub problems: Vec<Problem>,
+    /// Things worth saying that are not errors.
+    pub notes: Vec<String>,
+}
+
+impl Doc {
+    fn new(file: &str, index: usize) -> Self {
+        Doc {
+            file: file.to_string(),
+            index: Some(index),
+            kind: None,
+            namespace: None,
+            name: None,
+            content: Content::Other,
+            problems: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// `file:index` (`file` for the whole file).
+    pub fn location(&self) -> String {
+        match self.index {
+            Some(index) => format!("{}:{index}", self.file),
+            None => self.file.clone(),
+        }
+    }
+
+    /// `Kind/namespace/name` (or as much of it as is known).
+    pub fn object(&self) -> String {
+        let kind = self.kind.as_deref().unwrap_or("<no kind>");
+        let name = self.name.as_deref().unwrap_or("<no name>");
+        match &self.namespace {
+            Some(ns) => format!("{kind}/{ns}/{name}"),
+            None => format!("{kind}/{name}"),
+        }
+    }
+
+    /// Whether this is a hotconf object (judged, or broken).
+    pub fn is_hotconf(&self) -> bool {
+        !matches!(self.content, Content::Other | Content::Unreadable)
+    }
+
+    /// Whether the document could not be read or parsed at all.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self.content, Content::Unreadable)
+    }
+}
+
+/// The Secret manifests among the inputs: (namespace, name) → key → value.
+pub type SecretManifests = BTreeMap<(String, String), BTreeMap<String, String>>;
+
+/// Everything read from the inputs.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Every non-empty document, and one entry per unreadable file or YAML error.
+    pub docs: Vec<Doc>,
+    /// The Secrets found, for resolving `valuesFrom`.
+    pub secrets: SecretManifests,
+}
+
+/// Reads and sorts every document of the inputs.
+pub fn read(args: &InputArgs) -> Inputs {
+    let mut inputs = Inputs::default();
+    for path in &args.paths {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            match std::io::stdin().read_to_string(&mut text) {
+                Ok(_) => parse_text(STDIN, &text, &args.namespace, &mut inputs),
+                Err(e) => inputs.docs.push(unreadable(STDIN, &e.to_string())),
+            }
+            continue;
+        }
+        let files = match expand(path, args.recursive) {
+            Ok(files) => files,
+            Err(e) => {
+                inputs
+                    .docs
+                    .push(unreadable(&path.display().to_string(), &e.to_string()));
+                continue;
+            }
+        };
+        for file in files {
+            let shown = file.display().to_string();
+            match std::fs::read_to_string(&file) {
+                Ok(text) => parse_text(&shown, &text, &args.namespace, &mut inputs),
+                Err(e) => inputs.docs.push(unreadable(&shown, &e.to_string())),
+            }
+        }
+    }
+    inputs
+}
+
+fn unreadable(file: &str, error: &str) -> Doc {
+    let mut doc = Doc::new(file, 0);
+    doc.index = None;
+    doc.content = Content::Unreadable;
+    doc.problems.push(Problem {
+        path: String::new(),
+        value: None,
+        rule: format!("cannot read the file: {error}"),
+    });
+    doc
+}
+
+/// The manifest files of a path: the path itself, or the `.yaml`/`.yml`/`.json` files of a
+/// directory (sorted; subdirectories too when `recursive`).
+fn expand(path: &Path, recursive: bool) -> std::io::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    let mut files = Vec::new();
+    for entry in entries {
+        if entry.is_dir() {
+            if recursive {
+                files.extend(expand(&entry, true)?);
+            }
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            files.push(entry);
+        }
+    }
+    Ok(files)
+}
+
+fn parse_text(file: &str, text: &str, default_ns: &str, inputs: &mut Inputs) {
+    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match <Value as serde::Deserialize>::deserialize(de) {
+            Ok(Value::Null) => continue,
+            Ok(value) => value,
+            Err(e) => {
+                let mut doc = Doc::new(file, index);
+                doc.content = Content::Unreadable;
+                doc.problems.push(Problem {
+                    path: String::new(),
+                    value: None,
+                    rule: format!("cannot parse YAML: {e}"),
+                });
+                inputs.docs.push(doc);
+                // The parser cannot find the next document after a syntax error.
+                return;
+            }
+        };
+        inputs.docs.push(classify(
+            file,
+            index,
+            value,
+            default_ns,
+            &mut inputs.secrets,
+        ));
+    }
+}
+
+fn classify(
+    file: &str,
+    index: usize,
+    mut value: Value,
+    default_ns: &str,
+    secrets: &mut SecretManifests,
+) -> Doc {
+    let mut doc = Doc::new(file, index);
+    let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    let api_version = text(&value, "/apiVersion");
+    doc.kind = text(&value, "/kind");
+    doc.name = text(&value, "/metadata/name");
+    let (Some(api_version), Some(kind)) = (api_version, doc.kind.clone()) else {
+        doc.notes
+            .push("not a Kubernetes object (it has no apiVersion and kind): skipped".to_string());
+        return doc;
+    };
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    let namespace = text(&value, "/metadata/namespace").unwrap_or_else(|| default_ns.to_string());
+    doc.namespace = Some(namespace.clone());
+
+    if group != GROUP {
+        if group.is_empty() && version == "v1" && kind == "Secret" {
+            let keys = secret_values(&value);
+            let name = doc.name.clone().unwrap_or_default();
+            doc.notes.push(format!(
+                "not a hotconf kind: skipped (its keys resolve valuesFrom references to Secret {name:?})"
+            ));
+            secrets.insert((namespace, name), keys);
+        } else {
+            doc.notes.push("not a hotconf kind: skipped".to_string());
+        }
+        return doc;
+    }
+
+    doc.content = Content::Broken;
+    if version != VERSION {
+        doc.problems.push(Problem {
+            path: "apiVersion".into(),
+            value: Some(format!("{api_version:?}")),
+            rule: format!("is not served: use {GROUP}/{VERSION}"),
+        });
+        return doc;
+    }
+    if !matches!(kind.as_str(), "RuntimeConfig" | "PoolBudget") {
+        doc.problems.push(Problem {
+            path: "kind".into(),
+            value: Some(format!("{kind:?}")),
+            rule: format!("{GROUP} has the kinds RuntimeConfig and PoolBudget"),
+        });
+        return doc;
+    }
+    if doc.name.as_deref().is_none_or(str::is_empty) {
+        doc.problems.push(Problem {
+            path: "metadata.name".into(),
+            value: None,
+            rule: "is required".into(),
+        });
+    }
+    doc.problems.extend(unknown_fields(&kind, &value));
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("namespace".into(), Value::String(namespace));
+    }
+    doc.content = match kind.as_str() {
+        "RuntimeConfig" => typed::<RuntimeConfig>(value, &mut doc.problems)
+            .map_or(Content::Broken, |o| Content::RuntimeConfig(Box::new(o))),
+        _ => typed::<PoolBudget>(value, &mut doc.problems)
+            .map_or(Content::Broken, |o| Content::PoolBudget(Box::new(o))),
+    };
+    doc
+}
+
+/// Deserializes a hotconf object; a field of the wrong type is a problem at its path.
+fn typed<K: ConfigResource>(value: Value, problems: &mut Vec<Problem>) -> Option<K> {
+    match serde_path_to_error::deserialize::<_, K>(value) {
+        Ok(obj) => Some(obj),
+        Err(e) => {
+            let path = e.path().to_string();
+            problems.push(Problem {
+                path: if path == "." { String::new() } else { path },
+                value: None,
+                rule: e.into_inner().to_string(),
+            });
+            None
+        }
+    }
+}
+
+/// Fields the CRD does not declare. The API server drops them silently (or refuses the object
+/// under strict field validation), so a typo such as `revisonHistoryLimit` would otherwise pass.
+fn unknown_fields(kind: &str, value: &Value) -> Vec<Problem> {
+    static SPEC_SCHEMAS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
+        crate::crd::crds()
+            .into_iter()
+            .filter_map(|crd| {
+                let kind = crd.spec.names.kind.clone();
+                let schema = crd
+                    .spec
+                    .versions
+                    .into_iter()
+                    .next()?
+                    .schema?
+                    .open_api_v3_schema?;
+                let spec = serde_json::to_value(schema)
+                    .ok()?
+                    .pointer("/properties/spec")?
+                    .clone();
+                Some((kind, spec))
+            })
+            .collect()
+    });
+    let mut problems = Vec::new();
+    // The root's apiVersion, kind and metadata are the API server's; status is not the user's.
+    if let (Some(spec), Some(schema)) = (value.get("spec"), SPEC_SCHEMAS.get(kind)) {
+        walk(spec, schema, "spec", &mut problems);
+    }
+    problems
+}
+
+fn walk(value: &Value, schema: &Value, path: &str, problems: &mut Vec<Problem>) {
+    if schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            if properties.is_none() && additional.is_none() {
+                return;
+            }
+            for (key, child) in map {
+                let child_path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match properties.and_then(|p| p.get(key)).or(additional) {
+                    Some(child_schema) => walk(child, child_schema, &child_path, problems),
+                    None => problems.push(Problem {
+                        path: child_path,
+                        value: None,
+                        rule: "unknown field: the CRD does not declare it (the API server \
+                               drops it, or refuses the object under strict field validation)"
+                            .into(),
+                    }),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, item_schema, &format!("{path}[{i}]"), problems);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A Secret manifest's keys: `data` (base64) and `stringData`, which wins as on the server.
+fn secret_values(value: &Value) -> BTreeMap<String, String> {
+    let mut keys = BTreeMap::new();
+    if let Some(data) = value.get("data").and_then(Value::as_object) {
+        for (k, v) in data {
+            let decoded = v
+                .as_str()
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            if let Some(text) = decoded {
+                keys.insert(k.clone(), text);
+            }
+        }
+    }
+    if let Some(data) = value.get("stringData").and_then(Value::as_object) {
+        for (k, v) in data {
+            if let Some(s) = v.as_str() {
+                keys.insert(k.clone(), s.to_string());
+            }
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn one(yaml: &str) -> (Doc, SecretManifests) {
+        let mut inputs = Inputs::default();
+        parse_text("t.yaml", yaml, "default", &mut inputs);
+        assert_eq!(inputs.docs.len(), 1, "{:?}", inputs.docs);
+        (inputs.docs.remove(0), inputs.secrets)
+    }
+
+    #[test]
+    fn unknown_fields_are_found_at_their_path() {
+        let (doc, _) = one(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: PoolBudget\nmetadata: {name: a}\nspec:\n  revisonHistoryLimit: 3\n  pools: {database: {maxConections: 9}}\n",
+        );
+        let paths: Vec<_> = doc.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.pools.database.maxConections",
+                "spec.revisonHistoryLimit"
+            ]
+        );
+        assert!(matches!(doc.content, Content::PoolBudget(_)));
+    }
+
+    #[test]
+    fn free_form_fields_are_not_unknown() {
+        let (doc, _) = one(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: a, labels: {x: y}}\nspec:\n  schema: {k: {type: json, default: {deep: [1]}}}\n  values: {k: {any: thing}}\n",
+        );
+        assert!(doc.problems.is_empty(), "{:?}", doc.problems);
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let (doc, _) = one(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: PoolBudget\nmetadata: {name: a}\nspec: {pools: {database: {maxConnections: ten}}}\n",
+        );
+        assert!(matches!(doc.content, Content::Broken));
+        assert_eq!(doc.problems[0].path, "spec.pools.database.maxConnections");
+        assert!(doc.problems[0].rule.contains("invalid type"));
+    }
+
+    #[test]
+    fn secrets_are_collected_with_string_data_winning() {
+        let (doc, secrets) = one(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: shop}\ndata: {a: aGk=, b: eA==}\nstringData: {b: y}\n",
+        );
+        assert!(!doc.is_hotconf());
+        let keys = &secrets[&("shop".to_string(), "s".to_string())];
+        assert_eq!(keys["a"], "hi");
+        assert_eq!(keys["b"], "y");
+    }
+
+    #[test]
+    fn a_yaml_error_names_the_document() {
+        let mut inputs = Inputs::default();
+        parse_text(
+            "t.yaml",
+            "a: 1\n---\nb: [unclosed\n",
+            "default",
+            &mut inputs,
+        );
+        let last = inputs.docs.last().unwrap();
+        assert_eq!(last.location(), "t.yaml:1");
+        assert!(last.problems[0].rule.starts_with("cannot parse YAML"));
+        assert_eq!(json!(inputs.docs.len()), json!(2));
+    }
+}

@@ -1,0 +1,324 @@
+//! The agent's volume source, end to end with the real `hotconf agent` binary: a directory
+//! driven exactly as the kubelet drives a ConfigMap volume (timestamped directory, `..data_tmp`
+//! symlink renamed over `..data`, old directory removed), the output file and a reload endpoint
+//! on 127.0.0.1 as the application would see them.
+
+mod agent_common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_common::{ReloadServer, doc, free_addr, metric, spawn_agent, verify, wait_for};
+use hotconf::agent::volume::kubelet_write;
+
+static STAMP: AtomicU64 = AtomicU64::new(0);
+
+/// A kubelet-style timestamped directory name, unique in this process.
+fn stamp() -> String {
+    let n = STAMP.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{}.{n:09}",
+        chrono::Utc::now().format("%Y_%m_%d_%H_%M_%S")
+    )
+}
+
+fn swap(dir: &Path, text: &str) {
+    kubelet_write(dir, &stamp(), &[("config.yaml", text)]).unwrap();
+}
+
+/// The kubelet's first half of an update: the new timestamped directory with its content.
+fn prepare(dir: &Path, text: &str) -> String {
+    let ts = format!("..{}", stamp());
+    std::fs::create_dir(dir.join(&ts)).unwrap();
+    std::fs::write(dir.join(&ts).join("config.yaml"), text).unwrap();
+    ts
+}
+
+/// The second half: `..data_tmp` -> the new directory, renamed over `..data`, the old
+/// directory removed.
+fn commit(dir: &Path, ts: &str) {
+    let old = std::fs::read_link(dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink(ts, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.join(old)).unwrap();
+}
+
+const STEP: Duration = Duration::from_secs(10);
+
+/// 1,000 kubelet updates — single swaps, two swaps within 10 ms, swaps that change nothing,
+/// corrupt documents, and a delete-and-recreate of the whole mount — while a reader checks that
+/// the output file is always one whole document. Every final state is applied and reloaded
+/// exactly once; nothing is reloaded twice; a corrupt document leaves the file as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_kubelet_swaps_reach_the_app_whole_and_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    let output = tmp.path().join("app/config.yaml");
+    let admin = free_addr();
+    let mut server = ReloadServer::start(Some(&output)).await;
+    swap(&mount, &doc(0, "final"));
+    let _agent = spawn_agent(
+        "volume-1000",
+        &[
+            format!("--watch-dir={}", mount.display()),
+            format!("--output={}", output.display()),
+            format!("--reload-url={}", server.url),
+            format!("--admin-addr={admin}"),
+        ],
+        &[],
+    );
+    let mut reloads = server.until(&doc(0, "final"), Duration::from_secs(30)).await;
+
+    // A reader that never stops looking at the output file.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new((0u64, Vec::<String>::new())));
+    let reader = {
+        let (stop, seen, output) = (stop.clone(), seen.clone(), output.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(text) = std::fs::read_to_string(&output) {
+                    let mut s = seen.lock().unwrap();
+                    s.0 += 1;
+                    if let Err(e) = verify(&text) {
+                        s.1.push(e);
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut finals = vec![doc(0, "final")];
+    let mut current = doc(0, "final");
+    let mut refused = 0.0;
+    let (mut doubles, mut noops, mut recreates) = (0, 0, 0);
+    for i in 1..=1000u64 {
+        let next = doc(i, "final");
+        match i {
+            _ if i % 250 == 125 => {
+                // The whole mount goes away and comes back with new content.
+                std::fs::remove_dir_all(&mount).unwrap();
+                swap(&mount, &next);
+                recreates += 1;
+            }
+            _ if i % 100 == 99 => {
+                // A corrupt document: refused, the file stays byte-identical.
+                let before = std::fs::read(&output).unwrap();
+                swap(&mount, "values: [this is not yaml\n");
+                refused += 1.0;
+                wait_for(10, "the refusal to be counted", || async {
+                    let n = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await?;
+                    (n >= refused).then_some(())
+                })
+                .await;
+                assert_eq!(std::fs::read(&output).unwrap(), before, "step {i}");
+                swap(&mount, &next);
+            }
+            _ if i % 10 == 5 => {
+                // Two swaps within 10 ms: the intermediate may be skipped, the last must land.
+                let a = prepare(&mount, &doc(i, "intermediate"));
+                let b = prepare(&mount, &next);
+                let t = Instant::now();
+                commit(&mount, &a);
+                commit(&mount, &b);
+                assert!(t.elapsed() < Duration::from_millis(10), "two swaps took {:?}", t.elapsed());
+                doubles += 1;
+            }
+            _ if i % 10 == 7 => {
+                // A swap that changes nothing (new directory, same content): no reload.
+                swap(&mount, &current);
+                swap(&mount, &next);
+                noops += 1;
+            }
+            _ => swap(&mount, &next),
+        }
+        reloads.extend(server.until(&next, STEP).await);
+        finals.push(next.clone());
+        current = next;
+    }
+    let elapsed = started.elapsed();
+    // Anything late would show up now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reloads.extend(server.drain());
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+
+    let (reads, broken) = seen.lock().unwrap().clone();
+    assert!(broken.is_empty(), "the reader saw broken files: {broken:?}");
+    assert!(reads > 1000, "the reader read {reads} times");
+
+    let mut contents = HashSet::new();
+    for r in &reloads {
+        let file = r.file.clone().expect("the output file exists at reload time");
+        let (seq, tag) = verify(&file).expect("a whole document at reload time");
+        assert!(contents.insert(file.clone()), "document {seq}/{tag} was reloaded twice");
+        let parsed = hotconf::document::parse(&file, hotconf::crd::Format::Yaml).unwrap();
+        assert_eq!(r.body["hash"], hotconf::document::hash(&parsed), "the POST names the file's hash");
+    }
+    for (n, f) in finals.iter().enumerate() {
+        assert!(contents.contains(f), "final state {n} was never reloaded");
+    }
+    let intermediates = reloads.len() - finals.len();
+    assert!(intermediates <= doubles, "only intermediates of double swaps may add reloads");
+    let ok = metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await.unwrap();
+    assert_eq!(ok as usize, reloads.len(), "one success per reload");
+    let counted = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await.unwrap();
+    assert_eq!(counted, refused);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), current);
+    eprintln!(
+        "1000 swaps in {elapsed:?}: {} reloads ({intermediates} intermediates of {doubles} double swaps), {noops} no-op swaps, {recreates} re-created mounts, {refused} refused, {reads} reads of the output",
+        reloads.len()
+    );
+}
+
+/// With `--configmap` and an API server that cannot be reached, the volume is the fallback:
+/// its document is applied after the start-up grace period, and later swaps follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_volume_is_the_fallback_when_the_api_is_unreachable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    let output = tmp.path().join("out.yaml");
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: c, context: {cluster: c, user: u, namespace: default}}]\ncurrent-context: c\n",
+    )
+    .unwrap();
+    let mut server = ReloadServer::start(Some(&output)).await;
+    swap(&mount, &doc(1, "fallback"));
+    let started = Instant::now();
+    let _agent = spawn_agent(
+        "volume-fallback",
+        &[
+            format!("--watch-dir={}", mount.display()),
+            "--configmap=default/app-config".into(),
+            format!("--output={}", output.display()),
+            format!("--reload-url={}", server.url),
+            "--admin-addr=off".into(),
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    server.until(&doc(1, "fallback"), Duration::from_secs(30)).await;
+    assert!(started.elapsed() < Duration::from_secs(15));
+    swap(&mount, &doc(2, "fallback"));
+    let got = server.until(&doc(2, "fallback"), STEP).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body["revision"], serde_json::Value::Null, "no revision without the API");
+}
+
+/// A reload counts only on a 2xx answer: failed POSTs are retried with backoff; when every
+/// attempt fails the file is still written and the failure is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_are_retried_until_the_app_answers_2xx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    let output = tmp.path().join("out.yaml");
+    let admin = free_addr();
+    let mut server = ReloadServer::start(Some(&output)).await;
+    server.fail_next.store(2, Ordering::SeqCst);
+    swap(&mount, &doc(1, "retry"));
+    let _agent = spawn_agent(
+        "volume-retry",
+        &[
+            format!("--watch-dir={}", mount.display()),
+            format!("--output={}", output.display()),
+            format!("--reload-url={}", server.url),
+            "--reload-retries=2".into(),
+            format!("--admin-addr={admin}"),
+        ],
+        &[],
+    );
+    let got = server.until(&doc(1, "retry"), Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(server.attempts.load(Ordering::SeqCst), 3, "two 503s, then 200");
+
+    server.fail_next.store(3, Ordering::SeqCst);
+    swap(&mount, &doc(2, "retry"));
+    wait_for(20, "the failed notification to be counted", || async {
+        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"notify_failed\"}").await?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), doc(2, "retry"));
+    assert_eq!(server.attempts.load(Ordering::SeqCst), 6);
+    assert!(server.drain().is_empty());
+    assert_eq!(
+        metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await,
+        Some(1.0)
+    );
+}
+
+/// `--signal HUP --pid-file F` and `--exec CMD` notify the application after each new document;
+/// `--expand-env` expands `${VAR}` and `${VAR:default}` in string values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_exec_and_env_expansion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    let output = tmp.path().join("out.yaml");
+    let hups = tmp.path().join("hups");
+    let execs = tmp.path().join("execs");
+    let pid_file = tmp.path().join("app.pid");
+    // The "application": counts SIGHUPs.
+    let mut app = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap 'echo hup >> {}' HUP; echo $$ > {}; while :; do sleep 0.05; done",
+            hups.display(),
+            pid_file.display()
+        ))
+        .spawn()
+        .unwrap();
+    wait_for(10, "the app's pid file", || async {
+        std::fs::read_to_string(&pid_file).ok().filter(|p| !p.trim().is_empty())
+    })
+    .await;
+
+    let text = |n: u64| {
+        hotconf::document::render(
+            &serde_json::json!({"values": {"n": n, "host": "${HOTCONF_TEST_DB_HOST}", "port": "${HOTCONF_TEST_PORT:5432}"}}),
+            hotconf::crd::Format::Yaml,
+        )
+    };
+    swap(&mount, &text(1));
+    let _agent = spawn_agent(
+        "volume-signal",
+        &[
+            format!("--watch-dir={}", mount.display()),
+            format!("--output={}", output.display()),
+            "--signal=HUP".into(),
+            format!("--pid-file={}", pid_file.display()),
+            format!("--exec=echo \"$HOTCONF_HASH\" >> {}", execs.display()),
+            "--expand-env".into(),
+            "--admin-addr=off".into(),
+        ],
+        &[("HOTCONF_TEST_DB_HOST", "db.internal")],
+    );
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    wait_for(20, "the first exec", || async { (lines(&execs).len() == 1).then_some(()) }).await;
+    swap(&mount, &text(2));
+    wait_for(20, "the second exec", || async { (lines(&execs).len() == 2).then_some(()) }).await;
+    wait_for(5, "two SIGHUPs", || async { (lines(&hups).len() == 2).then_some(()) }).await;
+
+    let written: serde_json::Value =
+        hotconf::document::parse(&std::fs::read_to_string(&output).unwrap(), hotconf::crd::Format::Yaml)
+            .unwrap();
+    assert_eq!(
+        written,
+        serde_json::json!({"values": {"n": 2, "host": "db.internal", "port": "5432"}})
+    );
+    // The hash handed on is the source document's, not the expanded one's.
+    let source = hotconf::document::parse(&text(2), hotconf::crd::Format::Yaml).unwrap();
+    assert_eq!(lines(&execs)[1], hotconf::document::hash(&source));
+    let _ = app.kill();
+    let _ = app.wait();
+}
