@@ -43,3 +43,8 @@ fmt:
 
 clean-dev:
 	rm -rf .dev
+
+## bench-agent: pod-side hot-reload latency (kubelet ..data swap and API update -> app), p50/p99
+.PHONY: bench-agent
+bench-agent:
+	@dir=$(ASSETS_DIR) && KUBEBUILDER_ASSETS=$$dir $(CARGO) bench --bench agent_latency

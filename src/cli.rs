@@ -79,7 +79,11 @@ pub fn plugin_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    telemetry::init_logging(cli.log_format);
+    let filter = match cli.command {
+        Command::Tools(_) => telemetry::TOOLS_FILTER,
+        _ => telemetry::DEFAULT_FILTER,
+    };
+    telemetry::init_logging(cli.log_format, filter);
     if let Command::Crds(args) = &cli.command {
         return print_crds(args);
     }

@@ -25,6 +25,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The admission webhook failed.
+    #[error("admission webhook: {0}")]
+    Webhook(String),
     /// Leader election failed.
     #[error("leader election: {0}")]
     Leader(String),
@@ -87,6 +90,7 @@ impl Error {
             Error::Manifest { .. } => "manifest",
             Error::CrdsMissing(_) => "crds_missing",
             Error::Leader(_) => "leader_election",
+            Error::Webhook(_) => "webhook",
             Error::Process { .. } => "process",
             Error::MissingBinary { .. } => "missing_binary",
             Error::NotReady { .. } => "not_ready",

@@ -25,5 +25,6 @@ pub mod projection;
 pub mod reconcile;
 pub mod telemetry;
 pub mod validation;
+pub mod webhook;
 
 pub use error::Error;

@@ -23,6 +23,17 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Labels of an admission request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `validate` or `mutate`.
+    pub hook: String,
+    /// The reviewed kind.
+    pub kind: String,
+    /// `true` or `false`.
+    pub allowed: String,
+}
+
 /// The operator's metrics.
 pub struct OperatorMetrics {
     /// Reconciles by kind and result.
@@ -39,6 +50,8 @@ pub struct OperatorMetrics {
     pub watch_restarts: Family<KindLabels, Counter>,
     /// 1 while this replica holds the leader Lease (or leader election is off).
     pub leader: Gauge,
+    /// Time to answer an admission request.
+    pub webhook_duration: Family<WebhookLabels, Histogram>,
 }
 
 impl OperatorMetrics {
@@ -54,6 +67,9 @@ impl OperatorMetrics {
             rollbacks: Family::default(),
             watch_restarts: Family::default(),
             leader: Gauge::default(),
+            webhook_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+            }),
         };
         // Every series exists from the start: a counter that has not moved reads 0, not absent.
         for kind in ["RuntimeConfig", "PoolBudget"] {
@@ -97,6 +113,11 @@ impl OperatorMetrics {
             "watch_restarts",
             "Watch errors after which the watch was re-established",
             metrics.watch_restarts.clone(),
+        );
+        registry.register(
+            "webhook_request_duration_seconds",
+            "Time to answer an admission request",
+            metrics.webhook_duration.clone(),
         );
         registry.register(
             "leader",

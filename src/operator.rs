@@ -26,6 +26,9 @@ pub struct OperatorArgs {
     /// Leader election.
     #[command(flatten)]
     pub leader: LeaderArgs,
+    /// The admission webhook.
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
 }
 
 /// Runs the operator with the usual kubeconfig resolution (in-cluster, `$KUBECONFIG`,
@@ -85,6 +88,25 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         })
     };
 
+    // Every replica serves the webhook: admission does not write, so it needs no Lease.
+    let webhook = if args.webhook.webhook {
+        let webhook = crate::webhook::run(
+            client.clone(),
+            args.webhook.clone(),
+            metrics.clone(),
+            stopped(&stop_tx),
+        );
+        Some(tokio::spawn(async move {
+            let result = webhook.await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "the admission webhook stopped");
+            }
+            result
+        }))
+    } else {
+        None
+    };
+
     let runtime = Runtime {
         metrics,
         is_leader: election.is_leader.clone(),
@@ -93,6 +115,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let result = controller::run(client, scope, runtime, crate::dev::shutdown_signal()).await;
     let _ = stop_tx.send(());
     let _ = gauge.await;
+    if let Some(webhook) = webhook {
+        match webhook.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "admission webhook failed"),
+            Err(e) => tracing::warn!(error = %e, "admission webhook task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
     election.release().await;
     match admin.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server failed"),

@@ -16,10 +16,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
-pub fn init_logging(format: LogFormat) {
+/// The filter of the user-facing tools when `RUST_LOG` is unset: their output is their result,
+/// so only warnings and errors are logged.
+pub const TOOLS_FILTER: &str = "warn,kube_client=off";
+
+/// Installs the global subscriber; `RUST_LOG` filters (default `default_filter`). Safe to call
+/// twice.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Text => registry

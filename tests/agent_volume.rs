@@ -19,10 +19,7 @@ static STAMP: AtomicU64 = AtomicU64::new(0);
 /// A kubelet-style timestamped directory name, unique in this process.
 fn stamp() -> String {
     let n = STAMP.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{}.{n:09}",
-        chrono::Utc::now().format("%Y_%m_%d_%H_%M_%S")
-    )
+    format!("{}.{n:09}", chrono::Utc::now().format("%Y_%m_%d_%H_%M_%S"))
 }
 
 fn swap(dir: &Path, text: &str) {
@@ -70,7 +67,9 @@ async fn a_thousand_kubelet_swaps_reach_the_app_whole_and_once() {
         ],
         &[],
     );
-    let mut reloads = server.until(&doc(0, "final"), Duration::from_secs(30)).await;
+    let mut reloads = server
+        .until(&doc(0, "final"), Duration::from_secs(30))
+        .await;
 
     // A reader that never stops looking at the output file.
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,7 +110,8 @@ async fn a_thousand_kubelet_swaps_reach_the_app_whole_and_once() {
                 swap(&mount, "values: [this is not yaml\n");
                 refused += 1.0;
                 wait_for(10, "the refusal to be counted", || async {
-                    let n = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await?;
+                    let n =
+                        metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await?;
                     (n >= refused).then_some(())
                 })
                 .await;
@@ -125,7 +125,11 @@ async fn a_thousand_kubelet_swaps_reach_the_app_whole_and_once() {
                 let t = Instant::now();
                 commit(&mount, &a);
                 commit(&mount, &b);
-                assert!(t.elapsed() < Duration::from_millis(10), "two swaps took {:?}", t.elapsed());
+                assert!(
+                    t.elapsed() < Duration::from_millis(10),
+                    "two swaps took {:?}",
+                    t.elapsed()
+                );
                 doubles += 1;
             }
             _ if i % 10 == 7 => {
@@ -153,20 +157,37 @@ async fn a_thousand_kubelet_swaps_reach_the_app_whole_and_once() {
 
     let mut contents = HashSet::new();
     for r in &reloads {
-        let file = r.file.clone().expect("the output file exists at reload time");
+        let file = r
+            .file
+            .clone()
+            .expect("the output file exists at reload time");
         let (seq, tag) = verify(&file).expect("a whole document at reload time");
-        assert!(contents.insert(file.clone()), "document {seq}/{tag} was reloaded twice");
+        assert!(
+            contents.insert(file.clone()),
+            "document {seq}/{tag} was reloaded twice"
+        );
         let parsed = hotconf::document::parse(&file, hotconf::crd::Format::Yaml).unwrap();
-        assert_eq!(r.body["hash"], hotconf::document::hash(&parsed), "the POST names the file's hash");
+        assert_eq!(
+            r.body["hash"],
+            hotconf::document::hash(&parsed),
+            "the POST names the file's hash"
+        );
     }
     for (n, f) in finals.iter().enumerate() {
         assert!(contents.contains(f), "final state {n} was never reloaded");
     }
     let intermediates = reloads.len() - finals.len();
-    assert!(intermediates <= doubles, "only intermediates of double swaps may add reloads");
-    let ok = metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await.unwrap();
+    assert!(
+        intermediates <= doubles,
+        "only intermediates of double swaps may add reloads"
+    );
+    let ok = metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}")
+        .await
+        .unwrap();
     assert_eq!(ok as usize, reloads.len(), "one success per reload");
-    let counted = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await.unwrap();
+    let counted = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}")
+        .await
+        .unwrap();
     assert_eq!(counted, refused);
     assert_eq!(std::fs::read_to_string(&output).unwrap(), current);
     eprintln!(
@@ -202,12 +223,18 @@ async fn the_volume_is_the_fallback_when_the_api_is_unreachable() {
         ],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
     );
-    server.until(&doc(1, "fallback"), Duration::from_secs(30)).await;
+    server
+        .until(&doc(1, "fallback"), Duration::from_secs(30))
+        .await;
     assert!(started.elapsed() < Duration::from_secs(15));
     swap(&mount, &doc(2, "fallback"));
     let got = server.until(&doc(2, "fallback"), STEP).await;
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].body["revision"], serde_json::Value::Null, "no revision without the API");
+    assert_eq!(
+        got[0].body["revision"],
+        serde_json::Value::Null,
+        "no revision without the API"
+    );
 }
 
 /// A reload counts only on a 2xx answer: failed POSTs are retried with backoff; when every
@@ -232,14 +259,24 @@ async fn reloads_are_retried_until_the_app_answers_2xx() {
         ],
         &[],
     );
-    let got = server.until(&doc(1, "retry"), Duration::from_secs(30)).await;
+    let got = server
+        .until(&doc(1, "retry"), Duration::from_secs(30))
+        .await;
     assert_eq!(got.len(), 1);
-    assert_eq!(server.attempts.load(Ordering::SeqCst), 3, "two 503s, then 200");
+    assert_eq!(
+        server.attempts.load(Ordering::SeqCst),
+        3,
+        "two 503s, then 200"
+    );
 
     server.fail_next.store(3, Ordering::SeqCst);
     swap(&mount, &doc(2, "retry"));
     wait_for(20, "the failed notification to be counted", || async {
-        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"notify_failed\"}").await?;
+        let n = metric(
+            &admin,
+            "hotconf_agent_reloads_total{result=\"notify_failed\"}",
+        )
+        .await?;
         (n >= 1.0).then_some(())
     })
     .await;
@@ -273,7 +310,9 @@ async fn signal_exec_and_env_expansion() {
         .spawn()
         .unwrap();
     wait_for(10, "the app's pid file", || async {
-        std::fs::read_to_string(&pid_file).ok().filter(|p| !p.trim().is_empty())
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .filter(|p| !p.trim().is_empty())
     })
     .await;
 
@@ -304,14 +343,25 @@ async fn signal_exec_and_env_expansion() {
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
-    wait_for(20, "the first exec", || async { (lines(&execs).len() == 1).then_some(()) }).await;
+    wait_for(20, "the first exec", || async {
+        (lines(&execs).len() == 1).then_some(())
+    })
+    .await;
     swap(&mount, &text(2));
-    wait_for(20, "the second exec", || async { (lines(&execs).len() == 2).then_some(()) }).await;
-    wait_for(5, "two SIGHUPs", || async { (lines(&hups).len() == 2).then_some(()) }).await;
+    wait_for(20, "the second exec", || async {
+        (lines(&execs).len() == 2).then_some(())
+    })
+    .await;
+    wait_for(5, "two SIGHUPs", || async {
+        (lines(&hups).len() == 2).then_some(())
+    })
+    .await;
 
-    let written: serde_json::Value =
-        hotconf::document::parse(&std::fs::read_to_string(&output).unwrap(), hotconf::crd::Format::Yaml)
-            .unwrap();
+    let written: serde_json::Value = hotconf::document::parse(
+        &std::fs::read_to_string(&output).unwrap(),
+        hotconf::crd::Format::Yaml,
+    )
+    .unwrap();
     assert_eq!(
         written,
         serde_json::json!({"values": {"n": 2, "host": "db.internal", "port": "5432"}})

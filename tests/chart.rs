@@ -364,3 +364,127 @@ async fn the_operator_works_with_exactly_the_cluster_wide_chart_rbac() {
     assert!(with_workloads.contains("deployments"));
     assert!(!rendered.contains("deployments"));
 }
+
+fn only_kinds(rendered: &str, keep: &[&str]) -> String {
+    docs(rendered)
+        .into_iter()
+        .filter(|d| keep.contains(&d["kind"].as_str().unwrap_or("")))
+        .map(|d| serde_yaml::to_string(&d).unwrap())
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+#[tokio::test]
+async fn the_webhook_renders_passes_a_dry_run_and_gets_only_its_secret() {
+    let env = TestEnv::new("chart-webhook").await;
+    let release = env.plane.namespace("hotconf-hooks").await.unwrap();
+    let rendered = render(&[
+        "-n",
+        &release,
+        "--name",
+        "hooks",
+        "--set",
+        "webhook.enabled=true",
+    ]);
+    let found = kinds(&rendered);
+    for expected in [
+        "Service/hooks-hotconf-webhook",
+        "ValidatingWebhookConfiguration/hooks-hotconf",
+        "MutatingWebhookConfiguration/hooks-hotconf",
+        "Role/hooks-hotconf-webhook-certs",
+        "ClusterRole/hooks-hotconf-webhook",
+    ] {
+        assert!(
+            found.contains(&expected.to_string()),
+            "{expected} not in {found:?}"
+        );
+    }
+    for hook in docs(&rendered).iter().filter(|d| {
+        d["kind"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with("WebhookConfiguration")
+    }) {
+        let w = &hook["webhooks"][0];
+        assert_eq!(w["failurePolicy"], "Fail");
+        assert_eq!(w["sideEffects"], "None");
+        assert_eq!(w["timeoutSeconds"], 5);
+        assert!(w["namespaceSelector"]["matchExpressions"].is_sequence());
+    }
+    assert!(rendered.contains("- --webhook-secret=hooks-hotconf-webhook-tls"));
+    // A dry run of everything (nothing registered for real: it would intercept other tests).
+    assert_dry_run_accepts_all(&env, &rendered);
+
+    // The RBAC for real: the certificate Secret and the two configurations, nothing more.
+    let rbac = only_kinds(
+        &rendered,
+        &[
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ],
+    );
+    kubectl_apply(&env, &rbac, false);
+    let sa = format!("system:serviceaccount:{release}:hooks-hotconf");
+    let secret = "secrets/hooks-hotconf-webhook-tls";
+    assert!(can_i(&env, &sa, &["update", secret, "-n", &release]));
+    assert!(can_i(&env, &sa, &["create", "secrets", "-n", &release]));
+    assert!(can_i(
+        &env,
+        &sa,
+        &["patch", "validatingwebhookconfigurations/hooks-hotconf"]
+    ));
+    assert!(can_i(
+        &env,
+        &sa,
+        &["patch", "mutatingwebhookconfigurations/hooks-hotconf"]
+    ));
+    assert!(!can_i(
+        &env,
+        &sa,
+        &["patch", "validatingwebhookconfigurations/someone-elses"]
+    ));
+    assert!(!can_i(
+        &env,
+        &sa,
+        &["create", "validatingwebhookconfigurations"]
+    ));
+    assert!(!can_i(
+        &env,
+        &sa,
+        &["delete", "validatingwebhookconfigurations/hooks-hotconf"]
+    ));
+
+    // cert-manager instead: the CA is injected, the certificate mounted.
+    kubectl_apply(
+        &env,
+        &std::fs::read_to_string(repo().join("tests/fixtures/cert-manager-crds.yaml")).unwrap(),
+        false,
+    );
+    eventually(30, "the cert-manager CRDs to be served", || async {
+        env.kubectl_raw(&["get", "certificates,issuers"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let with_cm = render(&[
+        "-n",
+        &env.ns,
+        "--name",
+        "cm",
+        "--set",
+        "webhook.enabled=true",
+        "--set",
+        "webhook.certManager.enabled=true",
+    ]);
+    assert!(with_cm.contains(&format!(
+        "cert-manager.io/inject-ca-from: {}/cm-hotconf-webhook",
+        env.ns
+    )));
+    assert!(with_cm.contains("- --webhook-cert-dir=/etc/hotconf/webhook"));
+    assert!(!kinds(&with_cm).contains(&"Role/cm-hotconf-webhook-certs".to_string()));
+    assert_dry_run_accepts_all(&env, &with_cm);
+}

@@ -126,8 +126,8 @@ impl ApiSource {
                 Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
                     let snapshot = snapshot_of(&cm, self.key.as_deref());
                     tx.send_if_modified(|s| {
-                        let changed = s.latest.as_ref().map(|l| &l.identity)
-                            != Some(&snapshot.identity);
+                        let changed =
+                            s.latest.as_ref().map(|l| &l.identity) != Some(&snapshot.identity);
                         let healed = s.health != ApiHealth::Synced;
                         s.health = ApiHealth::Synced;
                         if changed {

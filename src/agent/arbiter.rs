@@ -174,7 +174,10 @@ mod tests {
         assert!(a.pick(Some(&old), &state, t0).is_none());
         // Content the API never showed is newer: applied from the volume.
         let new = snap(Origin::Volume, "a: 3\n", None);
-        assert_eq!(a.pick(Some(&new), &state, t0).unwrap().origin, Origin::Volume);
+        assert_eq!(
+            a.pick(Some(&new), &state, t0).unwrap().origin,
+            Origin::Volume
+        );
         // Same content as the API's latest: already applied.
         let same = snap(Origin::Volume, "a: 2\n", None);
         assert!(a.pick(Some(&same), &state, t0).is_none());

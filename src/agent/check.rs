@@ -68,11 +68,7 @@ pub fn check(text: &str, format: Format, expected_hash: Option<&str>) -> Result<
                 let line = line.strip_prefix("export ").unwrap_or(line);
                 let name = line.split_once('=').map(|(k, _)| k);
                 if !name.is_some_and(is_env_name) {
-                    return Err(format!(
-                        "line {}: not NAME=value: {}",
-                        n + 1,
-                        shorten(line)
-                    ));
+                    return Err(format!("line {}: not NAME=value: {}", n + 1, shorten(line)));
                 }
             }
             Ok(text_checked(text, expected_hash))
@@ -152,11 +148,7 @@ pub fn output(
 
 /// Expands `${VAR}` and `${VAR:default}` in every string value (not in keys). `$${` stands for
 /// a literal `${`.
-pub fn expand_value(
-    value: &Value,
-    lookup: Lookup<'_>,
-    missing: &mut Vec<String>,
-) -> Value {
+pub fn expand_value(value: &Value, lookup: Lookup<'_>, missing: &mut Vec<String>) -> Value {
     match value {
         Value::String(s) => Value::String(expand_str(s, lookup, missing, &|v| v.to_string())),
         Value::Array(items) => Value::Array(

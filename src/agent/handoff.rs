@@ -309,9 +309,12 @@ mod tests {
             hash: "abc".into(),
             file: None,
         };
-        run_command(&format!("echo $HOTCONF_REVISION $HOTCONF_HASH > {}", out.display()), &handed)
-            .await
-            .unwrap();
+        run_command(
+            &format!("echo $HOTCONF_REVISION $HOTCONF_HASH > {}", out.display()),
+            &handed,
+        )
+        .await
+        .unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "7 abc\n");
         assert!(run_command("exit 3", &handed).await.is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,7 +20,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(String, String)>;
+/// Labels of `hotconf_agent_reloads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// An [`Outcome`] label.
+    pub result: String,
+}
+
+impl From<Outcome> for ReloadLabels {
+    fn from(outcome: Outcome) -> Self {
+        ReloadLabels {
+            result: outcome.label().to_string(),
+        }
+    }
+}
 
 /// How a new document ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +64,7 @@ impl Outcome {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    reloads: Family<Labels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
     latency: Histogram,
     revision: Gauge,
     ready: AtomicBool,
@@ -66,16 +80,16 @@ impl Metrics {
     /// Registers the metrics.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("hotconf_agent");
-        let reloads = Family::<Labels, Counter>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "reloads",
             "New documents handled, by result (success, refused, notify_failed, write_failed)",
             reloads.clone(),
         );
         // 1 ms .. ~33 s.
-        let latency = Histogram::new(
-            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 16),
-        );
+        let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+            0.001, 2.0, 16,
+        ));
         registry.register(
             "reload_latency_seconds",
             "From the source noticing a change to the application being notified",
@@ -94,7 +108,7 @@ impl Metrics {
             Outcome::WriteFailed,
         ] {
             // Present from the start, so a rate() works before the first event.
-            let _ = reloads.get_or_create(&vec![("result".into(), outcome.label().into())]);
+            let _ = reloads.get_or_create(&outcome.into());
         }
         Metrics {
             registry,
@@ -107,9 +121,7 @@ impl Metrics {
 
     /// Counts a handled document.
     pub fn count(&self, outcome: Outcome) {
-        self.reloads
-            .get_or_create(&vec![("result".into(), outcome.label().into())])
-            .inc();
+        self.reloads.get_or_create(&outcome.into()).inc();
     }
 
     /// Records the source→applied latency of a hand-off.
@@ -191,7 +203,10 @@ mod tests {
         m.observe_latency(Duration::from_millis(12));
         m.set_revision(Some(7));
         let text = m.encode();
-        assert!(text.contains("hotconf_agent_reloads_total{result=\"refused\"} 2"), "{text}");
+        assert!(
+            text.contains("hotconf_agent_reloads_total{result=\"refused\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("hotconf_agent_reloads_total{result=\"success\"} 1"));
         assert!(text.contains("hotconf_agent_reload_latency_seconds_count 1"));
         assert!(text.contains("hotconf_agent_applied_revision 7"));

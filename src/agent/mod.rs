@@ -7,6 +7,23 @@
 //! [`arbiter`] (which source wins), [`check`] (parse and hash checks, `${VAR}` expansion),
 //! [`handoff`] (write and notify), [`report`] (the Pod annotation), [`metrics`] (metrics and
 //! the admin server). The client library (`crate::client`) reuses the sources and the checks.
+//!
+//! Choices where SPEC.md is silent:
+//! - A document is identified by the SHA-256 of its text: the same content through either
+//!   source is handed on once, and a swap that changes nothing does nothing.
+//! - With both sources the API is primary. The volume is used while the API source fails, or
+//!   if it has not listed the ConfigMap within 3 s of start; content the API source showed
+//!   before its current state is never applied from the volume (it lags behind), so nothing
+//!   goes backwards. A rollback the operator projects is the API's current state and is applied.
+//! - Properties and env documents cannot be parsed back into typed values, so their hash cannot
+//!   be recomputed: they get a syntax check and the annotation is reported as their hash.
+//! - The reload POST carries `{"revision", "hash", "file"}` as JSON; `--exec` gets
+//!   `HOTCONF_REVISION`, `HOTCONF_HASH` and `HOTCONF_OUTPUT`.
+//! - A notification that still fails after its retries leaves the new file in place, is
+//!   counted (`notify_failed`) and reported in the annotation's `error`; the next new document
+//!   is handed on as usual.
+//! - At start, an output file that already holds the document (a restarted sidecar) is not
+//!   rewritten and the application is not notified again.
 
 pub mod api;
 pub mod arbiter;
@@ -285,7 +302,9 @@ impl Agent {
         loop {
             // Hand on everything there is to hand on, newest state first.
             loop {
-                let volume = volume_rx.as_mut().and_then(|r| r.borrow_and_update().clone());
+                let volume = volume_rx
+                    .as_mut()
+                    .and_then(|r| r.borrow_and_update().clone());
                 let api = api_rx
                     .as_mut()
                     .map(|r| r.borrow_and_update().clone())

@@ -86,7 +86,10 @@ impl Snapshot {
 /// The format a data key holds, from its extension (`.yaml`/`.yml`, `.json`, `.properties`,
 /// `.env`); anything else is read as YAML, the operator's default.
 pub fn format_for_key(key: &str) -> Format {
-    match key.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()) {
+    match key
+        .rsplit_once('.')
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+    {
         Some(ext) if ext == "json" => Format::Json,
         Some(ext) if ext == "properties" => Format::Properties,
         Some(ext) if ext == "env" => Format::Env,

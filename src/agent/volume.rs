@@ -79,7 +79,10 @@ pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
             .map(String::as_str)
             .filter(|k| !k.starts_with(".."))
             .collect();
-        let Some(key) = key.map(str::to_string).or_else(|| default_key(keys.clone())) else {
+        let Some(key) = key
+            .map(str::to_string)
+            .or_else(|| default_key(keys.clone()))
+        else {
             return Ok(Read::Found {
                 key: String::new(),
                 text: Err(format!(
@@ -285,11 +288,7 @@ fn dir_identity(dir: &Path) -> std::io::Result<(u64, u64)> {
 /// Writes a kubelet-style ConfigMap volume: a new `..<stamp>` directory with every key, a
 /// `..data_tmp` symlink renamed over `..data`, a `KEY -> ..data/KEY` symlink per key, and the
 /// previous timestamped directory removed. For tests, benchmarks and local experiments.
-pub fn kubelet_write(
-    dir: &Path,
-    stamp: &str,
-    data: &[(&str, &str)],
-) -> std::io::Result<()> {
+pub fn kubelet_write(dir: &Path, stamp: &str, data: &[(&str, &str)]) -> std::io::Result<()> {
     use std::os::unix::fs::symlink;
     std::fs::create_dir_all(dir)?;
     let old = std::fs::read_link(dir.join("..data")).ok();
@@ -335,7 +334,10 @@ mod tests {
         assert_eq!(read(&tmp, None).unwrap(), Read::NotReady);
         kubelet_write(&tmp, "1", &[("config.yaml", "a: 1\n"), ("values.a", "1")]).unwrap();
         assert_eq!(read(&tmp, None).unwrap(), found("config.yaml", "a: 1\n"));
-        assert_eq!(read(&tmp, Some("values.a")).unwrap(), found("values.a", "1"));
+        assert_eq!(
+            read(&tmp, Some("values.a")).unwrap(),
+            found("values.a", "1")
+        );
         kubelet_write(&tmp, "2", &[("config.yaml", "a: 2\n"), ("values.a", "2")]).unwrap();
         assert_eq!(read(&tmp, None).unwrap(), found("config.yaml", "a: 2\n"));
         assert!(!tmp.join("..1").exists(), "the old directory is gone");

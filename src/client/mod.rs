@@ -23,8 +23,8 @@
 mod budget;
 
 pub use budget::{
-    Backpressure, Budget, CachePool, DatabasePool, EvictionPolicy, HttpPool, Pools,
-    PressureLevel, RedisPool,
+    Backpressure, Budget, CachePool, DatabasePool, EvictionPolicy, HttpPool, Pools, PressureLevel,
+    RedisPool,
 };
 
 use std::collections::BTreeMap;
@@ -406,7 +406,10 @@ impl Options {
     }
 
     /// Where environment overrides are looked up (default: the process environment).
-    pub fn env_lookup(mut self, lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn env_lookup(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         self.env = Arc::new(lookup);
         self
     }
@@ -447,7 +450,8 @@ impl Options {
             debounce: self.debounce,
         };
         let task = tokio::spawn(source.run(tx)).abort_handle();
-        self.follow(rx, |s: &Option<Snapshot>| s.clone(), task).await
+        self.follow(rx, |s: &Option<Snapshot>| s.clone(), task)
+            .await
     }
 
     /// Follows ConfigMap `namespace/name` through the API server; waits for the first valid
@@ -559,7 +563,9 @@ fn load(snapshot: &Snapshot, settings: &Arc<Settings>) -> Result<Document, Strin
         ));
     }
     let checked = check::check(text, format, snapshot.hash.as_deref())?;
-    let value = checked.document.expect("YAML and JSON documents are parsed");
+    let value = checked
+        .document
+        .expect("YAML and JSON documents are parsed");
     Ok(document(
         value,
         snapshot.revision,

@@ -1,0 +1,2 @@
+//! The cluster benchmark (placeholder while it is written).
+fn main() {}

@@ -1,0 +1,261 @@
+//! The admission decisions: validation (the operator's own rules, Secrets resolved as the
+//! operator resolves them) and attribution (`hotconf.dev/changed-by` on create and on spec
+//! changes).
+
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
+use k8s_openapi::api::core::v1::Secret;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::crd::{PoolBudget, RuntimeConfig, names};
+use crate::kinds::ConfigResource;
+use crate::validation::{FieldError, SecretValues};
+
+/// Whether an update changes the spec (attribution and validation only look at those).
+pub fn spec_changed(req: &AdmissionRequest<DynamicObject>) -> bool {
+    let spec = |o: &Option<DynamicObject>| o.as_ref().map(|o| o.data.get("spec").cloned());
+    match req.operation {
+        Operation::Create => true,
+        Operation::Update => spec(&req.object) != spec(&req.old_object),
+        _ => false,
+    }
+}
+
+/// The errors of the object under review, `None` when it is not a hotconf kind.
+pub async fn errors(
+    client: &Client,
+    req: &AdmissionRequest<DynamicObject>,
+) -> Result<Option<Vec<FieldError>>, String> {
+    let Some(object) = &req.object else {
+        return Ok(None);
+    };
+    let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
+    match req.kind.kind.as_str() {
+        "RuntimeConfig" => {
+            let obj: RuntimeConfig = typed(value)?;
+            let ns = req.namespace.clone().unwrap_or_else(|| "default".into());
+            let secrets = resolve(client, &ns, &obj).await?;
+            Ok(Some(obj.validate(Some(&secrets))))
+        }
+        "PoolBudget" => {
+            let obj: PoolBudget = typed(value)?;
+            Ok(Some(obj.validate(None)))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn typed<K: serde::de::DeserializeOwned>(value: Value) -> Result<K, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        format!("{path}: {}", e.into_inner())
+    })
+}
+
+// valuesFrom as the operator reads it: a missing Secret or key is an error.
+async fn resolve<K: ConfigResource>(
+    client: &Client,
+    ns: &str,
+    obj: &K,
+) -> Result<SecretValues, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut out = BTreeMap::new();
+    let mut cache: BTreeMap<String, Option<Secret>> = BTreeMap::new();
+    for (key, r) in obj.secret_refs() {
+        if !cache.contains_key(&r.name) {
+            let got = api
+                .get_opt(&r.name)
+                .await
+                .map_err(|e| format!("reading Secret {:?}: {e}", r.name))?;
+            cache.insert(r.name.clone(), got);
+        }
+        let value = match &cache[&r.name] {
+            None => Err(format!("Secret {:?} not found", r.name)),
+            Some(s) => s
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .ok_or_else(|| format!("key {:?} not found in Secret {:?}", r.key, r.name)),
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// The validating webhook's answer.
+pub async fn validate(client: &Client, req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let response = AdmissionResponse::from(req);
+    // Only spec changes are judged: a rollback annotation on an object whose spec predates the
+    // webhook must still go through.
+    if !spec_changed(req) {
+        return response;
+    }
+    match errors(client, req).await {
+        Ok(None) => response,
+        Ok(Some(errors)) if errors.is_empty() => response,
+        Ok(Some(errors)) => response.deny(denial(&req.kind.kind, &req.name, &errors)),
+        Err(e) => response.deny(format!("hotconf could not read the object: {e}")),
+    }
+}
+
+/// The message of a refusal: every error, one per line.
+pub fn denial(kind: &str, name: &str, errors: &[FieldError]) -> String {
+    let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+    format!(
+        "{kind} {name:?} is invalid ({} error{}):\n{}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" },
+        list.join("\n")
+    )
+}
+
+/// The mutating webhook's answer: `hotconf.dev/changed-by` = the requesting user on create and
+/// on spec changes; nothing else is touched.
+pub fn attribute(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    let response = AdmissionResponse::from(req);
+    if !spec_changed(req) {
+        return response;
+    }
+    let Some(user) = req.user_info.username.clone().filter(|u| !u.is_empty()) else {
+        return response;
+    };
+    let has_annotations = req
+        .object
+        .as_ref()
+        .is_some_and(|o| o.metadata.annotations.is_some());
+    let op = if has_annotations {
+        PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "annotations", names::CHANGED_BY]),
+            value: Value::String(user),
+        })
+    } else {
+        PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "annotations"]),
+            value: serde_json::json!({ names::CHANGED_BY: user }),
+        })
+    };
+    match response.clone().with_patch(Patch(vec![op])) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not build the attribution patch");
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::admission::AdmissionReview;
+    use serde_json::json;
+
+    fn review(
+        operation: &str,
+        object: Value,
+        old: Option<Value>,
+    ) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "hotconf.dev", "version": "v1alpha1", "kind": "RuntimeConfig"},
+                "resource": {"group": "hotconf.dev", "version": "v1alpha1", "resource": "runtimeconfigs"},
+                "name": "app",
+                "namespace": "shop",
+                "operation": operation,
+                "userInfo": {"username": "alice"},
+                "object": object,
+                "oldObject": old,
+                "dryRun": false
+            }
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    fn rtc(annotations: Option<Value>, spec: Value) -> Value {
+        let mut meta = json!({"name": "app", "namespace": "shop"});
+        if let Some(a) = annotations {
+            meta["annotations"] = a;
+        }
+        json!({"apiVersion": "hotconf.dev/v1alpha1", "kind": "RuntimeConfig", "metadata": meta, "spec": spec})
+    }
+
+    fn patch_of(r: &AdmissionResponse) -> Value {
+        let v = serde_json::to_value(r).unwrap();
+        let b64 = v["patch"].as_str().unwrap_or_default().to_string();
+        use base64::Engine as _;
+        serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn creates_are_attributed() {
+        let r = attribute(&review(
+            "CREATE",
+            rtc(None, json!({"values": {"a": 1}})),
+            None,
+        ));
+        assert_eq!(
+            patch_of(&r),
+            json!([{"op": "add", "path": "/metadata/annotations", "value": {"hotconf.dev/changed-by": "alice"}}])
+        );
+        let r = attribute(&review(
+            "CREATE",
+            rtc(Some(json!({"x": "y"})), json!({})),
+            None,
+        ));
+        assert_eq!(
+            patch_of(&r),
+            json!([{"op": "add", "path": "/metadata/annotations/hotconf.dev~1changed-by", "value": "alice"}])
+        );
+    }
+
+    #[test]
+    fn only_spec_changes_are_attributed() {
+        let old = rtc(None, json!({"values": {"a": 1}}));
+        let same = rtc(
+            Some(json!({"hotconf.dev/rollback-to": "2"})),
+            json!({"values": {"a": 1}}),
+        );
+        let r = attribute(&review("UPDATE", same, Some(old.clone())));
+        assert_eq!(
+            patch_of(&r),
+            Value::Null,
+            "an annotation change is left alone"
+        );
+        let changed = rtc(None, json!({"values": {"a": 2}}));
+        let r = attribute(&review("UPDATE", changed, Some(old)));
+        assert_ne!(patch_of(&r), Value::Null);
+    }
+
+    #[test]
+    fn denials_list_every_error() {
+        let errors = vec![
+            FieldError {
+                path: "spec.a".into(),
+                value: Some("1".into()),
+                rule: "must be a string".into(),
+            },
+            FieldError {
+                path: "spec.b".into(),
+                value: None,
+                rule: "must be set".into(),
+            },
+        ];
+        let text = denial("RuntimeConfig", "app", &errors);
+        assert!(text.contains("2 errors"));
+        assert!(text.contains("spec.a: must be a string (got 1)"));
+        assert!(text.contains("spec.b: must be set"));
+    }
+}

@@ -1,0 +1,359 @@
+//! The client library (`hotconf::client`): whole-document reads under heavy swapping, the
+//! value priorities (environment > projected value > default), the SPEC.md §3 flag vectors,
+//! maintenance, and the typed PoolBudget views with their pressure levels.
+
+mod agent_common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_common::{doc, doc_value, verify};
+use hotconf::agent::volume::kubelet_write;
+use hotconf::client::{ClientError, Config, EvictionPolicy, Kind, PressureLevel};
+use hotconf::crd::PoolBudget;
+use hotconf::document;
+use serde_json::{Value, json};
+
+/// A document in which every value is `n`: a reader that sees two different numbers saw a mix.
+fn uniform(n: u64) -> Value {
+    let values: serde_json::Map<String, Value> =
+        (0..32).map(|i| (format!("k{i}"), json!(n))).collect();
+    json!({"values": values, "featureFlags": {}, "maintenance": {"enabled": false, "reason": "", "until": null}})
+}
+
+#[test]
+fn concurrent_readers_never_see_a_mix_during_ten_thousand_swaps() {
+    let config = Config::options()
+        .env_lookup(|_| None)
+        .from_value(uniform(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let _sub = {
+        let calls = calls.clone();
+        config.subscribe("k7", move |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (config, stop) = (config.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut reads, mut last) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let snap = config.snapshot();
+                    let first: u64 = snap.get("k0").unwrap();
+                    for i in 1..32 {
+                        let v: u64 = snap.get(&format!("k{i}")).unwrap();
+                        assert_eq!(v, first, "a mix of documents {first} and {v}");
+                    }
+                    assert!(first >= last, "went back from {last} to {first}");
+                    last = first;
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    for n in 1..=10_000 {
+        config.publish(uniform(n), Some(n as i64));
+    }
+    let swaps = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(config.get::<u64>("k31").unwrap(), 10_000);
+    assert_eq!(config.revision(), Some(10_000));
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        10_000,
+        "one callback per change of k7"
+    );
+    assert!(reads > 1_000, "{reads} reads");
+    eprintln!("10000 swaps in {swaps:?} with {reads} whole-document reads alongside");
+}
+
+/// The handle follows a kubelet-style volume: every swap becomes visible whole, a corrupt
+/// document is refused while the last good one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handle_follows_kubelet_swaps_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("config");
+    kubelet_write(&dir, "0", &[("config.yaml", &doc(0, "client"))]).unwrap();
+    let config = Config::options()
+        .env_lookup(|_| None)
+        .watch_dir(&dir)
+        .await
+        .unwrap();
+    assert_eq!(config.get::<u64>("seq").unwrap(), 0);
+    assert_eq!(config.snapshot().kind(), Kind::RuntimeConfig);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (config, stop) = (config.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let snap = config.snapshot();
+                let text = document::render(snap.value(), hotconf::crd::Format::Yaml);
+                verify(&text).expect("a whole document");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut changes = config.changes();
+    for n in 1..=300u64 {
+        kubelet_write(&dir, &n.to_string(), &[("config.yaml", &doc(n, "client"))]).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            changes.wait_for(|_| config.get::<u64>("seq").ok() == Some(n)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("swap {n} not visible"))
+        .unwrap();
+    }
+    kubelet_write(&dir, "bad", &[("config.yaml", "values: [\n")]).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while config.last_error().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        config.get::<u64>("seq").unwrap(),
+        300,
+        "the last good document stays"
+    );
+    assert_eq!(config.snapshot().value(), &doc_value(300, "client"));
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 300);
+}
+
+fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+#[test]
+fn environment_beats_projected_value_beats_default() {
+    let document = json!({"values": {"check_interval": 30, "strategy": "AGGRESSIVE", "nested": {"a": {"b": 2}}}});
+    let open = |vars: &[(&str, &str)]| {
+        Config::options()
+            .env_lookup(env(vars))
+            .default_value("check_interval", 60)
+            .default_value("timeout_ms", 500)
+            .defaults(BTreeMap::from([("label".to_string(), json!("none"))]))
+            .from_value(document.clone())
+    };
+    let plain = open(&[]);
+    assert_eq!(
+        plain.get::<u64>("check_interval").unwrap(),
+        30,
+        "value over default"
+    );
+    assert_eq!(
+        plain.get::<u64>("timeout_ms").unwrap(),
+        500,
+        "default when no value"
+    );
+    assert_eq!(plain.get::<String>("label").unwrap(), "none");
+    assert_eq!(
+        plain.get::<u64>("nested.a.b").unwrap(),
+        2,
+        "dotted path into values"
+    );
+    assert!(matches!(
+        plain.get::<u64>("missing"),
+        Err(ClientError::Missing { env, .. }) if env == "HOTCONF_MISSING"
+    ));
+    assert!(matches!(
+        plain.get::<u64>("strategy"),
+        Err(ClientError::Type {
+            from: "document",
+            ..
+        })
+    ));
+
+    let env_set = open(&[
+        ("HOTCONF_CHECK_INTERVAL", "7"),
+        ("HOTCONF_TIMEOUT_MS", "250"),
+        ("HOTCONF_STRATEGY", "CONSERVATIVE"),
+        ("HOTCONF_LABEL", "007"),
+        ("HOTCONF_LIST", "[a, b]"),
+    ]);
+    assert_eq!(
+        env_set.get::<u64>("check_interval").unwrap(),
+        7,
+        "environment over value"
+    );
+    assert_eq!(
+        env_set.get::<u64>("timeout_ms").unwrap(),
+        250,
+        "environment over default"
+    );
+    assert_eq!(env_set.get::<String>("strategy").unwrap(), "CONSERVATIVE");
+    assert_eq!(
+        env_set.get::<String>("label").unwrap(),
+        "007",
+        "falls back to the text"
+    );
+    assert_eq!(env_set.get::<Vec<String>>("list").unwrap(), vec!["a", "b"]);
+    assert!(matches!(
+        open(&[("HOTCONF_CHECK_INTERVAL", "soon")]).get::<u64>("check_interval"),
+        Err(ClientError::Type {
+            from: "environment",
+            ..
+        })
+    ));
+
+    // A PoolBudget document: dotted paths, and the same override naming.
+    let pb = Config::options()
+        .env_lookup(env(&[("HOTCONF_POOLS_REDIS_MAXCONNECTIONS", "99")]))
+        .from_value(document::pool_budget(&Default::default()).document);
+    assert_eq!(pb.get::<u32>("pools.database.maxConnections").unwrap(), 20);
+    assert_eq!(pb.get::<u32>("pools.redis.maxConnections").unwrap(), 99);
+}
+
+/// The same override through the real process environment: this test runs itself again as a
+/// child with `HOTCONF_CHECK_INTERVAL` set.
+#[test]
+fn the_process_environment_overrides_values() {
+    if std::env::var_os("HOTCONF_CLIENT_CHILD").is_some() {
+        let config = Config::from_value(json!({"values": {"check_interval": 30}}));
+        assert_eq!(config.get::<u64>("check_interval").unwrap(), 7);
+        assert_eq!(config.get::<String>("check_interval").unwrap(), "7");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_process_environment_overrides_values",
+            "--nocapture",
+        ])
+        .env("HOTCONF_CLIENT_CHILD", "1")
+        .env("HOTCONF_CHECK_INTERVAL", "7")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+#[test]
+fn feature_flags_reproduce_the_spec_vectors() {
+    assert_eq!(hotconf::flags::fnv1a32(b"new_ui/user-42"), 0x195f_da57);
+    assert_eq!(hotconf::flags::fnv1a32(b"new_ui/user-43"), 0x185f_d8c4);
+    assert_eq!(hotconf::flags::fnv1a32(b"beta_features/alice"), 0xd3bd_7048);
+    let flags = |pct: u32| {
+        Config::from_value(json!({"values": {}, "featureFlags": {
+            "new_ui": {"enabled": true, "rolloutPercentage": 25, "allow": ["user-43"], "deny": ["user-1"]},
+            "beta_features": {"enabled": true, "rolloutPercentage": pct, "allow": [], "deny": []},
+            "off": {"enabled": false, "rolloutPercentage": 100, "allow": ["user-42"], "deny": []},
+        }}))
+    };
+    let c = flags(25);
+    assert!(c.is_enabled("new_ui", "user-42"), "bucket 15 < 25");
+    assert!(c.is_enabled("new_ui", "user-43"), "bucket 96, but allowed");
+    assert!(!c.is_enabled("new_ui", "user-1"), "denied");
+    assert!(c.is_enabled("beta_features", "alice"), "bucket 24 < 25");
+    assert!(
+        !flags(24).is_enabled("beta_features", "alice"),
+        "bucket 24 is not < 24"
+    );
+    assert!(
+        !c.is_enabled("off", "user-42"),
+        "disabled is off for everyone"
+    );
+    assert!(
+        !c.is_enabled("unknown", "user-42"),
+        "an unknown flag is off"
+    );
+    let plain = Config::from_value(
+        json!({"featureFlags": {"new_ui": {"enabled": true, "rolloutPercentage": 25}}}),
+    );
+    assert!(!plain.is_enabled("new_ui", "user-43"), "bucket 96 >= 25");
+}
+
+#[test]
+fn maintenance_state_and_its_end() {
+    let now = chrono::Utc::now();
+    let at = |until: chrono::DateTime<chrono::Utc>| {
+        Config::from_value(json!({"values": {}, "maintenance": {
+            "enabled": true, "reason": "database upgrade", "until": until.to_rfc3339()}}))
+    };
+    let m = at(now + chrono::Duration::hours(1)).maintenance();
+    assert!(m.enabled);
+    assert_eq!(m.reason, "database upgrade");
+    assert!(m.until.is_some());
+    assert!(
+        !at(now - chrono::Duration::seconds(1)).maintenance().enabled,
+        "until has passed"
+    );
+    let open = Config::from_value(
+        json!({"values": {}, "maintenance": {"enabled": true, "reason": "", "until": null}}),
+    );
+    assert!(open.maintenance().enabled, "no end");
+    assert!(
+        !Config::from_value(json!({"values": {}}))
+            .maintenance()
+            .enabled
+    );
+}
+
+#[test]
+fn pool_budget_views_and_pressure_levels() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pool-budget.yaml"),
+    )
+    .unwrap();
+    let pb: PoolBudget = serde_yaml::from_str(&text).unwrap();
+    let config = Config::from_value(document::pool_budget(&pb.spec).document);
+    assert_eq!(config.snapshot().kind(), Kind::PoolBudget);
+    let budget = config.budget().unwrap();
+    assert_eq!(budget.max_concurrent_operations, 120);
+    assert_eq!(budget.max_memory_mb, 1024);
+    assert_eq!(
+        budget.max_request_rate_per_minute, 300,
+        "defaults filled in"
+    );
+    let pools = config.pools().unwrap();
+    assert_eq!(pools.database.max_connections, 40);
+    assert_eq!(pools.database.max_lifetime, Duration::from_secs(3600));
+    assert_eq!(pools.redis.retry_delay, Duration::from_millis(250));
+    assert_eq!(pools.http.timeout, Duration::from_secs(15));
+    assert_eq!(pools.cache.ttl, Duration::from_secs(600));
+    assert_eq!(pools.cache.eviction_policy, EvictionPolicy::Lfu);
+
+    // The example's thresholds: 0.6 / 0.8 / 0.95.
+    for (u, level) in [
+        (0.0, PressureLevel::None),
+        (0.59, PressureLevel::None),
+        (0.6, PressureLevel::Light),
+        (0.79, PressureLevel::Light),
+        (0.8, PressureLevel::Moderate),
+        (0.95, PressureLevel::Heavy),
+        (1.0, PressureLevel::Heavy),
+    ] {
+        assert_eq!(config.pressure_level(u), level, "utilization {u}");
+    }
+    // The defaults: 0.70 / 0.85 / 0.95.
+    let defaults = Config::from_value(document::pool_budget(&Default::default()).document);
+    assert_eq!(defaults.pressure_level(0.69), PressureLevel::None);
+    assert_eq!(defaults.pressure_level(0.70), PressureLevel::Light);
+    assert_eq!(defaults.pressure_level(0.85), PressureLevel::Moderate);
+    assert_eq!(defaults.pressure_level(0.95), PressureLevel::Heavy);
+    assert!(matches!(
+        Config::from_value(json!({"values": {}})).budget(),
+        Err(ClientError::NotPoolBudget)
+    ));
+}
