@@ -1,2 +1,1238 @@
-//! The cluster benchmark (placeholder while it is written).
-fn main() {}
+//! The cluster benchmark (`make bench`): the release-built operator against a local control plane
+//! (etcd + kube-apiserver, started by this program under supervisors), every figure side by side
+//! with a floor measured in the same run on the same API server.
+//!
+//! 1. Projection latency: CR patch returned → the ConfigMap watch event with the new revision,
+//!    against a direct ConfigMap apply → its watch event, interleaved at a steady rate.
+//! 2. Throughput: CRs created at once → all projected, against raw server-side-apply writes/s.
+//! 3. Cold start: an operator start over 1,000 and 10,000 converged CRs (seeded with the library's
+//!    own `reconcile::plan`, 10 snapshots each): time to `/readyz`, time until every object was
+//!    reconciled, writes in the audit log.
+//! 4. Memory: the operator's RSS at those two sizes against the raw JSON of what it caches.
+//! 5. Discipline: writes and reconciles per change over the latency run.
+//! 6. Core speed: read back from criterion's estimates (`cargo bench --bench core`).
+//!
+//! It prints one table and writes `target/bench/report.json`. Under `cargo test` (no `--bench`
+//! argument) it runs every phase at a tiny scale and writes nothing, and it is skipped when the
+//! control-plane binaries are missing. `HOTCONF_BENCH_SCALE` (a factor, default 1) scales the
+//! object counts for a quicker look.
+
+mod fixtures;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
+use hotconf::crd::{MANAGER, RuntimeConfig, names};
+use hotconf::document;
+use hotconf::envtest::{self, ControlPlane, OPERATOR_USER, Options, Process};
+use hotconf::kinds::ConfigResource;
+use hotconf::reconcile::{self, Observed};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Declared keys of the benchmark's RuntimeConfigs.
+const KEYS: usize = 20;
+/// Snapshots of history of every seeded object.
+const HISTORY: u64 = 10;
+/// The annotation the floor's ConfigMap carries its sequence number in.
+const SEQ: &str = "bench.hotconf.dev/seq";
+/// Field manager of the benchmark's own writes (the "user" side).
+const BENCH_MANAGER: &str = "hotconf-bench";
+
+/// How many of everything.
+#[derive(Clone, Copy, Debug)]
+struct Scale {
+    latency_changes: usize,
+    rate_per_s: f64,
+    throughput: usize,
+    floor_writes: usize,
+    in_flight: usize,
+    small: usize,
+    large: usize,
+}
+
+impl Scale {
+    fn new(bench: bool) -> Scale {
+        if !bench {
+            return Scale {
+                latency_changes: 20,
+                rate_per_s: 20.0,
+                throughput: 40,
+                floor_writes: 40,
+                in_flight: 8,
+                small: 30,
+                large: 60,
+            };
+        }
+        let factor: f64 = std::env::var("HOTCONF_BENCH_SCALE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1.0);
+        let n = |x: usize| ((x as f64 * factor).round() as usize).max(10);
+        Scale {
+            latency_changes: n(500),
+            rate_per_s: 10.0,
+            throughput: n(1_000),
+            floor_writes: n(1_000),
+            in_flight: 32,
+            small: n(1_000),
+            large: n(10_000),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let assets = envtest::asset_dir();
+    if !bench && !assets.join("kube-apiserver").is_file() {
+        eprintln!(
+            "cluster bench: skipped, no control-plane binaries in {}",
+            assets.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(bench)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cluster bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn out_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        .join("bench")
+}
+
+fn say(text: impl AsRef<str>) {
+    eprintln!("[bench] {}", text.as_ref());
+}
+
+async fn run(bench: bool) -> anyhow::Result<()> {
+    let scale = Scale::new(bench);
+    let out = out_dir();
+    let logs = out.join(if bench { "logs" } else { "smoke-logs" });
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs)?;
+    // The operator as built for this run: the release binary under `cargo bench`.
+    let bin = std::env::var_os("HOTCONF_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hotconf")));
+    say(format!(
+        "scale {scale:?}; operator {}; work dir under {}",
+        bin.display(),
+        std::env::temp_dir().display()
+    ));
+
+    let started = Instant::now();
+    let plane = ControlPlane::start(Options {
+        // The garbage collector is not needed here and would compete for the two cores.
+        controller_manager: false,
+        users: Vec::new(),
+        crds: vec![repo().join("crds")],
+        ..Options::default()
+    })
+    .await
+    .context("starting the control plane")?;
+    say(format!(
+        "control plane up in {:.1}s at {} (data in {})",
+        started.elapsed().as_secs_f64(),
+        plane.server(),
+        plane.dir().display()
+    ));
+    let result = phases(&plane, &bin, &logs, scale, bench).await;
+    if result.is_err() {
+        plane.print_logs();
+    }
+    let report = result?;
+    print_table(&report);
+    if bench {
+        let path = out.join("report.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+        say(format!("report written to {}", path.display()));
+    }
+    say(format!("done in {:.0}s", started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+async fn phases(
+    plane: &ControlPlane,
+    bin: &Path,
+    logs: &Path,
+    scale: Scale,
+    bench: bool,
+) -> anyhow::Result<Value> {
+    let client = plane.client().await?;
+    let environment = environment(&client, plane).await;
+
+    say("floor: raw server-side-apply ConfigMap writes");
+    let floor = write_floor(&client, plane, scale).await?;
+    say(format!("floor: {:.0} writes/s", floor["writes_per_s"]));
+
+    let mut operator = Operator::start(plane, bin, &logs.join("operator-1.log")).await?;
+    operator.wait_ready(Duration::from_secs(60)).await?;
+
+    say(format!("throughput: {} CRs at once", scale.throughput));
+    let throughput = throughput(&client, plane, scale).await?;
+    say(format!(
+        "throughput: {:.0} changes/s",
+        throughput["changes_per_s"]
+    ));
+
+    say(format!(
+        "latency: {} changes at {}/s, interleaved with the floor",
+        scale.latency_changes, scale.rate_per_s
+    ));
+    let latency = latency(&client, plane, &operator, scale).await?;
+    say(format!(
+        "latency: p99 {:.1} ms, floor p99 {:.1} ms",
+        latency["projection_ms"]["p99"], latency["floor_ms"]["p99"]
+    ));
+    operator.stop();
+
+    // Only the seeded objects remain for the restarts.
+    for ns in [&throughput["namespace"], &latency["namespace"]] {
+        let ns = ns.as_str().unwrap_or_default();
+        let lp = ListParams::default();
+        Api::<RuntimeConfig>::namespaced(client.clone(), ns)
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await?;
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await?;
+    }
+
+    let seed_ns = plane.namespace("seeded").await?;
+    let mut cold = Vec::new();
+    let mut seeded = 0;
+    for (i, total) in [scale.small, scale.large].into_iter().enumerate() {
+        let started = Instant::now();
+        say(format!(
+            "seeding {} converged CRs with {HISTORY} snapshots each",
+            total - seeded
+        ));
+        seed(&client, &seed_ns, seeded..total, scale.in_flight).await?;
+        say(format!(
+            "seeded {total} in {:.0}s",
+            started.elapsed().as_secs_f64()
+        ));
+        seeded = total;
+        let log = logs.join(format!("operator-{}.log", i + 2));
+        let figure = cold_start(&client, plane, bin, &log, total).await?;
+        say(format!(
+            "cold start {total}: ready {:.2}s, reconciled {:.2}s, {} writes, RSS {:.1} MiB (raw {:.1} MiB)",
+            figure["ready_s"],
+            figure["reconciled_s"],
+            figure["writes"],
+            figure["rss_mib"],
+            figure["raw_mib"]
+        ));
+        cold.push(figure);
+    }
+
+    let core = core_estimates();
+    Ok(json!({
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "mode": if bench { "bench" } else { "smoke" },
+        "environment": environment,
+        "scale": {
+            "latency_changes": scale.latency_changes,
+            "rate_per_s": scale.rate_per_s,
+            "throughput_crs": scale.throughput,
+            "floor_writes": scale.floor_writes,
+            "in_flight": scale.in_flight,
+            "cold_start_crs": [scale.small, scale.large],
+            "keys_per_cr": KEYS,
+            "history_snapshots": HISTORY,
+        },
+        "floor": floor,
+        "throughput": throughput,
+        "latency": latency,
+        "cold_start": cold,
+        "core": core,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine
+// ---------------------------------------------------------------------------------------------
+
+async fn environment(client: &Client, plane: &ControlPlane) -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let meminfo = read("/proc/meminfo");
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|s| s.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let version = client
+        .apiserver_version()
+        .await
+        .map(|v| v.git_version)
+        .unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0).round(),
+        "os": os,
+        "apiserver": version,
+        "etcd_data": plane.dir().join("etcd").display().to_string(),
+        "etcd_on_tmpfs": plane.dir().starts_with("/dev/shm"),
+        "controller_manager": false,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The operator under test
+// ---------------------------------------------------------------------------------------------
+
+struct Operator {
+    process: Process,
+    port: u16,
+    started: Instant,
+}
+
+impl Operator {
+    async fn start(plane: &ControlPlane, bin: &Path, log: &Path) -> anyhow::Result<Operator> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let args = vec![
+            "operator".to_string(),
+            format!("--admin-addr=127.0.0.1:{port}"),
+        ];
+        let started = Instant::now();
+        let process = plane.spawn("hotconf-operator", bin, &args, OPERATOR_USER, log)?;
+        Ok(Operator {
+            process,
+            port,
+            started,
+        })
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n")?.1.to_string();
+        Some((status, body))
+    }
+
+    /// Waits for `/readyz` to answer 200 and returns the time since the start.
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((200, _)) = self.get("/readyz").await {
+                return Ok(self.started.elapsed());
+            }
+            if !self.process.running() && self.started.elapsed() > Duration::from_secs(1) {
+                bail!(
+                    "the operator exited; see {}",
+                    self.process.log().display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the operator was not ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `hotconf_reconciles_total`, summed over kinds and results.
+    async fn reconciles(&self) -> f64 {
+        let Some((200, body)) = self.get("/metrics").await else {
+            return f64::NAN;
+        };
+        body.lines()
+            .filter(|l| l.starts_with("hotconf_reconciles_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// VmRSS and VmHWM of the operator process (not its supervisor), in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = self
+            .process
+            .pid()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn stop(&mut self) {
+        self.process.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch recorders: when each (object, value) was first seen
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct Seen {
+    first: Arc<Mutex<HashMap<(String, String), Instant>>>,
+    synced: Arc<AtomicBool>,
+}
+
+impl Seen {
+    fn get(&self, name: &str, value: &str) -> Option<Instant> {
+        self.first
+            .lock()
+            .expect("lock")
+            .get(&(name.to_string(), value.to_string()))
+            .copied()
+    }
+
+    /// The first times of `value` over all names.
+    fn with_value(&self, value: &str) -> Vec<Instant> {
+        self.first
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|((_, v), _)| v == value)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    /// Every (value, first time) of one name.
+    fn of(&self, name: &str) -> Vec<(String, Instant)> {
+        self.first
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|((_, v), t)| (v.clone(), *t))
+            .collect()
+    }
+
+    async fn wait_synced(&self) {
+        while !self.synced.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Watches `api` and records when each object first showed each value of `key`.
+fn record<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    key: impl Fn(&K) -> Option<String> + Send + 'static,
+) -> (Seen, tokio::task::JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let seen = Seen::default();
+    let recorder = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut events = watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            let now = Instant::now();
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    if let Some(value) = key(&o) {
+                        recorder
+                            .first
+                            .lock()
+                            .expect("lock")
+                            .entry((o.name_any(), value))
+                            .or_insert(now);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => recorder.synced.store(true, Ordering::Release),
+                _ => {}
+            }
+        }
+    });
+    (seen, task)
+}
+
+fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
+    meta.annotations.as_ref()?.get(key).cloned()
+}
+
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Objects
+// ---------------------------------------------------------------------------------------------
+
+fn hash_of(version: u64) -> String {
+    let spec = fixtures::runtime_config_spec(KEYS, version);
+    document::hash(&document::runtime_config(&spec, &BTreeMap::new(), chrono::Utc::now()).document)
+}
+
+/// A ConfigMap like a projected one (the rendered document of a benchmark CR), unmanaged.
+fn plain_config_map(name: &str, seq: usize) -> ConfigMap {
+    let spec = fixtures::runtime_config_spec(KEYS, seq as u64);
+    let doc = document::runtime_config(&spec, &BTreeMap::new(), chrono::Utc::now()).document;
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            annotations: Some(BTreeMap::from([
+                (SEQ.to_string(), seq.to_string()),
+                (names::HASH.to_string(), document::hash(&doc)),
+            ])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "config.yaml".to_string(),
+            document::render(&doc, hotconf::crd::Format::Yaml),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn bench_cr(name: &str, version: u64) -> RuntimeConfig {
+    fixtures::runtime_config(name, KEYS, version)
+}
+
+fn bench_post() -> PostParams {
+    PostParams {
+        field_manager: Some(BENCH_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+fn count_by_resource(writes: &[envtest::AuditEntry]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for w in writes {
+        let key = if w.subresource.is_empty() {
+            w.resource.clone()
+        } else {
+            format!("{}/{}", w.resource, w.subresource)
+        };
+        *out.entry(key).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Writes that are not Events: what SPEC §5.9 bounds per change.
+fn object_writes(writes: &[envtest::AuditEntry]) -> usize {
+    writes.iter().filter(|w| w.resource != "events").count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Floor: raw server-side-apply writes per second by a plain client
+// ---------------------------------------------------------------------------------------------
+
+async fn write_floor(
+    client: &Client,
+    plane: &ControlPlane,
+    scale: Scale,
+) -> anyhow::Result<Value> {
+    let ns = plane.namespace("floor").await?;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let apply = PatchParams::apply(BENCH_MANAGER).force();
+    let mut rounds = Vec::new();
+    // A round of creates, then a round of updates of the same objects.
+    for round in 0..2 {
+        let started = Instant::now();
+        futures::stream::iter(0..scale.floor_writes)
+            .map(|i| {
+                let api = api.clone();
+                let apply = apply.clone();
+                async move {
+                    let name = format!("floor-{i:05}");
+                    let cm = plain_config_map(&name, i + round * 100_000);
+                    api.patch(&name, &apply, &Patch::Apply(&cm)).await
+                }
+            })
+            .buffer_unordered(scale.in_flight)
+            .try_collect::<Vec<_>>()
+            .await?;
+        rounds.push(scale.floor_writes as f64 / started.elapsed().as_secs_f64());
+    }
+    let writes_per_s = 2.0 / (1.0 / rounds[0] + 1.0 / rounds[1]);
+    Ok(json!({
+        "namespace": ns,
+        "writes": 2 * scale.floor_writes,
+        "in_flight": scale.in_flight,
+        "create_per_s": rounds[0],
+        "update_per_s": rounds[1],
+        "writes_per_s": writes_per_s,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput: CRs created at once → all projected
+// ---------------------------------------------------------------------------------------------
+
+async fn throughput(client: &Client, plane: &ControlPlane, scale: Scale) -> anyhow::Result<Value> {
+    let ns = plane.namespace("throughput").await?;
+    let n = scale.throughput;
+    let (cms, cm_task) = record(
+        Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        watcher::Config::default().labels(&format!("{}=hotconf", names::MANAGED_BY)),
+        |cm| annotation(&cm.metadata, names::REVISION),
+    );
+    let (crs, cr_task) = record(
+        Api::<RuntimeConfig>::namespaced(client.clone(), &ns),
+        watcher::Config::default(),
+        |o: &RuntimeConfig| {
+            let s = o.status.as_ref()?;
+            (s.observed_generation == o.metadata.generation)
+                .then(|| s.current_revision.map(|r| r.to_string()))
+                .flatten()
+        },
+    );
+    cms.wait_synced().await;
+    crs.wait_synced().await;
+    let audit_before = plane.audit_writes(OPERATOR_USER).len();
+
+    let api: Api<RuntimeConfig> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(&bench_post(), &bench_cr(&format!("cr-{i:05}"), 1))
+                    .await
+            }
+        })
+        .buffer_unordered(scale.in_flight)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let created = started.elapsed();
+    wait_until(
+        "every CR to be projected and its status written",
+        Duration::from_secs(600),
+        || cms.with_value("1").len() >= n && crs.with_value("1").len() >= n,
+    )
+    .await?;
+    let last = |times: Vec<Instant>| {
+        times
+            .into_iter()
+            .max()
+            .map(|t| t - started)
+            .unwrap_or_default()
+    };
+    let projected = last(cms.with_value("1"));
+    let done = last(crs.with_value("1"));
+    cm_task.abort();
+    cr_task.abort();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes: Vec<_> = plane.audit_writes(OPERATOR_USER)[audit_before..]
+        .iter()
+        .filter(|w| w.namespace == ns)
+        .cloned()
+        .collect();
+    Ok(json!({
+        "namespace": ns,
+        "crs": n,
+        "in_flight": scale.in_flight,
+        "creates_returned_s": created.as_secs_f64(),
+        "all_configmaps_s": projected.as_secs_f64(),
+        "all_status_s": done.as_secs_f64(),
+        "changes_per_s": n as f64 / done.as_secs_f64(),
+        "operator_writes": count_by_resource(&writes),
+        "operator_object_writes_per_change": object_writes(&writes) as f64 / n as f64,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency and discipline: a steady stream of changes, interleaved with the floor
+// ---------------------------------------------------------------------------------------------
+
+fn percentiles(mut samples: Vec<f64>) -> Value {
+    samples.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        let rank = ((samples.len() as f64) * p).ceil() as usize;
+        samples[rank.clamp(1, samples.len()) - 1]
+    };
+    json!({
+        "samples": samples.len(),
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "max": samples.last().copied().unwrap_or(0.0),
+        "mean": samples.iter().sum::<f64>() / samples.len().max(1) as f64,
+    })
+}
+
+/// For change `i` (patch returned at `returned[i]`), the first watch event that carries change
+/// `i` or a later one (a later change can overtake an earlier one), in milliseconds.
+fn latencies(returned: &[Instant], events: &[(usize, Instant)]) -> Vec<f64> {
+    returned
+        .iter()
+        .enumerate()
+        .filter_map(|(i, at)| {
+            let seen = events
+                .iter()
+                .filter(|(j, _)| *j >= i)
+                .map(|(_, t)| *t)
+                .min()?;
+            Some(seen.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect()
+}
+
+async fn latency(
+    client: &Client,
+    plane: &ControlPlane,
+    operator: &Operator,
+    scale: Scale,
+) -> anyhow::Result<Value> {
+    let ns = plane.namespace("latency").await?;
+    let n = scale.latency_changes;
+    let crs: Api<RuntimeConfig> = Api::namespaced(client.clone(), &ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let (seen, task) = record(cms.clone(), watcher::Config::default(), |cm| {
+        annotation(&cm.metadata, SEQ).or_else(|| annotation(&cm.metadata, names::HASH))
+    });
+    seen.wait_synced().await;
+    // Change i sets the counter to i + 1; the first version is projected before the run.
+    let hashes: HashMap<String, usize> = (0..=n).map(|i| (hash_of(i as u64 + 1), i)).collect();
+    crs.create(&bench_post(), &bench_cr("latency", 1)).await?;
+    let apply = PatchParams::apply(BENCH_MANAGER).force();
+    cms.patch(
+        "latency-floor",
+        &apply,
+        &Patch::Apply(&plain_config_map("latency-floor", 0)),
+    )
+    .await?;
+    let first = hash_of(1);
+    wait_until("the first projection", Duration::from_secs(60), || {
+        seen.get("latency", &first).is_some() && seen.get("latency-floor", "0").is_some()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let audit_before = plane.audit_writes(OPERATOR_USER).len();
+    let reconciles_before = operator.reconciles().await;
+    let interval = Duration::from_secs_f64(1.0 / scale.rate_per_s);
+    let mut cr_returned = Vec::with_capacity(n);
+    let mut floor_returned = Vec::with_capacity(n);
+    let started = tokio::time::Instant::now();
+    for i in 1..=n {
+        let slot = started + interval * (i as u32);
+        tokio::time::sleep_until(slot).await;
+        let patch = json!({"spec": {"values": {fixtures::COUNTER: i + 1}}});
+        crs.patch("latency", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        cr_returned.push(Instant::now());
+        tokio::time::sleep_until(slot + interval / 2).await;
+        cms.patch(
+            "latency-floor",
+            &apply,
+            &Patch::Apply(&plain_config_map("latency-floor", i)),
+        )
+        .await?;
+        floor_returned.push(Instant::now());
+    }
+    let last = hash_of(n as u64 + 1);
+    wait_until("the last projection", Duration::from_secs(60), || {
+        seen.get("latency", &last).is_some() && seen.get("latency-floor", &n.to_string()).is_some()
+    })
+    .await?;
+    // Let trailing reconciles finish and the audit log catch up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reconciles = operator.reconciles().await - reconciles_before;
+    let writes: Vec<_> = plane.audit_writes(OPERATOR_USER)[audit_before..]
+        .iter()
+        .filter(|w| w.namespace == ns)
+        .cloned()
+        .collect();
+    task.abort();
+
+    let cr_events: Vec<(usize, Instant)> = seen
+        .of("latency")
+        .into_iter()
+        .filter_map(|(hash, t)| Some((*hashes.get(&hash)?, t)))
+        .filter(|(i, _)| *i >= 1)
+        .map(|(i, t)| (i - 1, t))
+        .collect();
+    let floor_events: Vec<(usize, Instant)> = seen
+        .of("latency-floor")
+        .into_iter()
+        .filter_map(|(seq, t)| Some((seq.parse::<usize>().ok()?, t)))
+        .filter(|(i, _)| *i >= 1)
+        .map(|(i, t)| (i - 1, t))
+        .collect();
+    let projection = latencies(&cr_returned, &cr_events);
+    let floor = latencies(&floor_returned, &floor_events);
+    let n_f = n as f64;
+    Ok(json!({
+        "namespace": ns,
+        "changes": n,
+        "rate_per_s": scale.rate_per_s,
+        "revisions_seen": cr_events.len(),
+        "projection_ms": percentiles(projection),
+        "floor_ms": percentiles(floor),
+        "operator_writes": count_by_resource(&writes),
+        "writes_per_change": object_writes(&writes) as f64 / n_f,
+        "event_writes_per_change": (writes.len() - object_writes(&writes)) as f64 / n_f,
+        "reconciles_per_change": reconciles / n_f,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeding converged objects with the library's own plan, and the cold start over them
+// ---------------------------------------------------------------------------------------------
+
+/// Creates CRs `seed-<i>` for `range`, each with the status (10 snapshots from 10 successive
+/// specs) and the ConfigMap that `reconcile::plan` says the operator wants: a converged state.
+async fn seed(
+    client: &Client,
+    ns: &str,
+    range: std::ops::Range<usize>,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    let check = range.start;
+    futures::stream::iter(range)
+        .map(|i| seed_one(client, ns, i))
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<_>>()
+        .await?;
+    check_converged(client, ns, &format!("seed-{check:05}")).await
+}
+
+async fn seed_one(client: &Client, ns: &str, i: usize) -> anyhow::Result<()> {
+    let crs: Api<RuntimeConfig> = Api::namespaced(client.clone(), ns);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let name = format!("seed-{i:05}");
+    let mut obj = crs.create(&bench_post(), &bench_cr(&name, HISTORY)).await?;
+    let latest = obj.spec.clone();
+    let mut observed = Observed {
+        now: chrono::Utc::now() - chrono::Duration::minutes(HISTORY as i64 + 1),
+        ..Default::default()
+    };
+    let mut config_map = None;
+    for version in 1..=HISTORY {
+        obj.spec = fixtures::runtime_config_spec(KEYS, version);
+        observed.now += chrono::Duration::minutes(1);
+        let plan = reconcile::plan(&obj, &observed);
+        obj.status = Some(plan.status);
+        if let Some(cm) = plan.config_map {
+            observed.config_map = Some(cm.clone());
+            config_map = Some(cm);
+        }
+    }
+    debug_assert_eq!(obj.spec, latest);
+    let apply = PatchParams::apply(MANAGER).force();
+    let cm = config_map.context("the plan projects a ConfigMap")?;
+    cms.patch(&cm.name_any(), &apply, &Patch::Apply(&cm))
+        .await?;
+    let body = json!({
+        "apiVersion": RuntimeConfig::api_version(&()),
+        "kind": RuntimeConfig::kind(&()),
+        "status": obj.status,
+    });
+    crs.patch_status(&name, &apply, &Patch::Apply(&body))
+        .await?;
+    Ok(())
+}
+
+/// Fails unless a reconcile of `name` as the API server has it would write nothing.
+async fn check_converged(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let obj: RuntimeConfig = Api::namespaced(client.clone(), ns).get(name).await?;
+    let observed = Observed {
+        config_map: Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?,
+        now: chrono::Utc::now(),
+        ..Default::default()
+    };
+    let plan = reconcile::plan(&obj, &observed);
+    let history = obj.config_status().map(|s| s.history.len()).unwrap_or(0);
+    if plan.status_changed || plan.config_map.is_some() || history != HISTORY as usize {
+        bail!(
+            "seeded {name} is not converged (history {history}): status changed {}, ConfigMap write {}",
+            plan.status_changed,
+            plan.config_map.is_some()
+        );
+    }
+    Ok(())
+}
+
+/// The JSON size of every item of a list, following `continue`.
+async fn raw_size(client: &Client, path: &str) -> anyhow::Result<(usize, usize)> {
+    let (mut bytes, mut items) = (0, 0);
+    let mut token = String::new();
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{path}{sep}limit=500&continue={token}");
+        let list: Value = client
+            .request(http::Request::get(url).body(Vec::new())?)
+            .await?;
+        for item in list["items"].as_array().into_iter().flatten() {
+            bytes += fixtures::json_len(item);
+            items += 1;
+        }
+        match list["metadata"]["continue"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_string(),
+            _ => return Ok((bytes, items)),
+        }
+    }
+}
+
+async fn cold_start(
+    client: &Client,
+    plane: &ControlPlane,
+    bin: &Path,
+    log: &Path,
+    objects: usize,
+) -> anyhow::Result<Value> {
+    let audit_before = plane.audit_writes(OPERATOR_USER).len();
+    let mut operator = Operator::start(plane, bin, log).await?;
+    let ready = operator.wait_ready(Duration::from_secs(600)).await?;
+    // Every object is reconciled at least once; duplicates (a CR triggered by its own listing and
+    // by its ConfigMap's) count too, so "settled" is the last move of the counter.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut reached = None;
+    let mut last = (0.0, operator.started.elapsed());
+    loop {
+        let count = operator.reconciles().await;
+        let at = operator.started.elapsed();
+        if count > last.0 {
+            last = (count, at);
+        }
+        if reached.is_none() && count >= objects as f64 {
+            reached = Some(at);
+        }
+        if reached.is_some() && at - last.1 > Duration::from_secs(3) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{objects} objects were not reconciled within 600s (count {count})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (rss, hwm) = operator.memory_kib();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes: Vec<_> = plane.audit_writes(OPERATOR_USER)[audit_before..].to_vec();
+    operator.stop();
+
+    let (cr_bytes, crs) = raw_size(client, "/apis/hotconf.dev/v1alpha1/runtimeconfigs").await?;
+    let (pb_bytes, pbs) = raw_size(client, "/apis/hotconf.dev/v1alpha1/poolbudgets").await?;
+    let (cm_bytes, cms) = raw_size(
+        client,
+        &format!("/api/v1/configmaps?labelSelector={}%3Dhotconf", names::MANAGED_BY),
+    )
+    .await?;
+    let mib = |b: f64| b / 1024.0 / 1024.0;
+    let raw = (cr_bytes + pb_bytes + cm_bytes) as f64;
+    let allowance = 1.5 * mib(raw) + 20.0;
+    let rss_mib = rss as f64 / 1024.0;
+    Ok(json!({
+        "objects": objects,
+        "ready_s": ready.as_secs_f64(),
+        "reconciled_s": reached.unwrap_or_default().as_secs_f64(),
+        "settled_s": last.1.as_secs_f64(),
+        "reconciles": last.0,
+        "writes": writes.len(),
+        "writes_by_resource": count_by_resource(&writes),
+        "rss_mib": rss_mib,
+        "peak_rss_mib": hwm as f64 / 1024.0,
+        "raw_mib": mib(raw),
+        "raw_crs_mib": mib((cr_bytes + pb_bytes) as f64),
+        "raw_configmaps_mib": mib(cm_bytes as f64),
+        "listed": {"crs": crs + pbs, "configmaps": cms},
+        "allowance_mib": allowance,
+        "rss_over_allowance": rss_mib / allowance,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Core speed, from criterion's estimates
+// ---------------------------------------------------------------------------------------------
+
+fn core_estimates() -> Value {
+    let dir = out_dir().parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for id in [
+        "runtimeconfig_200_keys",
+        "poolbudget_full",
+        "plan_converged_20_keys_10_snapshots",
+    ] {
+        let path = dir.join(format!("criterion/core/{id}/new/estimates.json"));
+        let mean = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["mean"]["point_estimate"].as_f64());
+        out.insert(id.to_string(), json!(mean.map(|ns| ns / 1000.0)));
+    }
+    Value::Object(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+// ---------------------------------------------------------------------------------------------
+
+struct Row {
+    figure: String,
+    measured: String,
+    reference: String,
+    ratio: String,
+    target: String,
+    met: Option<bool>,
+}
+
+fn row(figure: impl Into<String>, measured: impl Into<String>) -> Row {
+    Row {
+        figure: figure.into(),
+        measured: measured.into(),
+        reference: String::new(),
+        ratio: String::new(),
+        target: String::new(),
+        met: None,
+    }
+}
+
+impl Row {
+    fn reference(mut self, r: impl Into<String>) -> Row {
+        self.reference = r.into();
+        self
+    }
+    fn ratio(mut self, r: f64) -> Row {
+        self.ratio = format!("{r:.2}×");
+        self
+    }
+    fn target(mut self, t: impl Into<String>, met: bool) -> Row {
+        self.target = t.into();
+        self.met = Some(met);
+        self
+    }
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn rows(r: &Value) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let lat = &r["latency"];
+    let (p50, p99) = (
+        f(&lat["projection_ms"]["p50"]),
+        f(&lat["projection_ms"]["p99"]),
+    );
+    let (f50, f99) = (f(&lat["floor_ms"]["p50"]), f(&lat["floor_ms"]["p99"]));
+    rows.push(
+        row("Projection latency p50", format!("{p50:.1} ms"))
+            .reference(format!("floor p50 {f50:.1} ms"))
+            .ratio(p50 / f50),
+    );
+    rows.push(
+        row(
+            format!("Projection latency p99 ({} changes)", lat["changes"]),
+            format!("{p99:.1} ms"),
+        )
+        .reference(format!("floor p99 {f99:.1} ms"))
+        .ratio(p99 / f99)
+        .target("≤ 3× floor", p99 <= 3.0 * f99),
+    );
+    let tp = f(&r["throughput"]["changes_per_s"]);
+    let floor = f(&r["floor"]["writes_per_s"]);
+    rows.push(
+        row(
+            format!("Throughput ({} CRs at once)", r["throughput"]["crs"]),
+            format!("{tp:.0} changes/s"),
+        )
+        .reference(format!("floor {floor:.0} SSA writes/s"))
+        .ratio(tp / floor)
+        .target("≥ 0.4× floor", tp >= 0.4 * floor),
+    );
+    for c in r["cold_start"].as_array().into_iter().flatten() {
+        let n = &c["objects"];
+        rows.push(row(
+            format!("Cold start {n}: /readyz"),
+            format!("{:.2} s", f(&c["ready_s"])),
+        ));
+        rows.push(
+            row(
+                format!("Cold start {n}: all reconciled"),
+                format!("{:.2} s", f(&c["reconciled_s"])),
+            )
+            .reference(format!(
+                "settled {:.2} s, {} reconciles",
+                f(&c["settled_s"]),
+                c["reconciles"]
+            )),
+        );
+        let writes = c["writes"].as_u64().unwrap_or(u64::MAX);
+        rows.push(row(format!("Cold start {n}: writes"), writes.to_string()).target("0", writes == 0));
+    }
+    for c in r["cold_start"].as_array().into_iter().flatten() {
+        let rss = f(&c["rss_mib"]);
+        let allowance = f(&c["allowance_mib"]);
+        rows.push(
+            row(
+                format!("Memory {} CRs ({HISTORY} snapshots)", c["objects"]),
+                format!("{rss:.1} MiB RSS"),
+            )
+            .reference(format!(
+                "raw {:.1} MiB → allowance {allowance:.1} MiB",
+                f(&c["raw_mib"])
+            ))
+            .ratio(rss / allowance)
+            .target("≤ 1.5 × raw + 20 MiB", rss <= allowance),
+        );
+    }
+    let wpc = f(&lat["writes_per_change"]);
+    rows.push(
+        row("Writes per change", format!("{wpc:.2}"))
+            .reference(format!(
+                "+ {:.2} Event writes",
+                f(&lat["event_writes_per_change"])
+            ))
+            .target("≤ 2", wpc <= 2.0),
+    );
+    let rpc = f(&lat["reconciles_per_change"]);
+    rows.push(row("Reconciles per change", format!("{rpc:.2}")).target("≤ 1.2", rpc <= 1.2));
+    for (id, label) in [
+        ("runtimeconfig_200_keys", "Core: RuntimeConfig, 200 keys"),
+        ("poolbudget_full", "Core: PoolBudget, every field"),
+        (
+            "plan_converged_20_keys_10_snapshots",
+            "Core: plan, converged, 10 snapshots",
+        ),
+    ] {
+        let v = &r["core"][id];
+        rows.push(
+            row(
+                label,
+                match v.as_f64() {
+                    Some(us) => format!("{us:.1} µs/object"),
+                    None => "not run".into(),
+                },
+            )
+            .reference(if id == "plan_converged_20_keys_10_snapshots" {
+                "whole reconcile decision"
+            } else {
+                "validate + document + hash"
+            }),
+        );
+    }
+    rows
+}
+
+fn print_table(report: &Value) {
+    let rows = rows(report);
+    let header = ["Figure", "Measured", "Floor / reference", "Ratio", "Target", "Met"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.figure.clone(),
+                r.measured.clone(),
+                r.reference.clone(),
+                r.ratio.clone(),
+                r.target.clone(),
+                match r.met {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => String::new(),
+                },
+            ]
+        })
+        .collect();
+    let width = |i: usize| {
+        cells
+            .iter()
+            .map(|c| c[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..6).map(width).collect();
+    let line = |c: &[String]| {
+        let parts: Vec<String> = c
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s}{}", " ".repeat(w - s.chars().count())))
+            .collect();
+        format!("| {} |", parts.join(" | "))
+    };
+    let env = &report["environment"];
+    println!();
+    println!(
+        "hotconf benchmark, {} — {} CPUs, {} GiB, {}, kube-apiserver {}, etcd {}",
+        report["date"].as_str().unwrap_or_default(),
+        env["cpus"],
+        env["memory_gib"],
+        env["os"].as_str().unwrap_or_default(),
+        env["apiserver"].as_str().unwrap_or_default(),
+        if env["etcd_on_tmpfs"] == true {
+            "on tmpfs"
+        } else {
+            "on disk"
+        }
+    );
+    println!(
+        "{}",
+        line(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    );
+    println!(
+        "|{}|",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for c in &cells {
+        println!("{}", line(c));
+    }
+    println!();
+}

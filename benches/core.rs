@@ -18,7 +18,6 @@ use hotconf::document;
 use hotconf::kinds::ConfigResource;
 use hotconf::reconcile::{self, Observed};
 use hotconf::validation::SecretValues;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Validate, evaluate and hash one object, as a reconcile does.
 fn pipeline<K: ConfigResource>(obj: &K) -> String {
@@ -35,7 +34,6 @@ fn converged(keys: usize, history: u64) -> (hotconf::crd::RuntimeConfig, Observe
     obj.metadata.namespace = Some("bench".into());
     obj.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
     obj.metadata.generation = Some(1);
-    obj.metadata.creation_timestamp = Some(Time(chrono::Utc::now()));
     let mut observed = Observed {
         now: chrono::Utc::now() - chrono::Duration::hours(1),
         ..Default::default()

@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt as _, future::BoxFuture};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+    },
     runtime::{
         Controller,
         controller::Action,
@@ -21,17 +23,20 @@ use kube::{
         watcher,
     },
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::Error;
-use crate::crd::{ConfigStatus, MANAGER, PoolBudget, RuntimeConfig, names};
+use crate::crd::{
+    ConfigStatus, MANAGER, PoolBudget, RestartTarget, RuntimeConfig, WorkloadKind, names,
+};
 use crate::document::ResolvedSecret;
 use crate::kinds::ConfigResource;
 use crate::metrics::{OperatorMetrics, ResultLabels};
 use crate::projection::ResolvedTarget;
 use crate::reconcile::{self, Observed, Plan};
+use crate::rollout;
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -366,6 +371,11 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
         },
         secrets: resolve_secrets(&obj, &secrets).await?,
         now: chrono::Utc::now(),
+        workloads: workloads(client, &ns, obj.restart_targets()).await?,
+        consumers: match obj.rollout().and_then(|r| r.consumer_selector.as_ref()) {
+            Some(selector) => Some(consumers(client, &ns, selector).await?),
+            None => None,
+        },
     };
     let plan = reconcile::plan(&obj, &observed);
     execute(&obj, &plan, ctx, &cms, &secrets).await?;
@@ -373,6 +383,131 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+fn workload_resource(kind: WorkloadKind) -> ApiResource {
+    ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: rollout::kind_name(kind).into(),
+        plural: match kind {
+            WorkloadKind::Deployment => "deployments",
+            WorkloadKind::StatefulSet => "statefulsets",
+            WorkloadKind::DaemonSet => "daemonsets",
+        }
+        .into(),
+    }
+}
+
+fn label_selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The restart targets as they are now: named ones that exist, and every match of a selector.
+async fn workloads(
+    client: &Client,
+    ns: &str,
+    targets: &[RestartTarget],
+) -> Result<Vec<rollout::Workload>, Error> {
+    let mut out: Vec<rollout::Workload> = Vec::new();
+    for target in targets {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &workload_resource(target.kind));
+        let found = match (&target.name, &target.selector) {
+            (Some(name), _) => api.get_opt(name).await?.into_iter().collect(),
+            (None, Some(selector)) => {
+                api.list(&ListParams::default().labels(&label_selector(selector)))
+                    .await?
+                    .items
+            }
+            (None, None) => Vec::new(),
+        };
+        for o in found {
+            let name = o.name_any();
+            if out.iter().any(|w| w.kind == target.kind && w.name == name) {
+                continue;
+            }
+            let restart_revision = o
+                .data
+                .pointer("/spec/template/metadata/annotations")
+                .and_then(|a| a.get(RESTART_REVISION))
+                .and_then(Value::as_str)
+                .and_then(|r| r.parse().ok());
+            out.push(rollout::Workload {
+                kind: target.kind,
+                name,
+                generation: o.metadata.generation.unwrap_or(0),
+                observed_generation: o
+                    .data
+                    .pointer("/status/observedGeneration")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+                restart_revision,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The consumer pods' reports (metadata only).
+async fn consumers(
+    client: &Client,
+    ns: &str,
+    selector: &BTreeMap<String, String>,
+) -> Result<Vec<rollout::Consumer>, Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pods = api
+        .list_metadata(&ListParams::default().labels(&label_selector(selector)))
+        .await?;
+    Ok(pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            rollout::Consumer::from_annotation(
+                &p.name_any(),
+                p.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(names::APPLIED))
+                    .map(String::as_str),
+            )
+        })
+        .collect())
+}
+
+/// The pod-template annotation that restarts a workload.
+pub const RESTART_REVISION: &str = "hotconf.dev/restart-revision";
+
+// Stamps the pod template, and only it, by server-side apply: the workload's controller rolls it.
+async fn restart(
+    client: &Client,
+    ns: &str,
+    kind: WorkloadKind,
+    name: &str,
+    revision: i64,
+) -> Result<(), Error> {
+    let resource = workload_resource(kind);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": resource.kind,
+        "metadata": {"name": name},
+        "spec": {"template": {"metadata": {"annotations": {RESTART_REVISION: revision.to_string()}}}}
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    info!(kind = %resource.kind, %name, revision, "restarting for restart-only keys");
+    Ok(())
 }
 
 fn set_status<K: ConfigResource>(obj: &mut K, status: ConfigStatus) {
@@ -400,6 +535,10 @@ async fn execute<K: ConfigResource>(
     if let Some(cm) = &plan.config_map {
         cms.patch(&cm.name_any(), &apply, &Patch::Apply(cm)).await?;
         info!(kind = K::KIND, %name, configmap = %cm.name_any(), revision = ?plan.status.current_revision, "projected");
+    }
+    let ns = obj.namespace().unwrap_or_default();
+    for (kind, target, revision) in &plan.restart {
+        restart(&ctx.client, &ns, *kind, target, *revision).await?;
     }
     let uid = obj.uid().unwrap_or_default();
     let owned =

@@ -92,6 +92,15 @@ pub struct RuntimeConfigSpec {
     /// Validate and record, but do not project.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// Workloads to restart when a revision changes a restart-only key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_targets: Vec<RestartTarget>,
+    /// How restarts roll out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    /// Which pods consume this config, and automatic rollback when they reject it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// The type of a declared parameter.
@@ -264,6 +273,15 @@ pub struct PoolBudgetSpec {
     /// Validate and record, but do not project.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// Workloads to restart when a revision changes a restart-only key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_targets: Vec<RestartTarget>,
+    /// How restarts roll out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    /// Which pods consume this config, and automatic rollback when they reject it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 /// Resource budgets (`spec.metrics`).
@@ -463,6 +481,78 @@ pub struct CachePool {
 // Shared
 // ---------------------------------------------------------------------------------------------
 
+/// A workload kind that can be restarted.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+}
+
+/// A workload (or every workload of a kind matching a selector) in the CR's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTarget {
+    /// The workload's kind.
+    pub kind: WorkloadKind,
+    /// Its name; or use `selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A label selector (`matchLabels`) choosing workloads of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+/// How restarts roll out.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartPolicy {
+    /// How many targets restart at once (default: all); the next wave starts once the previous
+    /// one's rollouts have been observed by their controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: Option<i32>,
+}
+
+/// Consumer tracking and automatic rollback (`spec.rollout`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// The pods (by label, in the CR's namespace) whose agents report what they applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_selector: Option<BTreeMap<String, String>>,
+    /// Roll back automatically when consumers reject a revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<AutoRollback>,
+}
+
+/// When to roll back by itself.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoRollback {
+    /// Switch.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Failed consumers that trigger a rollback: a count (`2`) or a share (`"50%"`); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
+    pub max_failures: Option<Value>,
+    /// Roll back when not every consumer has applied the revision this long after it was
+    /// projected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: Option<i64>,
+}
+
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+}
+
 /// The projected document's serialization.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -542,9 +632,16 @@ pub struct ConfigStatus {
     /// The rollback pin, while one holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
-    /// Keys marked requiresRestart that the latest revision changed.
+    /// Keys marked requiresRestart that the latest revision changed, until every restart
+    /// target has observed the change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_restart: Vec<String>,
+    /// Restarts in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartStatus>,
+    /// What the consumers (spec.rollout.consumerSelector) report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<ConsumerStatus>,
 }
 
 /// The objects a CR is projected into.
@@ -582,6 +679,12 @@ pub struct Snapshot {
     /// The full effective document (sensitive values left out).
     #[schemars(schema_with = "any_object")]
     pub document: Value,
+    /// The most consumers seen on this revision at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_by: Option<i64>,
+    /// Every selected consumer applied it at some point (a safe rollback target).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub applied_by_all: bool,
 }
 
 /// The rollback pin.
@@ -592,8 +695,56 @@ pub struct RollbackStatus {
     pub target_revision: i64,
     /// The spec generation the pin holds for.
     pub pinned_generation: i64,
-    /// The annotation's value (`N` or `previous`).
+    /// The annotation's value (`N` or `previous`), or `auto`.
     pub requested: String,
+    /// Pinned by the operator because consumers rejected the newer revision.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub automatic: bool,
+    /// Why (automatic pins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Restarts in progress for a revision that changed restart-only keys.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartStatus {
+    /// The revision being rolled out by restarts.
+    pub revision: i64,
+    /// The keys that need it.
+    pub keys: Vec<String>,
+    /// Every target and how far it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetStatus>,
+}
+
+/// One restart target.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetStatus {
+    /// Deployment, StatefulSet or DaemonSet.
+    pub kind: String,
+    /// The workload's name.
+    pub name: String,
+    /// Pending, Restarting, or Done (its controller observed the new template).
+    pub state: String,
+}
+
+/// What the consumers report.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    /// The revision counted.
+    pub revision: i64,
+    /// Pods the selector selects.
+    pub selected: i64,
+    /// Pods that applied `revision`.
+    pub updated: i64,
+    /// Pods that reported an error instead.
+    pub failed: i64,
+    /// Some of the pods not updated yet (at most five).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slowest: Vec<String>,
 }
 
 /// A condition in the standard `metav1.Condition` shape.

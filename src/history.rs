@@ -118,6 +118,14 @@ pub fn decide_rollback(
 ) -> RollbackDecision {
     let Some(value) = annotation else {
         return match pin {
+            // An automatic pin has no annotation: it holds until the spec changes.
+            Some(p) if p.automatic && p.pinned_generation == generation => RollbackDecision::Pin {
+                target: p.target_revision,
+                pinned_generation: p.pinned_generation,
+            },
+            Some(p) if p.automatic => RollbackDecision::ReleasedBySpecChange {
+                was: p.target_revision,
+            },
             Some(p) => RollbackDecision::ReleasedByRemoval {
                 was: p.target_revision,
             },
@@ -262,6 +270,7 @@ mod tests {
             target_revision: 2,
             pinned_generation: 4,
             requested: "2".into(),
+            ..Default::default()
         };
         assert_eq!(
             decide_rollback(Some("2"), Some(&pin), 4, &h, Some(4)),
@@ -276,6 +285,23 @@ mod tests {
         );
         assert_eq!(
             decide_rollback(Some("2"), Some(&pin), 5, &h, Some(4)),
+            RollbackDecision::ReleasedBySpecChange { was: 2 }
+        );
+        // An automatic pin holds without an annotation, until the spec changes.
+        let auto = RollbackStatus {
+            automatic: true,
+            requested: "auto".into(),
+            ..pin.clone()
+        };
+        assert_eq!(
+            decide_rollback(None, Some(&auto), 4, &h, Some(4)),
+            RollbackDecision::Pin {
+                target: 2,
+                pinned_generation: 4
+            }
+        );
+        assert_eq!(
+            decide_rollback(None, Some(&auto), 5, &h, Some(4)),
             RollbackDecision::ReleasedBySpecChange { was: 2 }
         );
         // Only revision 1 exists: nothing is before it.

@@ -9,7 +9,10 @@ use chrono::{DateTime, Utc};
 use kube::{Resource, core::NamespaceResourceScope};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::crd::{ConfigStatus, PoolBudget, RuntimeConfig, SecretKeyRef, Target};
+use crate::crd::{
+    ConfigStatus, PoolBudget, RestartPolicy, RestartTarget, Rollout, RuntimeConfig, SecretKeyRef,
+    Target,
+};
 use crate::document::{self, Effective, ResolvedSecret};
 use crate::validation::{self, FieldError, SecretValues};
 
@@ -36,6 +39,12 @@ pub trait ConfigResource:
     fn paused(&self) -> bool;
     /// `.status`.
     fn config_status(&self) -> Option<&ConfigStatus>;
+    /// `spec.restartTargets`.
+    fn restart_targets(&self) -> &[RestartTarget];
+    /// `spec.restartPolicy`.
+    fn restart_policy(&self) -> Option<&RestartPolicy>;
+    /// `spec.rollout`.
+    fn rollout(&self) -> Option<&Rollout>;
     /// The Secrets the spec reads (`valuesFrom`): document key and reference.
     fn secret_refs(&self) -> Vec<(String, SecretKeyRef)>;
     /// Every validation error; `secrets` is `None` offline.
@@ -60,6 +69,15 @@ impl ConfigResource for RuntimeConfig {
     }
     fn config_status(&self) -> Option<&ConfigStatus> {
         self.status.as_ref()
+    }
+    fn restart_targets(&self) -> &[RestartTarget] {
+        &self.spec.restart_targets
+    }
+    fn restart_policy(&self) -> Option<&RestartPolicy> {
+        self.spec.restart_policy.as_ref()
+    }
+    fn rollout(&self) -> Option<&Rollout> {
+        self.spec.rollout.as_ref()
     }
     fn secret_refs(&self) -> Vec<(String, SecretKeyRef)> {
         self.spec
@@ -95,6 +113,15 @@ impl ConfigResource for PoolBudget {
     }
     fn config_status(&self) -> Option<&ConfigStatus> {
         self.status.as_ref()
+    }
+    fn restart_targets(&self) -> &[RestartTarget] {
+        &self.spec.restart_targets
+    }
+    fn restart_policy(&self) -> Option<&RestartPolicy> {
+        self.spec.restart_policy.as_ref()
+    }
+    fn rollout(&self) -> Option<&Rollout> {
+        self.spec.rollout.as_ref()
     }
     fn secret_refs(&self) -> Vec<(String, SecretKeyRef)> {
         Vec::new()

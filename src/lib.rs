@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod operator;
 pub mod projection;
 pub mod reconcile;
+pub mod rollout;
 pub mod telemetry;
 pub mod validation;
 pub mod webhook;

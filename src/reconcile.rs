@@ -10,11 +10,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
-use crate::crd::{Condition, ConfigStatus, Projected, RollbackStatus, Snapshot, names};
+use crate::crd::{
+    Condition, ConfigStatus, Projected, RollbackStatus, Snapshot, WorkloadKind, names,
+};
 use crate::document::{self, ResolvedSecret};
 use crate::history::{self, RollbackDecision};
 use crate::kinds::ConfigResource;
 use crate::projection::{self, ResolvedTarget, Stamp};
+use crate::rollout::{self, Consumer, Workload};
 use crate::validation::SecretValues;
 
 /// What the controller read before deciding.
@@ -28,6 +31,10 @@ pub struct Observed {
     pub secrets: BTreeMap<String, Result<ResolvedSecret, String>>,
     /// The time of this reconcile.
     pub now: DateTime<Utc>,
+    /// The restart targets as they are now (`spec.restartTargets` resolved).
+    pub workloads: Vec<Workload>,
+    /// The consumer pods and their reports, when `spec.rollout.consumerSelector` is set.
+    pub consumers: Option<Vec<Consumer>>,
 }
 
 /// An Event to publish.
@@ -62,8 +69,20 @@ pub struct Plan {
     pub events: Vec<PlannedEvent>,
     /// Remove the `hotconf.dev/rollback-to` annotation (the spec moved on while pinned).
     pub remove_rollback_annotation: bool,
-    /// Reconcile again after this long (a maintenance window ends).
+    /// Reconcile again after this long (a maintenance window ends, restarts or consumers are
+    /// in progress).
     pub requeue_after: Option<Duration>,
+    /// Workloads whose pod template to stamp with `hotconf.dev/restart-revision` = the revision.
+    pub restart: Vec<(WorkloadKind, String, i64)>,
+}
+
+// How often restarts and consumers are checked while they are in progress.
+const PROGRESS_POLL: Duration = Duration::from_secs(2);
+// How often settled consumers are looked at again.
+const CONSUMER_RESYNC: Duration = Duration::from_secs(10);
+
+fn sooner(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
 }
 
 fn now_string(now: DateTime<Utc>) -> String {
@@ -151,7 +170,12 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
             };
             let changed =
                 document::changed_keys(latest_entry.as_ref().map(|s| &s.document), &eff.document);
-            status.pending_restart = document::restart_needed(&eff.restart_keys, &changed);
+            // The first revision restarts nothing: the consumers started without it.
+            status.pending_restart = if latest_entry.is_some() {
+                document::restart_needed(&eff.restart_keys, &changed)
+            } else {
+                Vec::new()
+            };
             status.history.push(Snapshot {
                 revision,
                 hash,
@@ -161,13 +185,42 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
                 changed_by: changed_by(obj),
                 changed_keys: changed,
                 document: eff.document,
+                ..Default::default()
             });
             status.latest_revision = Some(revision);
         }
     }
 
+    // Restarts for restart-only keys (only with restart targets; otherwise pendingRestart just
+    // lists what changed).
+    if !obj.restart_targets().is_empty() {
+        let started = new_revision
+            .then(|| {
+                status
+                    .latest_revision
+                    .map(|r| (r, status.pending_restart.clone()))
+            })
+            .flatten();
+        let step = rollout::restart_step(
+            prev.restart.as_ref(),
+            started,
+            &observed.workloads,
+            obj.restart_policy(),
+        );
+        if let Some(r) = &step.status {
+            plan.restart = step
+                .patch
+                .iter()
+                .map(|(k, n)| (*k, n.clone(), r.revision))
+                .collect();
+            plan.requeue_after = sooner(plan.requeue_after, PROGRESS_POLL);
+        }
+        status.restart = step.status;
+        status.pending_restart = step.pending;
+    }
+
     // 3. Rollback.
-    let decision = history::decide_rollback(
+    let mut decision = history::decide_rollback(
         obj.annotations()
             .get(names::ROLLBACK_TO)
             .map(String::as_str),
@@ -176,37 +229,86 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
         &status.history,
         status.latest_revision,
     );
+    // Consumers of what is projected now; they may call for an automatic rollback.
+    let mut auto_reason = None;
+    if let (Some(consumers), Some(current)) = (&observed.consumers, prev.current_revision) {
+        rollout::record_applied(&mut status.history, consumers);
+        let counted = rollout::consumer_status(current, consumers);
+        let on_latest = status.latest_revision == Some(current);
+        if decision == RollbackDecision::None && on_latest {
+            let since = status
+                .history
+                .iter()
+                .find(|s| s.revision == current)
+                .and_then(|s| DateTime::parse_from_rfc3339(&s.created_at).ok())
+                .map(|t| t.with_timezone(&Utc));
+            let policy = obj.rollout().and_then(|r| r.auto_rollback.as_ref());
+            if let Some((target, reason)) =
+                rollout::auto_rollback(policy, current, since, &counted, &status.history, now)
+            {
+                decision = RollbackDecision::Pin {
+                    target,
+                    pinned_generation: generation,
+                };
+                auto_reason = Some(reason);
+            }
+        }
+    }
     let mut rolled_back = cond_false("RolledBack", "NotRolledBack", "no rollback is pinned");
     let pinned: Option<i64> = match &decision {
         RollbackDecision::Pin {
             target: t,
             pinned_generation,
         } => {
-            let requested = obj
-                .annotations()
-                .get(names::ROLLBACK_TO)
-                .cloned()
-                .unwrap_or_default();
+            let annotation = obj.annotations().get(names::ROLLBACK_TO).cloned();
+            // An automatic pin, new or held (an annotation takes over from it).
+            let auto = match (&auto_reason, &annotation, &prev.rollback) {
+                (Some(reason), _, _) => Some(reason.clone()),
+                (None, None, Some(p)) if p.automatic => p.reason.clone().or(Some(String::new())),
+                _ => None,
+            };
+            let requested = match &auto {
+                Some(_) => "auto".to_string(),
+                None => annotation.unwrap_or_default(),
+            };
             if prev.rollback.as_ref().map(|p| p.target_revision) != Some(*t) {
-                events.push(normal(
-                    "RolledBack",
-                    "Rollback",
-                    format!("revision {t} pinned by {}={requested}", names::ROLLBACK_TO),
-                ));
+                events.push(match &auto {
+                    Some(reason) => warning(
+                        "AutoRolledBack",
+                        "Rollback",
+                        format!("revision {t} pinned automatically: {reason}"),
+                    ),
+                    None => normal(
+                        "RolledBack",
+                        "Rollback",
+                        format!("revision {t} pinned by {}={requested}", names::ROLLBACK_TO),
+                    ),
+                });
             }
             status.rollback = Some(RollbackStatus {
                 target_revision: *t,
                 pinned_generation: *pinned_generation,
                 requested: requested.clone(),
+                automatic: auto.is_some(),
+                reason: auto.clone().filter(|r| !r.is_empty()),
             });
-            rolled_back = cond_true(
-                "RolledBack",
-                "RolledBack",
-                &format!(
-                    "revision {t} is pinned by {}={requested}; remove the annotation or change the spec to release it",
-                    names::ROLLBACK_TO
+            rolled_back = match &auto {
+                Some(reason) => cond_true(
+                    "RolledBack",
+                    "AutoRolledBack",
+                    &format!(
+                        "revision {t} is pinned automatically ({reason}); a new spec generation releases it"
+                    ),
                 ),
-            );
+                None => cond_true(
+                    "RolledBack",
+                    "RolledBack",
+                    &format!(
+                        "revision {t} is pinned by {}={requested}; remove the annotation or change the spec to release it",
+                        names::ROLLBACK_TO
+                    ),
+                ),
+            };
             Some(*t)
         }
         RollbackDecision::ReleasedByRemoval { was } => {
@@ -220,7 +322,7 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
         }
         RollbackDecision::ReleasedBySpecChange { was } => {
             status.rollback = None;
-            plan.remove_rollback_annotation = true;
+            plan.remove_rollback_annotation = obj.annotations().contains_key(names::ROLLBACK_TO);
             events.push(normal(
                 "RollbackReleased",
                 "Release",
@@ -352,6 +454,42 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
         projected_now = true;
     }
 
+    // Consumers of what is projected after this reconcile.
+    let progressing = match (&observed.consumers, status.current_revision) {
+        (Some(consumers), Some(current)) => {
+            let counted = rollout::consumer_status(current, consumers);
+            let done = counted.updated == counted.selected;
+            let message = format!(
+                "{}/{} consumers applied revision {current}{}",
+                counted.updated,
+                counted.selected,
+                if counted.failed > 0 {
+                    format!(", {} failed", counted.failed)
+                } else {
+                    String::new()
+                }
+            );
+            // Consumer reports arrive on Pods, which are polled: often while a revision rolls
+            // out, and now and then afterwards for new pods and late reports.
+            let poll = if done && counted.selected > 0 {
+                CONSUMER_RESYNC
+            } else {
+                PROGRESS_POLL
+            };
+            plan.requeue_after = sooner(plan.requeue_after, poll);
+            status.consumers = Some(counted);
+            Some(if done {
+                cond_false("Progressing", "RolloutComplete", &message)
+            } else {
+                cond_true("Progressing", "RolloutInProgress", &message)
+            })
+        }
+        _ => {
+            status.consumers = None;
+            None
+        }
+    };
+
     // 5. History bounds.
     let keep: Vec<i64> = status
         .latest_revision
@@ -422,6 +560,7 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
         cond_false("Paused", "NotPaused", "spec.paused is false")
     };
     let mut conditions = vec![ready, valid_cond, rolled_back, paused_cond];
+    conditions.extend(progressing);
     if !status.pending_restart.is_empty() || find_condition(&prev, "RestartPending").is_some() {
         conditions.push(if status.pending_restart.is_empty() {
             cond_false(

@@ -66,6 +66,7 @@ pub fn table(status: &ConfigStatus, now: DateTime<Utc>) -> String {
             "CHANGED-BY",
             "REASON",
             "CHANGED-KEYS",
+            "APPLIED",
             "MARK",
         ]
         .map(String::from),
@@ -81,10 +82,11 @@ pub fn table(status: &ConfigStatus, now: DateTime<Utc>) -> String {
                 .unwrap_or_else(|| "<unknown>".into()),
             snap.reason.clone().unwrap_or_else(|| "<none>".into()),
             keys(&snap.changed_keys),
+            applied(snap),
             marks(status, snap.revision),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -100,6 +102,15 @@ pub fn table(status: &ConfigStatus, now: DateTime<Utc>) -> String {
         out.push('\n');
     }
     out
+}
+
+// How many consumer pods applied the revision (spec.rollout.consumerSelector), `-` untracked.
+fn applied(snap: &Snapshot) -> String {
+    match snap.applied_by {
+        Some(n) if snap.applied_by_all => format!("{n} (all)"),
+        Some(n) => n.to_string(),
+        None => "-".into(),
+    }
 }
 
 fn keys(changed: &[String]) -> String {
@@ -183,6 +194,7 @@ mod tests {
                 target_revision: 2,
                 pinned_generation: 3,
                 requested: "2".into(),
+                ..Default::default()
             }),
             ..Default::default()
         };

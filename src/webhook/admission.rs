@@ -188,15 +188,18 @@ mod tests {
     }
 
     fn patch_of(r: &AdmissionResponse) -> Value {
-        let v = serde_json::to_value(r).unwrap();
-        let b64 = v["patch"].as_str().unwrap_or_default().to_string();
         use base64::Engine as _;
-        serde_json::from_slice(
-            &base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap(),
-        )
-        .unwrap_or(Value::Null)
+        let bytes = match r.patch.clone() {
+            Some(bytes) => bytes,
+            None => return Value::Null,
+        };
+        // The patch travels base64-encoded in the review; here it is the raw bytes, or text.
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(&bytes)
+                .unwrap();
+            serde_json::from_slice(&decoded).unwrap()
+        })
     }
 
     #[test]

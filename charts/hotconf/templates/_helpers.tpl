@@ -70,8 +70,15 @@ true
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- if .Values.rbac.workloads }}
+# Restart targets: read them, and stamp their pod template by server-side apply.
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "patch"]
+{{- end }}
+{{- if .Values.rbac.consumers }}
+# Consumer status: the agents' hotconf.dev/applied annotations on the selected pods.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 {{- end }}
 {{- end }}
