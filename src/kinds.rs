@@ -54,31 +54,38 @@ pub trait ConfigResource:
     -> Effective;
 }
 
+// The spec fields both kinds share, read the same way.
+macro_rules! shared_accessors {
+    () => {
+        fn target(&self) -> Option<&Target> {
+            self.spec.target.as_ref()
+        }
+        fn history_limit(&self) -> Option<i32> {
+            self.spec.revision_history_limit
+        }
+        fn paused(&self) -> bool {
+            self.spec.paused
+        }
+        fn config_status(&self) -> Option<&ConfigStatus> {
+            self.status.as_ref()
+        }
+        fn restart_targets(&self) -> &[RestartTarget] {
+            &self.spec.restart_targets
+        }
+        fn restart_policy(&self) -> Option<&RestartPolicy> {
+            self.spec.restart_policy.as_ref()
+        }
+        fn rollout(&self) -> Option<&Rollout> {
+            self.spec.rollout.as_ref()
+        }
+    };
+}
+
 impl ConfigResource for RuntimeConfig {
     const KIND: &'static str = "RuntimeConfig";
     const USES_SECRETS: bool = true;
 
-    fn target(&self) -> Option<&Target> {
-        self.spec.target.as_ref()
-    }
-    fn history_limit(&self) -> Option<i32> {
-        self.spec.revision_history_limit
-    }
-    fn paused(&self) -> bool {
-        self.spec.paused
-    }
-    fn config_status(&self) -> Option<&ConfigStatus> {
-        self.status.as_ref()
-    }
-    fn restart_targets(&self) -> &[RestartTarget] {
-        &self.spec.restart_targets
-    }
-    fn restart_policy(&self) -> Option<&RestartPolicy> {
-        self.spec.restart_policy.as_ref()
-    }
-    fn rollout(&self) -> Option<&Rollout> {
-        self.spec.rollout.as_ref()
-    }
+    shared_accessors!();
     fn secret_refs(&self) -> Vec<(String, SecretKeyRef)> {
         self.spec
             .values_from
@@ -102,27 +109,7 @@ impl ConfigResource for PoolBudget {
     const KIND: &'static str = "PoolBudget";
     const USES_SECRETS: bool = false;
 
-    fn target(&self) -> Option<&Target> {
-        self.spec.target.as_ref()
-    }
-    fn history_limit(&self) -> Option<i32> {
-        self.spec.revision_history_limit
-    }
-    fn paused(&self) -> bool {
-        self.spec.paused
-    }
-    fn config_status(&self) -> Option<&ConfigStatus> {
-        self.status.as_ref()
-    }
-    fn restart_targets(&self) -> &[RestartTarget] {
-        &self.spec.restart_targets
-    }
-    fn restart_policy(&self) -> Option<&RestartPolicy> {
-        self.spec.restart_policy.as_ref()
-    }
-    fn rollout(&self) -> Option<&Rollout> {
-        self.spec.rollout.as_ref()
-    }
+    shared_accessors!();
     fn secret_refs(&self) -> Vec<(String, SecretKeyRef)> {
         Vec::new()
     }

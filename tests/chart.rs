@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{TestEnv, eventually, repo};
 use hotconf::crd::{PoolBudget, RuntimeConfig};
@@ -48,31 +48,14 @@ fn kinds(rendered: &str) -> Vec<String> {
 
 /// `kubectl apply` of rendered YAML (a server-side dry run when `dry_run`); returns stdout.
 fn kubectl_apply(env: &TestEnv, yaml: &str, dry_run: bool) -> String {
-    use std::io::Write as _;
-    let mut cmd = Command::new("kubectl");
-    cmd.arg("--kubeconfig")
-        .arg(env.plane.kubeconfig_path())
-        .args(["apply", "--validate=false", "-f", "-"]);
+    let mut args = vec!["apply", "--validate=false", "-f", "-"];
     if dry_run {
-        cmd.arg("--dry-run=server");
+        args.push("--dry-run=server");
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = env.kubectl_input(&args, yaml);
     assert!(
         out.status.success(),
-        "kubectl apply{} failed:\n{}\n{}",
-        if dry_run { " --dry-run=server" } else { "" },
+        "kubectl {args:?} failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

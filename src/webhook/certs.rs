@@ -10,11 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -351,50 +348,51 @@ impl SelfManaged {
 
     /// Sets `caBundle` on every webhook of the named configurations (only where it differs).
     pub async fn publish_bundle(&self, bundle: &str) -> Result<(), Error> {
-        let vapi: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        for name in &self.validating {
-            let Some(cfg) = vapi.get_opt(name).await? else {
-                tracing::warn!(%name, "ValidatingWebhookConfiguration not found; not trusted yet");
-                continue;
+        for (kind, names) in [
+            ("ValidatingWebhookConfiguration", &self.validating),
+            ("MutatingWebhookConfiguration", &self.mutating),
+        ] {
+            let resource = ApiResource {
+                group: "admissionregistration.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "admissionregistration.k8s.io/v1".into(),
+                kind: kind.into(),
+                plural: format!("{}s", kind.to_lowercase()),
             };
-            let mut hooks = cfg.webhooks.unwrap_or_default();
-            if hooks.iter().all(|w| {
-                w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice())
-                    == Some(bundle.as_bytes())
-            }) {
-                continue;
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            for name in names {
+                let Some(cfg) = api.get_opt(name).await? else {
+                    tracing::warn!(%kind, %name, "webhook configuration not found; not trusted yet");
+                    continue;
+                };
+                let Some(hooks) = with_bundle(cfg.data.get("webhooks"), bundle) else {
+                    continue;
+                };
+                let patch = serde_json::json!({ "webhooks": hooks });
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                tracing::info!(%kind, %name, "caBundle updated");
             }
-            for w in &mut hooks {
-                w.client_config.ca_bundle = Some(ByteString(bundle.as_bytes().to_vec()));
-            }
-            let patch = serde_json::json!({"webhooks": hooks});
-            vapi.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            tracing::info!(%name, "caBundle updated");
-        }
-        let mapi: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        for name in &self.mutating {
-            let Some(cfg) = mapi.get_opt(name).await? else {
-                tracing::warn!(%name, "MutatingWebhookConfiguration not found; not trusted yet");
-                continue;
-            };
-            let mut hooks = cfg.webhooks.unwrap_or_default();
-            if hooks.iter().all(|w| {
-                w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice())
-                    == Some(bundle.as_bytes())
-            }) {
-                continue;
-            }
-            for w in &mut hooks {
-                w.client_config.ca_bundle = Some(ByteString(bundle.as_bytes().to_vec()));
-            }
-            let patch = serde_json::json!({"webhooks": hooks});
-            mapi.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            tracing::info!(%name, "caBundle updated");
         }
         Ok(())
     }
+}
+
+/// The webhooks list with `caBundle` set on each, or `None` when every one already has it.
+fn with_bundle(webhooks: Option<&serde_json::Value>, bundle: &str) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bundle.as_bytes());
+    let mut hooks = webhooks?.as_array()?.clone();
+    if hooks
+        .iter()
+        .all(|w| w.pointer("/clientConfig/caBundle").and_then(|b| b.as_str()) == Some(&encoded))
+    {
+        return None;
+    }
+    for w in &mut hooks {
+        w["clientConfig"]["caBundle"] = serde_json::Value::String(encoded.clone());
+    }
+    Some(serde_json::Value::Array(hooks))
 }
 
 #[cfg(test)]
@@ -505,6 +503,17 @@ mod tests {
         assert!(
             renewed.bundle().contains(&m.ca_cert) && renewed.bundle().contains(&renewed.ca_cert)
         );
+    }
+
+    #[test]
+    fn the_bundle_is_set_on_every_webhook_once() {
+        let hooks =
+            serde_json::json!([{"clientConfig": {"url": "https://x"}}, {"clientConfig": {}}]);
+        let set = with_bundle(Some(&hooks), "PEM").unwrap();
+        assert_eq!(set[0]["clientConfig"]["caBundle"], "UEVN");
+        assert_eq!(set[1]["clientConfig"]["caBundle"], "UEVN");
+        assert_eq!(set[0]["clientConfig"]["url"], "https://x");
+        assert_eq!(with_bundle(Some(&set), "PEM"), None, "nothing to write");
     }
 
     #[test]
