@@ -364,6 +364,13 @@ mod tests {
         assert_eq!(parsed.revision, Some(2));
         assert_eq!(parsed.error.as_deref(), Some("boom"));
         assert_eq!(Consumer::from_annotation("p", None).revision, None);
+        // An error about an older revision does not count against the current one.
+        let stale = Consumer::from_annotation(
+            "p",
+            Some(r#"{"revision":1,"at":"t","error":"boom","failedRevision":2}"#),
+        );
+        assert_eq!(consumer_status(3, &[stale.clone()]).failed, 0);
+        assert_eq!(consumer_status(2, &[stale]).failed, 1);
     }
 
     #[test]

@@ -299,16 +299,26 @@ async fn signal_exec_and_env_expansion() {
     let hups = tmp.path().join("hups");
     let execs = tmp.path().join("execs");
     let pid_file = tmp.path().join("app.pid");
-    // The "application": counts SIGHUPs.
-    let mut app = std::process::Command::new("bash")
+    // The "application": counts SIGHUPs. Killed when the test ends, even by a panic.
+    struct App(std::process::Child);
+    impl Drop for App {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _app = App(std::process::Command::new("bash")
         .arg("-c")
         .arg(format!(
             "trap 'echo hup >> {}' HUP; echo $$ > {}; while :; do sleep 0.05; done",
             hups.display(),
             pid_file.display()
         ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap());
     wait_for(10, "the app's pid file", || async {
         std::fs::read_to_string(&pid_file)
             .ok()
@@ -347,6 +357,11 @@ async fn signal_exec_and_env_expansion() {
         (lines(&execs).len() == 1).then_some(())
     })
     .await;
+    // Two SIGHUPs pending at once would be delivered as one: let the first be handled.
+    wait_for(5, "the first SIGHUP", || async {
+        (lines(&hups).len() == 1).then_some(())
+    })
+    .await;
     swap(&mount, &text(2));
     wait_for(20, "the second exec", || async {
         (lines(&execs).len() == 2).then_some(())
@@ -369,6 +384,4 @@ async fn signal_exec_and_env_expansion() {
     // The hash handed on is the source document's, not the expanded one's.
     let source = hotconf::document::parse(&text(2), hotconf::crd::Format::Yaml).unwrap();
     assert_eq!(lines(&execs)[1], hotconf::document::hash(&source));
-    let _ = app.kill();
-    let _ = app.wait();
 }

@@ -379,7 +379,7 @@ impl Agent {
                     tracing::error!(error = %reason, "hand-off failed; the previous file stays");
                     self.metrics.count(Outcome::WriteFailed);
                     self.arbiter.handled(&snapshot, false);
-                    self.report(Some(reason));
+                    self.report(Some(reason), snapshot.revision);
                     return;
                 }
             }
@@ -417,7 +417,7 @@ impl Agent {
                     unchanged,
                     "applied"
                 );
-                self.report(None);
+                self.report(None, None);
             }
             Err(e) => {
                 tracing::error!(
@@ -427,7 +427,7 @@ impl Agent {
                     "written, but notifying the application failed"
                 );
                 self.metrics.count(Outcome::NotifyFailed);
-                self.report(Some(format!("reload failed: {e}")));
+                self.report(Some(format!("reload failed: {e}")), snapshot.revision);
             }
         }
     }
@@ -453,16 +453,21 @@ impl Agent {
         );
         self.metrics.count(Outcome::Refused);
         self.arbiter.handled(snapshot, false);
-        self.report_for(Some(format!("{what} refused: {reason}")), &snapshot.owner);
+        self.report_for(
+            Some(format!("{what} refused: {reason}")),
+            snapshot.revision,
+            &snapshot.owner,
+        );
     }
 
-    fn report(&self, error: Option<String>) {
-        self.report_for(error, &Owner::default());
+    // `failed`: the revision the error is about, so the operator counts it against the right one.
+    fn report(&self, error: Option<String>, failed: Option<i64>) {
+        self.report_for(error, failed, &Owner::default());
     }
 
     // Reports the last good document with `error`; `owner` names the CR when nothing good
     // was handed on yet.
-    fn report_for(&self, error: Option<String>, owner: &Owner) {
+    fn report_for(&self, error: Option<String>, failed: Option<i64>, owner: &Owner) {
         let Some(reporter) = &self.reporter else {
             return;
         };
@@ -477,6 +482,7 @@ impl Agent {
                 .map(|g| g.hash.clone())
                 .filter(|h| !h.is_empty()),
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            failed_revision: error.as_ref().and(failed),
             error,
         });
     }

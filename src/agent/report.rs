@@ -29,6 +29,13 @@ pub struct Applied {
     pub at: String,
     /// Why the latest document was refused or its hand-off failed; `null` when all is well.
     pub error: Option<String>,
+    /// The revision `error` is about (absent when all is well).
+    #[serde(
+        default,
+        rename = "failedRevision",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failed_revision: Option<i64>,
 }
 
 /// The merge patch that sets the annotation and nothing else.
@@ -98,6 +105,7 @@ mod tests {
             hash: Some("abc".into()),
             at: "2026-01-01T00:00:00Z".into(),
             error: None,
+            failed_revision: None,
         };
         let body = patch_body(&applied);
         assert_eq!(body.as_object().unwrap().len(), 1);
