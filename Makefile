@@ -28,7 +28,7 @@ run: build
 test:
 	@bash hack/test-deps.sh
 	@dir=$(ASSETS_DIR) && echo "control plane binaries: $$dir" && \
-	KUBEBUILDER_ASSETS=$$dir $(CARGO) test --all-targets --no-fail-fast
+	KUBEBUILDER_ASSETS=$$dir $(CARGO) test --lib --bins --tests --no-fail-fast
 
 test-unit:
 	$(CARGO) test --lib
