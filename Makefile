@@ -48,3 +48,16 @@ clean-dev:
 .PHONY: bench-agent
 bench-agent:
 	@dir=$(ASSETS_DIR) && KUBEBUILDER_ASSETS=$$dir $(CARGO) bench --bench agent_latency
+
+## bench: the operator (release build) against a local control plane, every figure beside a floor
+## measured on the same API server; prints one table and writes target/bench/report.json
+.PHONY: bench
+bench:
+	@dir=$(ASSETS_DIR) && echo "control plane binaries: $$dir" && \
+	$(CARGO) build --release && \
+	$(CARGO) bench --no-run --bench core --bench cluster && \
+	$(CARGO) bench --bench core -- --quiet && \
+	tmp=$$( [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo "$${TMPDIR:-/tmp}" ) && \
+	KUBEBUILDER_ASSETS=$$dir TMPDIR=$$tmp $(CARGO) bench --bench cluster && \
+	KUBEBUILDER_ASSETS=$$dir TMPDIR=$$tmp $(CARGO) bench --bench admission && \
+	KUBEBUILDER_ASSETS=$$dir $(CARGO) bench --bench agent_latency

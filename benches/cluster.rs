@@ -168,7 +168,13 @@ async fn run(bench: bool) -> anyhow::Result<()> {
     let report = result?;
     print_table(&report);
     if bench {
-        let path = out.join("report.json");
+        // A partial run (`HOTCONF_BENCH_ONLY`) leaves the last full report alone.
+        let partial = std::env::var_os("HOTCONF_BENCH_ONLY").is_some_and(|o| !o.is_empty());
+        let path = out.join(if partial {
+            "report-partial.json"
+        } else {
+            "report.json"
+        });
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
         say(format!("report written to {}", path.display()));
     }
@@ -186,34 +192,54 @@ async fn phases(
     let client = plane.client().await?;
     let environment = environment(&client, plane).await;
 
-    say("floor: raw server-side-apply ConfigMap writes");
-    let floor = write_floor(&client, plane, scale).await?;
-    say(format!("floor: {:.0} writes/s", floor["writes_per_s"]));
+    // `HOTCONF_BENCH_ONLY=cold` (or a comma list of floor, throughput, latency, cold) runs a part.
+    let only = std::env::var("HOTCONF_BENCH_ONLY").unwrap_or_default();
+    let wants = |phase: &str| only.is_empty() || only.split(',').any(|p| p.trim() == phase);
 
-    let mut operator = Operator::start(plane, bin, &logs.join("operator-1.log")).await?;
-    operator.wait_ready(Duration::from_secs(60)).await?;
+    let mut floor = Value::Null;
+    if wants("floor") {
+        say("floor: raw server-side-apply ConfigMap writes");
+        floor = write_floor(&client, plane, scale).await?;
+        say(format!("floor: {:.0} writes/s", f(&floor["writes_per_s"])));
+    }
 
-    say(format!("throughput: {} CRs at once", scale.throughput));
-    let throughput = throughput(&client, plane, scale).await?;
-    say(format!(
-        "throughput: {:.0} changes/s",
-        throughput["changes_per_s"]
-    ));
-
-    say(format!(
-        "latency: {} changes at {}/s, interleaved with the floor",
-        scale.latency_changes, scale.rate_per_s
-    ));
-    let latency = latency(&client, plane, &operator, scale).await?;
-    say(format!(
-        "latency: p99 {:.1} ms, floor p99 {:.1} ms",
-        latency["projection_ms"]["p99"], latency["floor_ms"]["p99"]
-    ));
-    operator.stop();
+    let (mut throughput, mut latency) = (Value::Null, Value::Null);
+    let mut baseline_rss = None;
+    if wants("throughput") || wants("latency") {
+        let mut operator = Operator::start(plane, bin, &logs.join("operator-1.log")).await?;
+        operator.wait_ready(Duration::from_secs(60)).await?;
+        // What the operator weighs with nothing to cache.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        baseline_rss = Some(operator.memory_kib().0 as f64 / 1024.0);
+        if wants("throughput") {
+            say(format!("throughput: {} CRs at once", scale.throughput));
+            throughput = self::throughput(&client, plane, scale).await?;
+            say(format!(
+                "throughput: {:.0} changes/s",
+                f(&throughput["changes_per_s"])
+            ));
+        }
+        if wants("latency") {
+            say(format!(
+                "latency: {} changes at {}/s, interleaved with the floor",
+                scale.latency_changes, scale.rate_per_s
+            ));
+            latency = self::latency(&client, plane, &operator, scale).await?;
+            say(format!(
+                "latency: p99 {:.1} ms, floor p99 {:.1} ms",
+                f(&latency["projection_ms"]["p99"]),
+                f(&latency["floor_ms"]["p99"])
+            ));
+        }
+        if let Some((_, metrics)) = operator.get("/metrics").await {
+            let _ = std::fs::write(logs.join("operator-1.metrics"), metrics);
+        }
+        operator.stop();
+    }
 
     // Only the seeded objects remain for the restarts.
     for ns in [&throughput["namespace"], &latency["namespace"]] {
-        let ns = ns.as_str().unwrap_or_default();
+        let Some(ns) = ns.as_str() else { continue };
         let lp = ListParams::default();
         Api::<RuntimeConfig>::namespaced(client.clone(), ns)
             .delete_collection(&DeleteParams::default(), &lp)
@@ -221,6 +247,10 @@ async fn phases(
         Api::<ConfigMap>::namespaced(client.clone(), ns)
             .delete_collection(&DeleteParams::default(), &lp)
             .await?;
+    }
+    if !wants("cold") {
+        return Ok(json!({"environment": environment, "floor": floor,
+            "throughput": throughput, "latency": latency, "core": core_estimates()}));
     }
 
     let seed_ns = plane.namespace("seeded").await?;
@@ -242,11 +272,11 @@ async fn phases(
         let figure = cold_start(&client, plane, bin, &log, total).await?;
         say(format!(
             "cold start {total}: ready {:.2}s, reconciled {:.2}s, {} writes, RSS {:.1} MiB (raw {:.1} MiB)",
-            figure["ready_s"],
-            figure["reconciled_s"],
+            f(&figure["ready_s"]),
+            f(&figure["reconciled_s"]),
             figure["writes"],
-            figure["rss_mib"],
-            figure["raw_mib"]
+            f(&figure["rss_mib"]),
+            f(&figure["raw_mib"])
         ));
         cold.push(figure);
     }
@@ -269,6 +299,7 @@ async fn phases(
         "floor": floor,
         "throughput": throughput,
         "latency": latency,
+        "empty_rss_mib": baseline_rss,
         "cold_start": cold,
         "core": core,
     }))
@@ -366,10 +397,7 @@ impl Operator {
                 return Ok(self.started.elapsed());
             }
             if !self.process.running() && self.started.elapsed() > Duration::from_secs(1) {
-                bail!(
-                    "the operator exited; see {}",
-                    self.process.log().display()
-                );
+                bail!("the operator exited; see {}", self.process.log().display());
             }
             if Instant::now() > deadline {
                 bail!("the operator was not ready within {timeout:?}");
@@ -577,11 +605,7 @@ fn object_writes(writes: &[envtest::AuditEntry]) -> usize {
 // Floor: raw server-side-apply writes per second by a plain client
 // ---------------------------------------------------------------------------------------------
 
-async fn write_floor(
-    client: &Client,
-    plane: &ControlPlane,
-    scale: Scale,
-) -> anyhow::Result<Value> {
+async fn write_floor(client: &Client, plane: &ControlPlane, scale: Scale) -> anyhow::Result<Value> {
     let ns = plane.namespace("floor").await?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let apply = PatchParams::apply(BENCH_MANAGER).force();
@@ -605,6 +629,63 @@ async fn write_floor(
         rounds.push(scale.floor_writes as f64 / started.elapsed().as_secs_f64());
     }
     let writes_per_s = 2.0 / (1.0 / rounds[0] + 1.0 / rounds[1]);
+
+    // What one change costs the server besides: the user's CR create, and the first status
+    // write (server-side apply of what `reconcile::plan` gives, as the operator sends it).
+    let crs: Api<RuntimeConfig> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let created: Vec<RuntimeConfig> = futures::stream::iter(0..scale.floor_writes)
+        .map(|i| {
+            let crs = crs.clone();
+            async move {
+                crs.create(&bench_post(), &bench_cr(&format!("floor-{i:05}"), 1))
+                    .await
+            }
+        })
+        .buffer_unordered(scale.in_flight)
+        .try_collect()
+        .await?;
+    let cr_creates_per_s = scale.floor_writes as f64 / started.elapsed().as_secs_f64();
+    // Half by server-side apply, as the operator writes, half by a JSON merge patch of the same
+    // body: what the status write would cost without server-side apply.
+    let mut created = created;
+    let by_merge = created.split_off(created.len() / 2);
+    let mut status_rates = Vec::new();
+    for (objects, apply) in [(created, true), (by_merge, false)] {
+        let count = objects.len();
+        let started = Instant::now();
+        futures::stream::iter(objects)
+            .map(|obj| {
+                let crs = crs.clone();
+                async move {
+                    let observed = Observed {
+                        now: chrono::Utc::now(),
+                        ..Default::default()
+                    };
+                    let body = json!({
+                        "apiVersion": RuntimeConfig::api_version(&()),
+                        "kind": RuntimeConfig::kind(&()),
+                        "status": reconcile::plan(&obj, &observed).status,
+                    });
+                    let (params, patch) = if apply {
+                        (PatchParams::apply(MANAGER).force(), Patch::Apply(&body))
+                    } else {
+                        (PatchParams::default(), Patch::Merge(&body))
+                    };
+                    crs.patch_status(&obj.name_any(), &params, &patch).await
+                }
+            })
+            .buffer_unordered(scale.in_flight)
+            .try_collect::<Vec<_>>()
+            .await?;
+        status_rates.push(count as f64 / started.elapsed().as_secs_f64());
+    }
+    let (status_applies_per_s, status_merges_per_s) = (status_rates[0], status_rates[1]);
+    crs.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    // Every change costs a CR create, a ConfigMap apply, a status apply and an Event create (a
+    // write like a ConfigMap's): the most this server can carry, whoever writes.
+    let ceiling = 1.0 / (1.0 / cr_creates_per_s + 2.0 / rounds[0] + 1.0 / status_applies_per_s);
     Ok(json!({
         "namespace": ns,
         "writes": 2 * scale.floor_writes,
@@ -612,6 +693,10 @@ async fn write_floor(
         "create_per_s": rounds[0],
         "update_per_s": rounds[1],
         "writes_per_s": writes_per_s,
+        "cr_creates_per_s": cr_creates_per_s,
+        "status_applies_per_s": status_applies_per_s,
+        "status_merge_patches_per_s": status_merges_per_s,
+        "change_ceiling_per_s": ceiling,
     }))
 }
 
@@ -696,6 +781,9 @@ async fn throughput(client: &Client, plane: &ControlPlane, scale: Scale) -> anyh
 // ---------------------------------------------------------------------------------------------
 
 fn percentiles(mut samples: Vec<f64>) -> Value {
+    if samples.is_empty() {
+        return json!({"samples": 0});
+    }
     samples.sort_by(f64::total_cmp);
     let at = |p: f64| {
         let rank = ((samples.len() as f64) * p).ceil() as usize;
@@ -763,6 +851,7 @@ async fn latency(
     let reconciles_before = operator.reconciles().await;
     let interval = Duration::from_secs_f64(1.0 / scale.rate_per_s);
     let mut cr_returned = Vec::with_capacity(n);
+    let mut floor_sent = Vec::with_capacity(n);
     let mut floor_returned = Vec::with_capacity(n);
     let started = tokio::time::Instant::now();
     for i in 1..=n {
@@ -773,6 +862,7 @@ async fn latency(
             .await?;
         cr_returned.push(Instant::now());
         tokio::time::sleep_until(slot + interval / 2).await;
+        floor_sent.push(Instant::now());
         cms.patch(
             "latency-floor",
             &apply,
@@ -811,7 +901,10 @@ async fn latency(
         .map(|(i, t)| (i - 1, t))
         .collect();
     let projection = latencies(&cr_returned, &cr_events);
-    let floor = latencies(&floor_returned, &floor_events);
+    // The floor counts from the request's start: one write and its watch delivery, the least a
+    // projection can take (its watch event often arrives before the response is read).
+    let floor = latencies(&floor_sent, &floor_events);
+    let floor_from_return = latencies(&floor_returned, &floor_events);
     let n_f = n as f64;
     Ok(json!({
         "namespace": ns,
@@ -820,6 +913,7 @@ async fn latency(
         "revisions_seen": cr_events.len(),
         "projection_ms": percentiles(projection),
         "floor_ms": percentiles(floor),
+        "floor_from_response_ms": percentiles(floor_from_return),
         "operator_writes": count_by_resource(&writes),
         "writes_per_change": object_writes(&writes) as f64 / n_f,
         "event_writes_per_change": (writes.len() - object_writes(&writes)) as f64 / n_f,
@@ -957,9 +1051,15 @@ async fn cold_start(
         if Instant::now() > deadline {
             bail!("{objects} objects were not reconciled within 600s (count {count})");
         }
+        if at.as_secs() != (at - Duration::from_millis(50)).as_secs() && at.as_secs() % 5 == 0 {
+            say(format!("  {:.0}s: {count} reconciles", at.as_secs_f64()));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (rss, hwm) = operator.memory_kib();
+    if let Some((_, metrics)) = operator.get("/metrics").await {
+        let _ = std::fs::write(log.with_extension("metrics"), metrics);
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let writes: Vec<_> = plane.audit_writes(OPERATOR_USER)[audit_before..].to_vec();
     operator.stop();
@@ -968,7 +1068,10 @@ async fn cold_start(
     let (pb_bytes, pbs) = raw_size(client, "/apis/hotconf.dev/v1alpha1/poolbudgets").await?;
     let (cm_bytes, cms) = raw_size(
         client,
-        &format!("/api/v1/configmaps?labelSelector={}%3Dhotconf", names::MANAGED_BY),
+        &format!(
+            "/api/v1/configmaps?labelSelector={}%3Dhotconf",
+            names::MANAGED_BY
+        ),
     )
     .await?;
     let mib = |b: f64| b / 1024.0 / 1024.0;
@@ -999,7 +1102,10 @@ async fn cold_start(
 // ---------------------------------------------------------------------------------------------
 
 fn core_estimates() -> Value {
-    let dir = out_dir().parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = out_dir()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let mut out = serde_json::Map::new();
     for id in [
         "runtimeconfig_200_keys",
@@ -1093,6 +1199,19 @@ fn rows(r: &Value) -> Vec<Row> {
         .ratio(tp / floor)
         .target("≥ 0.4× floor", tp >= 0.4 * floor),
     );
+    let ceiling = f(&r["floor"]["change_ceiling_per_s"]);
+    rows.push(
+        row(
+            "  server's ceiling for a change",
+            format!("{ceiling:.0} changes/s"),
+        )
+        .reference(format!(
+            "CR create {:.0}/s, status apply {:.0}/s",
+            f(&r["floor"]["cr_creates_per_s"]),
+            f(&r["floor"]["status_applies_per_s"])
+        ))
+        .ratio(tp / ceiling),
+    );
     for c in r["cold_start"].as_array().into_iter().flatten() {
         let n = &c["objects"];
         rows.push(row(
@@ -1111,8 +1230,17 @@ fn rows(r: &Value) -> Vec<Row> {
             )),
         );
         let writes = c["writes"].as_u64().unwrap_or(u64::MAX);
-        rows.push(row(format!("Cold start {n}: writes"), writes.to_string()).target("0", writes == 0));
+        rows.push(
+            row(format!("Cold start {n}: writes"), writes.to_string()).target("0", writes == 0),
+        );
     }
+    rows.push(
+        row(
+            "Memory, no CRs",
+            format!("{:.1} MiB RSS", f(&r["empty_rss_mib"])),
+        )
+        .reference("the process itself"),
+    );
     for c in r["cold_start"].as_array().into_iter().flatten() {
         let rss = f(&c["rss_mib"]);
         let allowance = f(&c["allowance_mib"]);
@@ -1169,7 +1297,14 @@ fn rows(r: &Value) -> Vec<Row> {
 
 fn print_table(report: &Value) {
     let rows = rows(report);
-    let header = ["Figure", "Measured", "Floor / reference", "Ratio", "Target", "Met"];
+    let header = [
+        "Figure",
+        "Measured",
+        "Floor / reference",
+        "Ratio",
+        "Target",
+        "Met",
+    ];
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {

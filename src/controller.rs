@@ -3,26 +3,30 @@
 //! to do, and performs exactly those writes, by server-side apply as field manager `hotconf`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt as _, future::BoxFuture};
+use futures::{Stream, StreamExt as _, future::BoxFuture};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{
-        ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+        ApiResource, DeleteParams, DynamicObject, ListParams, PartialObjectMeta, Patch,
+        PatchParams, Preconditions,
     },
     runtime::{
-        Controller,
-        controller::Action,
+        Controller, WatchStreamExt as _,
+        controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -179,7 +183,18 @@ fn stop(
     }
 }
 
+/// How many reconciles of one kind and scope run at once. Unbounded, a burst (a restart over
+/// thousands of objects) puts every object in flight at once, each on its own API connection.
+const MAX_CONCURRENT_RECONCILES: u16 = 16;
+
 // The controller of one kind in one scope, and a future that resolves once its watch has synced.
+//
+// The cache is fed by our own reflector rather than `Controller::new`'s, for three reasons: the
+// cached objects are slimmed (managedFields, the bulk of a small object, kept only as far as
+// `reconcile::changed_by` reads them); readiness is taken from the stream itself (the store's
+// readiness wakes only its latest waiter, so a second waiter could stall the controller's own
+// start until the next watch event); and the echoes of our own writes (status, projections) are
+// told apart from changes by anyone else, so one change costs one reconcile.
 fn controller_for<K: ConfigResource>(
     api: Api<K>,
     client: Client,
@@ -191,7 +206,9 @@ fn controller_for<K: ConfigResource>(
 ) {
     let ns = api.resource_url().to_string();
     let namespace = namespace_of(&ns);
-    let (cms, secrets): (Api<ConfigMap>, Api<Secret>) = match &namespace {
+    // Projected objects and Secrets are watched by metadata only: a reconcile reads them whole.
+    type Meta<T> = PartialObjectMeta<T>;
+    let (cms, secrets): (Api<Meta<ConfigMap>>, Api<Meta<Secret>>) = match &namespace {
         Some(n) => (
             Api::namespaced(client.clone(), n),
             Api::namespaced(client.clone(), n),
@@ -204,17 +221,23 @@ fn controller_for<K: ConfigResource>(
         names::OWNER_KIND,
         K::KIND
     ));
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    let synced = controller.store();
+    let (store, writer) = reflector::store::<K>();
+    let (synced_tx, mut synced_rx) = watch::channel(false);
     let synced: BoxFuture<'static, ()> = Box::pin(async move {
-        // The store's readiness is a one-shot channel that wakes only its latest waiter, and the
-        // controller waits on it too: ask again and again rather than wait once.
-        while tokio::time::timeout(Duration::from_millis(200), synced.wait_until_ready())
-            .await
-            .is_err()
-        {}
+        if synced_rx.wait_for(|synced| *synced).await.is_err() {
+            // The watch ended before it ever synced: never ready.
+            futures::future::pending::<()>().await;
+        }
     });
+    let mut feed = CacheFeed {
+        writer,
+        synced: synced_tx,
+        ctx: ctx.clone(),
+        seen: HashMap::new(),
+    };
+    let objects = watcher(api, watcher::Config::default().any_semantic())
+        .filter_map(move |event| std::future::ready(feed.feed(event)))
+        .applied_objects();
     // A replica that becomes leader reconciles everything: it skipped writes until now.
     let became_leader = futures::stream::unfold(ctx.is_leader.clone(), |mut rx| async move {
         loop {
@@ -224,12 +247,14 @@ fn controller_for<K: ConfigResource>(
             }
         }
     });
-    let mut controller = controller
-        .owns(cms, owned.clone())
-        .owns(secrets.clone(), owned);
+    let mut controller = Controller::for_stream(objects, store.clone())
+        .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
+        .owns_stream(projected_changes(cms, owned.clone()))
+        .owns_stream(projected_changes(secrets.clone(), owned));
     if K::USES_SECRETS {
         // A change to a Secret that a spec reads through valuesFrom reconciles that spec.
-        controller = controller.watches(secrets, watcher::Config::default(), move |s: Secret| {
+        let changes = watcher(secrets, watcher::Config::default()).touched_objects();
+        controller = controller.watches_stream(changes, move |s: Meta<Secret>| {
             let (ns, name) = (s.namespace(), s.name_any());
             store
                 .state()
@@ -263,6 +288,187 @@ fn controller_for<K: ConfigResource>(
             }
         });
     (run, synced)
+}
+
+/// Annotation kubectl's client-side apply keeps the whole applied object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+// Feeds the cache from the watch (what `reflect` does, plus readiness and slimming) and tells the
+// watch events of our own status writes from changes by anyone else: an update that changes
+// nothing but the status, written by `hotconf` alone, needs no reconcile. Listings (start-up, a
+// watch that re-lists) and deletions always pass.
+struct CacheFeed<K: ConfigResource> {
+    writer: reflector::store::Writer<K>,
+    synced: watch::Sender<bool>,
+    ctx: Arc<Context>,
+    // uid → (fingerprint, the status fields `hotconf` owned) as last seen
+    seen: HashMap<String, (u64, Option<u64>)>,
+}
+
+impl<K: ConfigResource> CacheFeed<K> {
+    fn feed(
+        &mut self,
+        event: watcher::Result<watcher::Event<K>>,
+    ) -> Option<watcher::Result<watcher::Event<K>>> {
+        let Ok(event) = event else { return Some(event) };
+        let echo = self.is_echo(&event);
+        let event = event.modify(slim);
+        self.writer.apply_watcher_event(&event);
+        if let watcher::Event::InitDone = event {
+            self.synced.send_replace(true);
+        }
+        (!echo).then_some(Ok(event))
+    }
+
+    fn is_echo(&mut self, event: &watcher::Event<K>) -> bool {
+        let (watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) = event else {
+            if let watcher::Event::Delete(obj) = event
+                && let Some(uid) = obj.uid()
+            {
+                self.seen.remove(&uid);
+            }
+            return false;
+        };
+        let Some(uid) = obj.uid() else { return false };
+        let fingerprint = fingerprint(obj);
+        let status = Ownership::of(obj.meta(), Some("status"));
+        let Some((was, ours)) = self.seen.insert(uid.clone(), (fingerprint, status.ours)) else {
+            return false;
+        };
+        if matches!(event, watcher::Event::InitApply(_)) || was != fingerprint {
+            return false;
+        }
+        status.written_by_us_since(ours)
+            || self
+                .ctx
+                .written
+                .lock()
+                .expect("lock")
+                .get(&uid)
+                .is_some_and(|(_, status)| obj.config_status() == Some(status))
+    }
+}
+
+// What the cache keeps of an object: everything a reconcile reads. Of managedFields that is, per
+// `reconcile::changed_by`, which manager touched `spec` last, outside subresources.
+fn slim<K: ConfigResource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    if let Some(entries) = meta.managed_fields.as_mut() {
+        entries.retain(|m| {
+            m.subresource.as_deref().unwrap_or("").is_empty()
+                && m.fields_v1
+                    .as_ref()
+                    .is_some_and(|f| f.0.get("f:spec").is_some())
+        });
+        for m in entries.iter_mut() {
+            m.fields_v1 = Some(FieldsV1(json!({"f:spec": {}})));
+        }
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+// Everything but the status that a reconcile depends on: the spec (through `generation`, which
+// the API server moves on every spec change), annotations and the rest of the identity.
+fn fingerprint<K: ConfigResource>(obj: &K) -> u64 {
+    let meta = obj.meta();
+    let mut h = DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    for o in meta.owner_references.iter().flatten() {
+        (&o.uid, o.controller).hash(&mut h);
+    }
+    h.finish()
+}
+
+// Who writes a part of an object (its status, or all of it), from its managedFields.
+struct Ownership {
+    // A digest of the fields `hotconf` owns there by Apply, if any.
+    ours: Option<u64>,
+    // Whether `hotconf` is the only manager there.
+    alone: bool,
+}
+
+impl Ownership {
+    // Status entries are those of the status subresource, or (servers before 1.22 do not record
+    // subresources) those that hold `f:status`.
+    fn of(meta: &kube::api::ObjectMeta, part: Option<&str>) -> Self {
+        let entries: Vec<_> = meta
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| match part {
+                None => true,
+                Some(part) => {
+                    m.subresource.as_deref() == Some(part)
+                        || m.fields_v1
+                            .as_ref()
+                            .is_some_and(|f| f.0.get(format!("f:{part}")).is_some())
+                }
+            })
+            .collect();
+        let is_ours = |m: &ManagedFieldsEntry| {
+            m.manager.as_deref() == Some(MANAGER) && m.operation.as_deref() == Some("Apply")
+        };
+        let ours = entries.iter().find(|m| is_ours(m)).map(|m| {
+            let fields = m.fields_v1.as_ref().map(|f| &f.0);
+            let fields = match part {
+                Some(part) => fields.map(|f| f.get(format!("f:{part}")).unwrap_or(f)),
+                None => fields,
+            };
+            let mut h = DefaultHasher::new();
+            fields.map(ToString::to_string).hash(&mut h);
+            h.finish()
+        });
+        Ownership {
+            ours,
+            alone: entries.len() == 1 && ours.is_some(),
+        }
+    }
+
+    // Whether the last change came from `hotconf`, given what it owned before (`None`: nothing).
+    // Anyone else's write adds their own entry, or takes fields from ours.
+    fn written_by_us_since(&self, before: Option<u64>) -> bool {
+        self.alone && (before.is_none() || before == self.ours)
+    }
+}
+
+// Changes of projected objects, less the echoes of our own writes. Listings and deletions always
+// pass.
+fn projected_changes<C>(
+    api: Api<PartialObjectMeta<C>>,
+    config: watcher::Config,
+) -> impl Stream<Item = watcher::Result<PartialObjectMeta<C>>> + Send + 'static
+where
+    C: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    C::DynamicType: Default,
+{
+    // uid → the fields `hotconf` owned, as last seen
+    let mut seen: HashMap<String, Option<u64>> = HashMap::new();
+    watcher(api, config)
+        .filter(move |event| {
+            let echo = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    let now = Ownership::of(&o.metadata, None);
+                    let before = o.uid().and_then(|uid| seen.insert(uid, now.ours));
+                    matches!(event, Ok(watcher::Event::Apply(_)))
+                        && now.written_by_us_since(before.flatten())
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    if let Some(uid) = o.uid() {
+                        seen.remove(&uid);
+                    }
+                    false
+                }
+                _ => false,
+            };
+            std::future::ready(!echo)
+        })
+        .touched_objects()
 }
 
 fn namespace_of(url: &str) -> Option<String> {
@@ -348,11 +554,15 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
 
     let mut obj = (*obj).clone();
     if let (Some(uid), Some(rv)) = (obj.uid(), obj.resource_version()) {
-        let written = ctx.written.lock().expect("lock");
-        if let Some((based_on, status)) = written.get(&uid)
-            && *based_on == rv
-        {
-            set_status(&mut obj, status.clone());
+        let mut written = ctx.written.lock().expect("lock");
+        match written.get(&uid) {
+            Some((based_on, status)) if *based_on == rv => set_status(&mut obj, status.clone()),
+            // The cache has moved past our write: forget it, so the map holds only writes in
+            // flight.
+            Some(_) => {
+                written.remove(&uid);
+            }
+            None => {}
         }
     }
     let target = ResolvedTarget::resolve(obj.target(), &name);

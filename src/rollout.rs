@@ -369,7 +369,7 @@ mod tests {
             "p",
             Some(r#"{"revision":1,"at":"t","error":"boom","failedRevision":2}"#),
         );
-        assert_eq!(consumer_status(3, &[stale.clone()]).failed, 0);
+        assert_eq!(consumer_status(3, std::slice::from_ref(&stale)).failed, 0);
         assert_eq!(consumer_status(2, &[stale]).failed, 1);
     }
 
