@@ -274,67 +274,6 @@ async fn webhook_figures(plane: &ControlPlane, client: &Client) -> Value {
     })
 }
 
-/// An app stand-in: refuses (500) any reload whose file mentions "bad".
-async fn app_server(refusals: Arc<AtomicUsize>) -> u16 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let refusals = refusals.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if body.len() < len {
-                        continue;
-                    }
-                    let handed: Value = serde_json::from_str(&body[..len]).unwrap_or(Value::Null);
-                    let file = handed["file"].as_str().unwrap_or_default().to_string();
-                    let bad = std::fs::read_to_string(&file)
-                        .unwrap_or_default()
-                        .contains("bad");
-                    if bad {
-                        refusals.fetch_add(1, Ordering::SeqCst);
-                    }
-                    let status = if bad {
-                        "500 Internal Server Error"
-                    } else {
-                        "200 OK"
-                    };
-                    let _ = stream
-                        .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
-                        .await;
-                    return;
-                }
-            });
-        }
-    });
-    port
-}
-
 async fn rollback_figures(plane: &ControlPlane, client: &Client, rounds: usize) -> Value {
     let ns = "bench-rollback";
     namespace(client, ns, json!({})).await;
@@ -353,7 +292,9 @@ async fn rollback_figures(plane: &ControlPlane, client: &Client, rounds: usize) 
         )
         .unwrap();
     let refusals = Arc::new(AtomicUsize::new(0));
-    let reload = app_server(refusals.clone()).await;
+    let reload = hotconf::envtest::reload_stand_in("bad", refusals.clone())
+        .await
+        .unwrap();
     let rtcs: Api<RuntimeConfig> = Api::namespaced(client.clone(), ns);
     let shop: RuntimeConfig = serde_json::from_value(json!({
         "apiVersion": "hotconf.dev/v1alpha1", "kind": "RuntimeConfig", "metadata": {"name": "shop"},

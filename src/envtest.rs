@@ -670,6 +670,75 @@ impl Drop for ControlPlane {
     }
 }
 
+/// An application stand-in for agent tests and benchmarks: an HTTP reload endpoint on
+/// 127.0.0.1 that reads the file named in the agent's `{"revision","hash","file"}` POST and
+/// answers 500 when the file contains `refuse_marker` (counting it in `refusals`), 200 otherwise.
+/// Returns its port; it serves until the runtime ends.
+pub async fn reload_stand_in(
+    refuse_marker: &'static str,
+    refusals: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = io(
+        "binding the reload stand-in",
+        tokio::net::TcpListener::bind("127.0.0.1:0").await,
+    )?;
+    let port = io("reading its port", listener.local_addr())?.port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let refusals = refusals.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break body[..len].to_string();
+                    }
+                };
+                let handed: serde_json::Value =
+                    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+                let file = handed["file"].as_str().unwrap_or_default();
+                let refuse = fs::read_to_string(file)
+                    .unwrap_or_default()
+                    .contains(refuse_marker);
+                if refuse {
+                    refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let status = if refuse {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
 /// One write request from the audit log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEntry {

@@ -207,65 +207,6 @@ async fn restart_only_keys_restart_their_targets_in_waves() {
     assert_eq!(condition(&done, "RestartPending").unwrap().status, "False");
 }
 
-/// A reload endpoint standing in for the applications: it refuses documents containing "bad".
-async fn app_server(refusals: Arc<AtomicUsize>) -> u16 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let refusals = refusals.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            let handed: Value =
-                                serde_json::from_str(&body[..len]).unwrap_or(Value::Null);
-                            let file = handed["file"].as_str().unwrap_or_default().to_string();
-                            let content = std::fs::read_to_string(&file).unwrap_or_default();
-                            let bad = content.contains("bad");
-                            if bad {
-                                refusals.fetch_add(1, Ordering::SeqCst);
-                            }
-                            let status = if bad {
-                                "500 Internal Server Error"
-                            } else {
-                                "200 OK"
-                            };
-                            let _ = stream
-                                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes())
-                                .await;
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 struct Consumers {
     agents: Vec<hotconf::envtest::Process>,
     outputs: Vec<PathBuf>,
@@ -365,7 +306,9 @@ async fn consumers_that_reject_a_revision_roll_it_back() {
     let env = TestEnv::new("autorollback").await;
     let _operator = env.start_operator();
     let refusals = Arc::new(AtomicUsize::new(0));
-    let port = app_server(refusals.clone()).await;
+    let port = hotconf::envtest::reload_stand_in("bad", refusals.clone())
+        .await
+        .unwrap();
     env.apply_yaml(&SHOP.replace("DEADLINE", "120"));
     until(&env, "shop", "revision 1", |s| {
         (s.current_revision == Some(1)).then_some(())
@@ -465,7 +408,9 @@ async fn consumers_that_reject_a_revision_roll_it_back() {
 async fn consumers_that_miss_the_deadline_roll_it_back() {
     let env = TestEnv::new("deadline").await;
     let _operator = env.start_operator();
-    let port = app_server(Arc::new(AtomicUsize::new(0))).await;
+    let port = hotconf::envtest::reload_stand_in("bad", Arc::new(AtomicUsize::new(0)))
+        .await
+        .unwrap();
     env.apply_yaml(&SHOP.replace("DEADLINE", "8"));
     until(&env, "shop", "revision 1", |s| {
         (s.current_revision == Some(1)).then_some(())
