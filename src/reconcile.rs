@@ -590,10 +590,6 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
             c
         })
         .collect();
-    if !new_revision && !valid {
-        // An invalid spec changes neither the history nor the pending restarts.
-        status.pending_restart = prev.pending_restart.clone();
-    }
 
     plan.status_changed = status != prev;
     plan.status = status;
