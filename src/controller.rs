@@ -483,7 +483,7 @@ fn error_policy<K: ConfigResource>(obj: Arc<K>, error: &Error, _ctx: Arc<Context
 }
 
 /// Reads the Secrets of `valuesFrom`; a missing Secret or key is a reason, not an error.
-async fn resolve_secrets<K: ConfigResource>(
+pub(crate) async fn resolve_secrets<K: ConfigResource>(
     obj: &K,
     secrets: &Api<Secret>,
 ) -> Result<BTreeMap<String, Result<ResolvedSecret, String>>, Error> {

@@ -110,6 +110,19 @@ pub fn changed_by<K: Resource>(obj: &K) -> Option<String> {
         .and_then(|m| m.manager.clone())
 }
 
+/// What validation needs of resolved `valuesFrom`: the values, or why each could not be read.
+pub fn secret_values(resolved: &BTreeMap<String, Result<ResolvedSecret, String>>) -> SecretValues {
+    resolved
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_ref().map(|s| s.value.clone()).map_err(Clone::clone),
+            )
+        })
+        .collect()
+}
+
 /// Decides what one reconcile does.
 pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
     let now = observed.now;
@@ -124,16 +137,7 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
     let mut plan = Plan::default();
 
     // 1. Validate, with the Secrets as they were read.
-    let secret_values: SecretValues = observed
-        .secrets
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_ref().map(|s| s.value.clone()).map_err(Clone::clone),
-            )
-        })
-        .collect();
+    let secret_values = secret_values(&observed.secrets);
     let errors = obj.validate(Some(&secret_values));
     let valid = errors.is_empty();
 

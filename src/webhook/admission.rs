@@ -2,8 +2,6 @@
 //! operator resolves them) and attribution (`hotconf.dev/changed-by` on create and on spec
 //! changes).
 
-use std::collections::BTreeMap;
-
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::DynamicObject;
@@ -56,35 +54,17 @@ fn typed<K: serde::de::DeserializeOwned>(value: Value) -> Result<K, String> {
     })
 }
 
-// valuesFrom as the operator reads it: a missing Secret or key is an error.
+// valuesFrom exactly as the operator reads it: a missing Secret or key is an error.
 async fn resolve<K: ConfigResource>(
     client: &Client,
     ns: &str,
     obj: &K,
 ) -> Result<SecretValues, String> {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let mut out = BTreeMap::new();
-    let mut cache: BTreeMap<String, Option<Secret>> = BTreeMap::new();
-    for (key, r) in obj.secret_refs() {
-        if !cache.contains_key(&r.name) {
-            let got = api
-                .get_opt(&r.name)
-                .await
-                .map_err(|e| format!("reading Secret {:?}: {e}", r.name))?;
-            cache.insert(r.name.clone(), got);
-        }
-        let value = match &cache[&r.name] {
-            None => Err(format!("Secret {:?} not found", r.name)),
-            Some(s) => s
-                .data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                .ok_or_else(|| format!("key {:?} not found in Secret {:?}", r.key, r.name)),
-        };
-        out.insert(key, value);
-    }
-    Ok(out)
+    let resolved = crate::controller::resolve_secrets(obj, &api)
+        .await
+        .map_err(|e| format!("reading the referenced Secrets: {e}"))?;
+    Ok(crate::reconcile::secret_values(&resolved))
 }
 
 /// The validating webhook's answer.
