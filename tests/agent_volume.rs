@@ -94,7 +94,7 @@ async fn a_thousand_kubelet_swaps_reach_the_app_whole_and_once() {
     let mut finals = vec![doc(0, "final")];
     let mut current = doc(0, "final");
     let mut refused = 0.0;
-    let (mut doubles, mut noops, mut recreates) = (0, 0, 0);
+    let (mut doubles, mut close_doubles, mut noops, mut recreates) = (0, 0, 0, 0);
     for i in 1..=1000u64 {
         let next = doc(i, "final");
         match i {
@@ -122,14 +122,14 @@ async fn a_thousand_kubelet_swaps_reach_the_app_whole_and_once() {
                 // Two swaps within 10 ms: the intermediate may be skipped, the last must land.
                 let a = prepare(&mount, &doc(i, "intermediate"));
                 let b = prepare(&mount, &next);
+                // How close together they land depends on the machine's load; either way
+                // the last must be applied, and the intermediate at most once.
                 let t = Instant::now();
                 commit(&mount, &a);
                 commit(&mount, &b);
-                assert!(
-                    t.elapsed() < Duration::from_millis(10),
-                    "two swaps took {:?}",
-                    t.elapsed()
-                );
+                if t.elapsed() < Duration::from_millis(10) {
+                    close_doubles += 1;
+                }
                 doubles += 1;
             }
             _ if i % 10 == 7 => {
@@ -191,7 +191,7 @@ async fn a_thousand_kubelet_swaps_reach_the_app_whole_and_once() {
     assert_eq!(counted, refused);
     assert_eq!(std::fs::read_to_string(&output).unwrap(), current);
     eprintln!(
-        "1000 swaps in {elapsed:?}: {} reloads ({intermediates} intermediates of {doubles} double swaps), {noops} no-op swaps, {recreates} re-created mounts, {refused} refused, {reads} reads of the output",
+        "1000 swaps in {elapsed:?}: {} reloads ({intermediates} intermediates of {doubles} double swaps, {close_doubles} of them within 10 ms), {noops} no-op swaps, {recreates} re-created mounts, {refused} refused, {reads} reads of the output",
         reloads.len()
     );
 }

@@ -98,6 +98,11 @@ pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
                 return Ok(Read::Found { key, text });
             }
             Err(e) if e.kind() == ErrorKind::NotFound && !base.exists() => continue,
+            // `KEY -> ..data/KEY` while `..data` is gone: the mount is being removed (or set
+            // up), not a document without the key.
+            Err(e) if e.kind() == ErrorKind::NotFound && into_data(&base.join(&key)) => {
+                return Ok(Read::NotReady);
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Ok(Read::Found {
                     text: Err(format!(
@@ -111,6 +116,11 @@ pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
         }
     }
     Ok(Read::NotReady)
+}
+
+/// Whether `path` is a symlink into `..data`, the kubelet's per-key link.
+fn into_data(path: &Path) -> bool {
+    std::fs::read_link(path).is_ok_and(|target| target.starts_with("..data"))
 }
 
 fn list(dir: &Path) -> std::io::Result<Vec<String>> {
@@ -357,6 +367,10 @@ mod tests {
         std::fs::create_dir(tmp.join("..2026")).unwrap();
         assert_eq!(read(&tmp, None).unwrap(), Read::NotReady, "being written");
         std::fs::remove_dir(tmp.join("..2026")).unwrap();
+        // Half removed: the key's link is left, `..data` is already gone.
+        std::os::unix::fs::symlink("..data/config.yaml", tmp.join("config.yaml")).unwrap();
+        assert_eq!(read(&tmp, None).unwrap(), Read::NotReady, "being removed");
+        std::fs::remove_file(tmp.join("config.yaml")).unwrap();
         std::fs::write(tmp.join("app.json"), "{}").unwrap();
         assert_eq!(read(&tmp, None).unwrap(), found("app.json", "{}"));
         std::fs::remove_dir_all(&tmp).unwrap();
