@@ -632,8 +632,8 @@ pub struct ConfigStatus {
     /// The rollback pin, while one holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
-    /// Keys marked requiresRestart that the latest revision changed, until every restart
-    /// target has observed the change.
+    /// Keys marked requiresRestart that changed with what is projected (a new revision, a
+    /// rollback or its release), until every restart target has observed the change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_restart: Vec<String>,
     /// Restarts in progress.

@@ -117,8 +117,19 @@ pub fn runtime_config(
         json!({"enabled": active, "reason": maintenance.reason, "until": maintenance.until}),
     );
 
-    let restart_keys = spec
-        .schema
+    Effective {
+        document: canonicalize(&Value::Object(document)),
+        sensitive,
+        restart_keys: runtime_config_restart_keys(spec),
+        next_change,
+    }
+}
+
+/// The document paths of a RuntimeConfig whose change needs a restart: its `requiresRestart`
+/// keys (under `secrets.` when their value comes from a Secret). Read from the schema alone, so
+/// it is known for an invalid spec too.
+pub fn runtime_config_restart_keys(spec: &RuntimeConfigSpec) -> BTreeSet<String> {
+    spec.schema
         .iter()
         .filter(|(_, p)| p.requires_restart)
         .map(|(k, p)| {
@@ -128,14 +139,12 @@ pub fn runtime_config(
                 format!("values.{k}")
             }
         })
-        .collect();
+        .collect()
+}
 
-    Effective {
-        document: canonicalize(&Value::Object(document)),
-        sensitive,
-        restart_keys,
-        next_change,
-    }
+/// The document paths of a PoolBudget whose change needs a restart (the pool sizes).
+pub fn pool_budget_restart_keys() -> BTreeSet<String> {
+    POOL_RESTART_KEYS.iter().map(|k| k.to_string()).collect()
 }
 
 /// The PoolBudget fields whose change needs a restart: pool sizes, which most client libraries
@@ -213,7 +222,7 @@ pub fn pool_budget(spec: &PoolBudgetSpec) -> Effective {
     Effective {
         document: canonicalize(&document),
         sensitive: BTreeMap::new(),
-        restart_keys: POOL_RESTART_KEYS.iter().map(|k| k.to_string()).collect(),
+        restart_keys: pool_budget_restart_keys(),
         next_change: None,
     }
 }

@@ -2,7 +2,7 @@
 //! how they validate and evaluate; everything else (revisions, projection, status, rollback) is
 //! shared.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use chrono::{DateTime, Utc};
@@ -49,6 +49,8 @@ pub trait ConfigResource:
     fn secret_refs(&self) -> Vec<(String, SecretKeyRef)>;
     /// Every validation error; `secrets` is `None` offline.
     fn validate(&self, secrets: Option<&SecretValues>) -> Vec<FieldError>;
+    /// The document paths whose change needs a restart of the consumers (valid spec or not).
+    fn restart_keys(&self) -> BTreeSet<String>;
     /// The effective document of a valid spec.
     fn evaluate(&self, secrets: &BTreeMap<String, ResolvedSecret>, now: DateTime<Utc>)
     -> Effective;
@@ -96,6 +98,9 @@ impl ConfigResource for RuntimeConfig {
     fn validate(&self, secrets: Option<&SecretValues>) -> Vec<FieldError> {
         validation::validate_runtime_config(&self.spec, secrets)
     }
+    fn restart_keys(&self) -> BTreeSet<String> {
+        document::runtime_config_restart_keys(&self.spec)
+    }
     fn evaluate(
         &self,
         secrets: &BTreeMap<String, ResolvedSecret>,
@@ -115,6 +120,9 @@ impl ConfigResource for PoolBudget {
     }
     fn validate(&self, _secrets: Option<&SecretValues>) -> Vec<FieldError> {
         validation::validate_pool_budget(&self.spec)
+    }
+    fn restart_keys(&self) -> BTreeSet<String> {
+        document::pool_budget_restart_keys()
     }
     fn evaluate(
         &self,

@@ -152,7 +152,6 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
         .map(|cm| projection::stamped(&cm.metadata))
         .unwrap_or_default();
     let mut sensitive = None;
-    let mut new_revision = false;
     if valid {
         let resolved: BTreeMap<String, ResolvedSecret> = observed
             .secrets
@@ -166,7 +165,6 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
             .map(|t| (t - now).to_std().unwrap_or_default() + Duration::from_secs(1));
         sensitive = Some(eff.sensitive.clone());
         if latest_entry.as_ref().map(|s| &s.hash) != Some(&hash) {
-            new_revision = true;
             // A projection written before a status write that never happened is adopted.
             let revision = match (cm_revision, &cm_hash) {
                 (Some(r), Some(h)) if *h == hash && r > prev.latest_revision.unwrap_or(0) => r,
@@ -193,34 +191,6 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
             });
             status.latest_revision = Some(revision);
         }
-    }
-
-    // Restarts for restart-only keys (only with restart targets; otherwise pendingRestart just
-    // lists what changed).
-    if !obj.restart_targets().is_empty() {
-        let started = new_revision
-            .then(|| {
-                status
-                    .latest_revision
-                    .map(|r| (r, status.pending_restart.clone()))
-            })
-            .flatten();
-        let step = rollout::restart_step(
-            prev.restart.as_ref(),
-            started,
-            &observed.workloads,
-            obj.restart_policy(),
-        );
-        if let Some(r) = &step.status {
-            plan.restart = step
-                .patch
-                .iter()
-                .map(|(k, n)| (*k, n.clone(), r.revision))
-                .collect();
-            plan.requeue_after = sooner(plan.requeue_after, PROGRESS_POLL);
-        }
-        status.restart = step.status;
-        status.pending_restart = step.pending;
     }
 
     // 3. Rollback.
@@ -458,6 +428,46 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
         projected_now = true;
     }
 
+    // Restarts for restart-only keys follow what is projected: a new revision, a rollback and
+    // the release of a rollback each restart the targets when the restart-only keys differ
+    // between the document projected before and the one projected now (only with restart
+    // targets; otherwise pendingRestart just lists what the latest revision changed).
+    if !obj.restart_targets().is_empty() {
+        let started = match (prev.current_revision, status.current_revision) {
+            (Some(before), Some(now)) if before != now => {
+                let doc = |r: i64| {
+                    status
+                        .history
+                        .iter()
+                        .find(|s| s.revision == r)
+                        .map(|s| &s.document)
+                };
+                // A document no longer in history counts as different in every key.
+                doc(now).map(|projected| {
+                    let changed = document::changed_keys(doc(before), projected);
+                    (now, document::restart_needed(&obj.restart_keys(), &changed))
+                })
+            }
+            _ => None,
+        };
+        let step = rollout::restart_step(
+            prev.restart.as_ref(),
+            started,
+            &observed.workloads,
+            obj.restart_policy(),
+        );
+        if let Some(r) = &step.status {
+            plan.restart = step
+                .patch
+                .iter()
+                .map(|(k, n)| (*k, n.clone(), r.revision))
+                .collect();
+            plan.requeue_after = sooner(plan.requeue_after, PROGRESS_POLL);
+        }
+        status.restart = step.status;
+        status.pending_restart = step.pending;
+    }
+
     // Consumers of what is projected after this reconcile.
     let progressing = match (&observed.consumers, status.current_revision) {
         (Some(consumers), Some(current)) => {
@@ -570,7 +580,7 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
             cond_false(
                 "RestartPending",
                 "NoRestartNeeded",
-                "the latest revision changed no restart-only key",
+                "no restart-only key is waiting for a restart",
             )
         } else {
             cond_true(
@@ -657,5 +667,149 @@ fn warning(reason: &'static str, action: &'static str, note: String) -> PlannedE
         reason,
         action,
         note,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::RuntimeConfig;
+
+    /// One reconcile, with its outcome written back the way the controller writes it.
+    fn step(obj: &mut RuntimeConfig, observed: &mut Observed) -> Plan {
+        let plan = plan(obj, observed);
+        obj.status = Some(plan.status.clone());
+        if let Some(cm) = &plan.config_map {
+            observed.config_map = Some(cm.clone());
+        }
+        plan
+    }
+
+    fn change(obj: &mut RuntimeConfig, key: &str, value: i64) {
+        obj.spec.values.insert(key.into(), value.into());
+        obj.metadata.generation = Some(obj.metadata.generation.unwrap_or(0) + 1);
+    }
+
+    fn pin(obj: &mut RuntimeConfig, to: Option<&str>) {
+        let annotations = obj.metadata.annotations.get_or_insert_default();
+        match to {
+            Some(to) => annotations.insert(names::ROLLBACK_TO.into(), to.into()),
+            None => annotations.remove(names::ROLLBACK_TO),
+        };
+    }
+
+    /// The deployment controller's part: `web` observed its template stamped for `revision`.
+    fn rolled(observed: &mut Observed, revision: i64) {
+        observed.workloads = vec![Workload {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            generation: revision + 10,
+            observed_generation: revision + 10,
+            restart_revision: Some(revision),
+        }];
+    }
+
+    fn restarts(plan: &Plan) -> Vec<i64> {
+        plan.restart.iter().map(|(_, _, r)| *r).collect()
+    }
+
+    #[test]
+    fn restarts_follow_the_projected_revision_through_rollback_and_release() {
+        let mut obj: RuntimeConfig = serde_yaml::from_str(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app, namespace: ns, uid: u1, generation: 1}\nspec:\n  schema:\n    workers: {type: integer, default: 4, requiresRestart: true}\n    timeout: {type: integer, default: 30}\n  restartTargets: [{kind: Deployment, name: web}]\n",
+        )
+        .unwrap();
+        let mut observed = Observed {
+            now: Utc::now(),
+            ..Default::default()
+        };
+        rolled(&mut observed, 0);
+        // Revision 1: the first projection restarts nothing.
+        assert!(restarts(&step(&mut obj, &mut observed)).is_empty());
+        // Revision 2 changes a restart-only key.
+        change(&mut obj, "workers", 8);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(2), vec![2])
+        );
+        assert_eq!(p.status.pending_restart, vec!["values.workers"]);
+        rolled(&mut observed, 2);
+        let p = step(&mut obj, &mut observed);
+        assert!(p.status.pending_restart.is_empty() && p.status.restart.is_none());
+
+        // A rollback to 1 brings workers back to 4: the targets restart for revision 1.
+        pin(&mut obj, Some("1"));
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(1), vec![1])
+        );
+        assert_eq!(p.status.pending_restart, vec!["values.workers"]);
+        assert_eq!(
+            find_condition(&p.status, "RestartPending").unwrap().status,
+            "True"
+        );
+        rolled(&mut observed, 1);
+        assert!(step(&mut obj, &mut observed).status.restart.is_none());
+
+        // Releasing the pin projects revision 2 again (workers 8): another restart.
+        pin(&mut obj, None);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(2), vec![2])
+        );
+        rolled(&mut observed, 2);
+        assert!(step(&mut obj, &mut observed).status.restart.is_none());
+
+        // A hot-reloadable change restarts nothing, and neither does a rollback across it.
+        change(&mut obj, "timeout", 60);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!((p.status.current_revision, restarts(&p)), (Some(3), vec![]));
+        pin(&mut obj, Some("previous"));
+        let p = step(&mut obj, &mut observed);
+        assert_eq!((p.status.current_revision, restarts(&p)), (Some(2), vec![]));
+        assert!(p.status.pending_restart.is_empty());
+
+        // Pinned to 1 (workers 4) while the latest (3) has workers 8, a new spec sets workers
+        // to 4: compared with what is projected, no restart-only key changes.
+        pin(&mut obj, Some("1"));
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(1), vec![1])
+        );
+        rolled(&mut observed, 1);
+        step(&mut obj, &mut observed);
+        change(&mut obj, "workers", 4);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!((p.status.current_revision, restarts(&p)), (Some(4), vec![]));
+        assert!(p.status.rollback.is_none() && p.status.restart.is_none());
+    }
+
+    #[test]
+    fn a_paused_config_restarts_nothing_until_it_projects() {
+        let mut obj: RuntimeConfig = serde_yaml::from_str(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app, namespace: ns, uid: u1, generation: 1}\nspec:\n  schema:\n    workers: {type: integer, default: 4, requiresRestart: true}\n  restartTargets: [{kind: Deployment, name: web}]\n",
+        )
+        .unwrap();
+        let mut observed = Observed {
+            now: Utc::now(),
+            ..Default::default()
+        };
+        rolled(&mut observed, 0);
+        step(&mut obj, &mut observed);
+        obj.spec.paused = true;
+        change(&mut obj, "workers", 8);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!((p.status.current_revision, restarts(&p)), (Some(1), vec![]));
+        obj.spec.paused = false;
+        obj.metadata.generation = Some(3);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(2), vec![2])
+        );
     }
 }

@@ -55,26 +55,32 @@ pub struct RestartStep {
     pub pending: Vec<String>,
 }
 
-/// Advances restarts: starts a new round when `new_revision` changed restart keys, marks
-/// targets done once their controller observed the stamped template, and patches the next wave
-/// (at most `max_concurrent` targets restarting at once).
+/// Advances restarts: starts a new round when the newly projected revision (`projected`)
+/// differs from the one before in restart keys, marks targets done once their controller
+/// observed the stamped template, and patches the next wave (at most `max_concurrent` targets
+/// restarting at once). A round in progress goes on when a projection needs no restart, and a
+/// new round takes over its keys (its targets restart for the new revision instead).
 pub fn restart_step(
     previous: Option<&RestartStatus>,
-    new_revision: Option<(i64, Vec<String>)>,
+    projected: Option<(i64, Vec<String>)>,
     workloads: &[Workload],
     policy: Option<&RestartPolicy>,
 ) -> RestartStep {
-    let mut status = match new_revision {
-        Some((revision, keys)) if !keys.is_empty() => RestartStatus {
-            revision,
-            keys,
-            targets: Vec::new(),
-        },
-        Some(_) => return RestartStep::default(),
-        None => match previous {
-            Some(p) => p.clone(),
-            None => return RestartStep::default(),
-        },
+    let mut status = match (projected, previous) {
+        (Some((revision, mut keys)), previous) if !keys.is_empty() => {
+            for k in previous.iter().flat_map(|p| &p.keys) {
+                if !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+            }
+            RestartStatus {
+                revision,
+                keys,
+                targets: Vec::new(),
+            }
+        }
+        (_, Some(p)) => p.clone(),
+        (_, None) => return RestartStep::default(),
     };
     // Targets follow the workloads that exist now (a selector may match more later).
     let mut targets: Vec<TargetStatus> = workloads
@@ -334,6 +340,41 @@ mod tests {
         assert_eq!(step.patch.len(), 2);
         let none = restart_step(None, Some((2, vec![])), &ws, None);
         assert!(none.patch.is_empty() && none.status.is_none());
+    }
+
+    #[test]
+    fn a_round_in_progress_survives_a_hot_change_and_hands_its_keys_on() {
+        let policy = RestartPolicy {
+            max_concurrent: Some(1),
+        };
+        let ws = vec![deploy("a", 1, 1, None), deploy("b", 1, 1, None)];
+        let first = restart_step(None, Some((3, vec!["values.w".into()])), &ws, Some(&policy));
+        // Revision 4 changes only hot keys while a restarts: the round for 3 goes on.
+        let ws = vec![deploy("a", 2, 2, Some(3)), deploy("b", 1, 1, None)];
+        let hot = restart_step(first.status.as_ref(), Some((4, vec![])), &ws, Some(&policy));
+        assert_eq!(hot.status.as_ref().unwrap().revision, 3);
+        assert_eq!(hot.patch, vec![(WorkloadKind::Deployment, "b".to_string())]);
+        assert_eq!(hot.pending, vec!["values.w"]);
+        // A rollback to 2 changes the restart key back while b restarts: a new round for 2
+        // restarts both again and still lists the key.
+        let ws = vec![deploy("a", 2, 2, Some(3)), deploy("b", 2, 1, Some(3))];
+        let back = restart_step(
+            hot.status.as_ref(),
+            Some((2, vec!["values.v".into()])),
+            &ws,
+            Some(&policy),
+        );
+        let round = back.status.unwrap();
+        assert_eq!(round.revision, 2);
+        assert_eq!(round.keys, vec!["values.v", "values.w"]);
+        assert_eq!(
+            back.patch,
+            vec![(WorkloadKind::Deployment, "a".to_string())]
+        );
+        // Targets already stamped for 2 by an earlier round count as done at once.
+        let ws = vec![deploy("a", 1, 1, Some(2))];
+        let done = restart_step(None, Some((2, vec!["values.w".into()])), &ws, None);
+        assert_eq!(done, RestartStep::default());
     }
 
     fn consumer(pod: &str, revision: i64, error: Option<&str>) -> Consumer {

@@ -169,7 +169,9 @@ async fn api_changes_reach_the_app_and_corrupt_documents_are_refused() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body["revision"], 2);
     assert!(
-        latency < Duration::from_secs(2),
+        // Far below the kubelet's 60-120 s volume delay even on a loaded machine (the
+        // benchmark measures the real figure).
+        latency < Duration::from_secs(5),
         "API change → reload took {latency:?}"
     );
     wait_for(30, "the Pod annotation for revision 2", || async {

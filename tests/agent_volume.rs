@@ -358,7 +358,7 @@ async fn signal_exec_and_env_expansion() {
     })
     .await;
     // Two SIGHUPs pending at once would be delivered as one: let the first be handled.
-    wait_for(5, "the first SIGHUP", || async {
+    wait_for(30, "the first SIGHUP", || async {
         (lines(&hups).len() == 1).then_some(())
     })
     .await;
@@ -367,7 +367,7 @@ async fn signal_exec_and_env_expansion() {
         (lines(&execs).len() == 2).then_some(())
     })
     .await;
-    wait_for(5, "two SIGHUPs", || async {
+    wait_for(30, "two SIGHUPs", || async {
         (lines(&hups).len() == 2).then_some(())
     })
     .await;

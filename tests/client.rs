@@ -107,7 +107,7 @@ async fn the_handle_follows_kubelet_swaps_whole() {
     for n in 1..=300u64 {
         kubelet_write(&dir, &n.to_string(), &[("config.yaml", &doc(n, "client"))]).unwrap();
         tokio::time::timeout(
-            Duration::from_secs(5),
+            Duration::from_secs(15),
             changes.wait_for(|_| config.get::<u64>("seq").ok() == Some(n)),
         )
         .await
@@ -115,7 +115,7 @@ async fn the_handle_follows_kubelet_swaps_whole() {
         .unwrap();
     }
     kubelet_write(&dir, "bad", &[("config.yaml", "values: [\n")]).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
+    tokio::time::timeout(Duration::from_secs(15), async {
         while config.last_error().is_none() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -205,6 +205,46 @@ async fn restart_only_keys_restart_their_targets_in_waves() {
     })
     .await;
     assert_eq!(condition(&done, "RestartPending").unwrap().status, "False");
+
+    // A rollback to revision 2 brings workers back to 4: the targets restart for it, in waves.
+    env.kubectl(&["annotate", "rtc/app", "hotconf.dev/rollback-to=2"]);
+    let back = until(&env, "app", "the rollback's restart", |s| {
+        (s.current_revision == Some(2) && s.restart.is_some()).then(|| s.clone())
+    })
+    .await;
+    assert_eq!(back.pending_restart, vec!["values.workers"]);
+    assert_eq!(back.restart.unwrap().revision, 2);
+    eventually(30, "web-a stamped for the rollback", || async {
+        (stamp(&deployments.get("web-a").await.unwrap()).as_deref() == Some("2")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stamp(&deployments.get("web-b").await.unwrap()).as_deref(),
+        Some("3"),
+        "web-b waits for web-a"
+    );
+    observe(&deployments, "web-a").await;
+    eventually(30, "web-b stamped for the rollback", || async {
+        (stamp(&deployments.get("web-b").await.unwrap()).as_deref() == Some("2")).then_some(())
+    })
+    .await;
+    observe(&deployments, "web-b").await;
+    until(&env, "app", "the rollback's restarts done", |s| {
+        (s.pending_restart.is_empty() && s.restart.is_none()).then_some(())
+    })
+    .await;
+
+    // Releasing it projects revision 3 again, and its workers need one more restart.
+    env.kubectl(&["annotate", "rtc/app", "hotconf.dev/rollback-to-"]);
+    until(&env, "app", "the release's restart", |s| {
+        (s.current_revision == Some(3) && s.restart.as_ref().is_some_and(|r| r.revision == 3))
+            .then_some(())
+    })
+    .await;
+    eventually(30, "web-a stamped for the release", || async {
+        (stamp(&deployments.get("web-a").await.unwrap()).as_deref() == Some("3")).then_some(())
+    })
+    .await;
 }
 
 struct Consumers {
