@@ -678,13 +678,69 @@ pub struct Snapshot {
     pub changed_keys: Vec<String>,
     /// The full effective document (sensitive values left out).
     #[schemars(schema_with = "any_object")]
-    pub document: Value,
+    pub document: StoredDocument,
     /// The most consumers seen on this revision at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_by: Option<i64>,
     /// Every selected consumer applied it at some point (a safe rollback target).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub applied_by_all: bool,
+}
+
+/// A snapshot's document, held as its compact JSON text. On the wire it is an ordinary JSON
+/// object; in memory it costs about its text's length, where a parsed [`Value`] costs ten times
+/// that (every small object is a map node of its own). The operator caches every object with
+/// its whole history, so this is most of its memory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredDocument(Box<str>);
+
+impl StoredDocument {
+    /// Keeps `value`.
+    pub fn new(value: &Value) -> Self {
+        StoredDocument(value.to_string().into_boxed_str())
+    }
+
+    /// The document, parsed (a copy: change it freely).
+    pub fn value(&self) -> Value {
+        // The text was written from a `Value` in `new`, so it always parses.
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+
+    /// The document as compact JSON.
+    pub fn json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for StoredDocument {
+    fn default() -> Self {
+        StoredDocument::new(&Value::Null)
+    }
+}
+
+impl From<Value> for StoredDocument {
+    fn from(value: Value) -> Self {
+        StoredDocument::new(&value)
+    }
+}
+
+impl std::fmt::Debug for StoredDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for StoredDocument {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Through a `Value`, so that every serializer (YAML too) sees an ordinary object.
+        self.value().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for StoredDocument {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Value::deserialize(deserializer).map(|v| StoredDocument::new(&v))
+    }
 }
 
 /// The rollback pin.
@@ -854,6 +910,30 @@ pub fn crd_files() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_stored_document_is_an_ordinary_object_on_the_wire() {
+        let doc =
+            json!({"values": {"n": 1, "f": 0.5, "s": "x", "l": [1, "a"]}, "featureFlags": {}});
+        let snap = Snapshot {
+            revision: 1,
+            document: doc.clone().into(),
+            ..Default::default()
+        };
+        assert_eq!(snap.document.value(), doc);
+        assert_eq!(snap.document.json(), doc.to_string());
+        let wire = serde_json::to_value(&snap).unwrap();
+        assert_eq!(wire["document"], doc);
+        let back: Snapshot = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, snap);
+        let text = serde_json::to_string(&snap).unwrap();
+        assert_eq!(serde_json::from_str::<Snapshot>(&text).unwrap(), snap);
+        let yaml = serde_yaml::to_string(&snap).unwrap();
+        assert!(yaml.contains("  values:\n"), "{yaml}");
+        assert_eq!(serde_yaml::from_str::<Snapshot>(&yaml).unwrap(), snap);
+        assert_eq!(Snapshot::default().document.value(), Value::Null);
+    }
 
     #[test]
     fn checked_in_crds_match_the_rust_types() {

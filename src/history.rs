@@ -172,7 +172,7 @@ mod tests {
             hash: format!("h{revision}"),
             created_at: "2026-01-01T00:00:00Z".into(),
             generation: revision,
-            document: json!({"values": {"blob": "x".repeat(payload)}}),
+            document: json!({"values": {"blob": "x".repeat(payload)}}).into(),
             ..Default::default()
         }
     }

@@ -170,8 +170,10 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
                 (Some(r), Some(h)) if *h == hash && r > prev.latest_revision.unwrap_or(0) => r,
                 _ => history::next_revision(Some(&prev), cm_revision),
             };
-            let changed =
-                document::changed_keys(latest_entry.as_ref().map(|s| &s.document), &eff.document);
+            let changed = document::changed_keys(
+                latest_entry.as_ref().map(|s| s.document.value()).as_ref(),
+                &eff.document,
+            );
             // The first revision restarts nothing: the consumers started without it.
             status.pending_restart = if latest_entry.is_some() {
                 document::restart_needed(&eff.restart_keys, &changed)
@@ -186,7 +188,7 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
                 reason: obj.annotations().get(names::CHANGE_REASON).cloned(),
                 changed_by: changed_by(obj),
                 changed_keys: changed,
-                document: eff.document,
+                document: eff.document.into(),
                 ..Default::default()
             });
             status.latest_revision = Some(revision);
@@ -347,11 +349,11 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
             .history
             .iter()
             .find(|s| s.revision == t)
-            .map(|s| (s.revision, s.hash.clone(), s.document.clone())),
+            .map(|s| (s.revision, s.hash.clone(), s.document.value())),
         None if valid => status
             .latest_revision
             .and_then(|r| status.history.iter().find(|s| s.revision == r))
-            .map(|s| (s.revision, s.hash.clone(), s.document.clone())),
+            .map(|s| (s.revision, s.hash.clone(), s.document.value())),
         None => None,
     };
     let conflict = observed
@@ -440,11 +442,11 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
                         .history
                         .iter()
                         .find(|s| s.revision == r)
-                        .map(|s| &s.document)
+                        .map(|s| s.document.value())
                 };
                 // A document no longer in history counts as different in every key.
                 doc(now).map(|projected| {
-                    let changed = document::changed_keys(doc(before), projected);
+                    let changed = document::changed_keys(doc(before).as_ref(), &projected);
                     (now, document::restart_needed(&obj.restart_keys(), &changed))
                 })
             }

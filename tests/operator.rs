@@ -384,7 +384,7 @@ async fn history_keeps_the_newest_revisions_within_count_and_bytes() {
         history.iter().map(|s| s.revision).collect::<Vec<_>>(),
         vec![8, 9, 10]
     );
-    assert_eq!(history[2].document["values"]["n"], json!(10));
+    assert_eq!(history[2].document.value()["values"]["n"], json!(10));
     assert_eq!(history[2].changed_keys, vec!["values.n"]);
 
     // Big documents: the history stays within its byte budget, the current revision kept.
@@ -696,7 +696,7 @@ async fn sensitive_values_appear_only_in_the_secret() {
         );
     }
     assert_eq!(
-        rtc.status.unwrap().history[0].document["values"]["port"],
+        rtc.status.unwrap().history[0].document.value()["values"]["port"],
         json!(5432)
     );
 }

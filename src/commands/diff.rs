@@ -50,8 +50,8 @@ pub async fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let a = find_snapshot(&status, args.from, &target)?;
     let b = find_snapshot(&status, args.to, &target)?;
     let text = unified(
-        &document::render(&a.document, Format::Yaml),
-        &document::render(&b.document, Format::Yaml),
+        &document::render(&a.document.value(), Format::Yaml),
+        &document::render(&b.document.value(), Format::Yaml),
         a.revision,
         b.revision,
         args.unified,

@@ -55,7 +55,10 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
         Object::PoolBudget(obj) => {
             let spec = pool_budget_spec(&obj.spec, snapshot)?;
-            let warnings = differences(&document::pool_budget(&spec).document, &snapshot.document);
+            let warnings = differences(
+                &document::pool_budget(&spec).document,
+                &snapshot.document.value(),
+            );
             ("PoolBudget", serde_json::to_value(spec)?, warnings)
         }
     };
@@ -78,7 +81,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 /// The current spec with values, `valuesFrom`, flags and maintenance of the snapshot.
 pub fn runtime_config_spec(current: &RuntimeConfigSpec, snapshot: &Snapshot) -> RuntimeConfigSpec {
-    let doc = &snapshot.document;
+    let doc = &snapshot.document.value();
     let object = |key: &str| {
         doc.get(key)
             .and_then(Value::as_object)
@@ -177,7 +180,7 @@ fn runtime_config_warnings(spec: &RuntimeConfigSpec, snapshot: &Snapshot) -> Vec
     let exported = document::runtime_config(spec, &BTreeMap::new(), chrono::Utc::now()).document;
     warnings.extend(differences(
         &without_fingerprints(&exported),
-        &without_fingerprints(&snapshot.document),
+        &without_fingerprints(&snapshot.document.value()),
     ));
     warnings
 }
@@ -211,7 +214,8 @@ pub fn pool_budget_spec(
     current: &PoolBudgetSpec,
     snapshot: &Snapshot,
 ) -> anyhow::Result<PoolBudgetSpec> {
-    let part = |key: &str| snapshot.document.get(key).cloned().unwrap_or(Value::Null);
+    let doc = snapshot.document.value();
+    let part = |key: &str| doc.get(key).cloned().unwrap_or(Value::Null);
     Ok(PoolBudgetSpec {
         metrics: serde_json::from_value(part("metrics"))?,
         pools: serde_json::from_value(part("pools"))?,
@@ -229,7 +233,7 @@ mod tests {
         Snapshot {
             revision: 1,
             hash: document::hash(&doc),
-            document: doc,
+            document: doc.into(),
             ..Default::default()
         }
     }
