@@ -7,9 +7,9 @@
 //! looks like a credential: those errors have `value: None` and rule texts that do not quote them.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use regex::Regex;
@@ -336,7 +336,7 @@ fn check_value(param: &Parameter, value: &Value, hidden: bool) -> Vec<String> {
         // JSON Schema's `pattern` is an unanchored search, so `is_match` rather than a
         // whole-value match: users who want the whole value write `^...$` themselves.
         if let Some(pattern) = &param.pattern
-            && let Ok(re) = Regex::new(pattern)
+            && let Ok(re) = compile_pattern(pattern)
             && !re.is_match(s)
         {
             rules.push(format!("must match the pattern {pattern}"));
@@ -437,14 +437,11 @@ fn check_parameter(key: &str, param: &Parameter, errors: &mut Vec<FieldError>) {
         let path = format!("{base}.pattern");
         if type_ != ParamType::String {
             errors.push(FieldError::new(path, only_strings.clone()).with_value(pattern.as_str()));
-        } else if let Err(error) = Regex::new(pattern) {
+        } else if let Err(reason) = compile_pattern(pattern) {
             errors.push(
                 FieldError::new(
                     path,
-                    format!(
-                        "must be a valid regular expression: {}",
-                        regex_reason(&error)
-                    ),
+                    format!("must be a valid regular expression: {reason}"),
                 )
                 .with_value(pattern.as_str()),
             );
@@ -492,6 +489,70 @@ fn check_parameter(key: &str, param: &Parameter, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(path.clone(), rule).with_shown(shown.clone()));
         }
     }
+}
+
+/// At most this many distinct schema `pattern`s stay compiled in [`PATTERNS`].
+const PATTERN_CACHE_CAPACITY: usize = 256;
+
+/// Every schema `pattern` compiled so far in this process, shared by all validations, so that
+/// validating the same RuntimeConfig on every reconcile compiles each pattern once.
+static PATTERNS: LazyLock<PatternCache> =
+    LazyLock::new(|| PatternCache::new(PATTERN_CACHE_CAPACITY));
+
+/// A bounded map from a `pattern` to its compiled regex, or to the reason it does not compile
+/// (as [`regex_reason`] words it). When full, the next new pattern clears the whole map before
+/// it is stored: no recency is tracked, so a stream of distinct patterns (hostile or not) never
+/// holds more than `capacity` entries, at worst costing the recompilation of the ones in use.
+struct PatternCache {
+    capacity: usize,
+    entries: Mutex<HashMap<String, Result<Arc<Regex>, String>>>,
+}
+
+impl PatternCache {
+    fn new(capacity: usize) -> Self {
+        PatternCache {
+            capacity,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `pattern` compiled, or why it does not compile.
+    fn get(&self, pattern: &str) -> Result<Arc<Regex>, String> {
+        // The map is always consistent (every update is a single insert or clear), so a lock
+        // poisoned by a panic elsewhere is still safe to use.
+        let lock = || self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = lock().get(pattern) {
+            return cached.clone();
+        }
+        // Compile without holding the lock: two threads may both compile a new pattern, and the
+        // first to store it wins, so every caller then shares one compiled regex.
+        let compiled = Regex::new(pattern)
+            .map(Arc::new)
+            .map_err(|error| regex_reason(&error));
+        let mut entries = lock();
+        if let Some(cached) = entries.get(pattern) {
+            return cached.clone();
+        }
+        if entries.len() >= self.capacity {
+            entries.clear();
+        }
+        entries.insert(pattern.to_owned(), compiled.clone());
+        compiled
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// A schema `pattern` compiled (once per process, see [`PATTERNS`]), or the reason it does not
+/// compile: the last line of the regex syntax error.
+fn compile_pattern(pattern: &str) -> Result<Arc<Regex>, String> {
+    PATTERNS.get(pattern)
 }
 
 /// The last line of a regex syntax error (`error: unclosed group`) without the ASCII art.
@@ -2096,6 +2157,52 @@ mod tests {
         );
         assert!(error.rule.contains("unclosed group"), "{error}");
         assert!(!error.rule.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn patterns_are_compiled_once_and_errors_are_unchanged() {
+        let first = compile_pattern("^cache-[a-z]+$").expect("the pattern compiles");
+        let second = compile_pattern("^cache-[a-z]+$").expect("the pattern compiles");
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(first.is_match("cache-hit") && !first.is_match("cache-42"));
+
+        // The cached reason is what an uncached compile reports, every time.
+        #[allow(clippy::invalid_regex)] // deliberately invalid
+        let direct = Regex::new("(unclosed").expect_err("the pattern does not compile");
+        for _ in 0..2 {
+            let reason = compile_pattern("(unclosed").expect_err("the pattern does not compile");
+            assert_eq!(reason, regex_reason(&direct));
+            assert_eq!(reason, "unclosed group");
+        }
+        let spec = rtc().with_param("s", param(ParamType::String).pattern("(unclosed"));
+        for _ in 0..2 {
+            assert_eq!(
+                check(&spec),
+                vec![FieldError {
+                    path: "spec.schema.s.pattern".into(),
+                    value: Some("\"(unclosed\"".into()),
+                    rule: "must be a valid regular expression: unclosed group".into(),
+                }]
+            );
+        }
+    }
+
+    #[test]
+    fn the_pattern_cache_is_bounded() {
+        let cache = PatternCache::new(3);
+        let kept = cache.get("^a$").expect("the pattern compiles");
+        assert!(Arc::ptr_eq(&kept, &cache.get("^a$").expect("cached")));
+        for i in 0..100 {
+            let pattern = format!("^x{i}$");
+            let re = cache.get(&pattern).expect("the pattern compiles");
+            assert!(re.is_match(&format!("x{i}")));
+            assert!(cache.len() <= 3);
+        }
+        // `^a$` was dropped when the cache filled up: it compiles afresh, with the same meaning.
+        let again = cache.get("^a$").expect("the pattern compiles");
+        assert!(!Arc::ptr_eq(&kept, &again));
+        assert!(again.is_match("a"));
+        assert!(cache.get("[z-a]").is_err() && cache.len() <= 3);
     }
 
     #[test]
