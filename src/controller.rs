@@ -312,12 +312,32 @@ impl<K: ConfigResource> CacheFeed<K> {
     ) -> Option<watcher::Result<watcher::Event<K>>> {
         let Ok(event) = event else { return Some(event) };
         let echo = self.is_echo(&event);
+        self.forget_written(&event);
         let event = event.modify(slim);
         self.writer.apply_watcher_event(&event);
         if let watcher::Event::InitDone = event {
             self.synced.send_replace(true);
         }
         (!echo).then_some(Ok(event))
+    }
+
+    // A status we wrote is kept only until the cache has moved past the version it was based
+    // on (or the object is gone): after that, reconciles read it from the cache. Without this,
+    // every object the operator ever wrote would keep a second copy of its status, since the
+    // echo of our own write triggers no reconcile that could drop it.
+    fn forget_written(&self, event: &watcher::Event<K>) {
+        let (obj, deleted) = match event {
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => (obj, false),
+            watcher::Event::Delete(obj) => (obj, true),
+            _ => return,
+        };
+        let Some(uid) = obj.uid() else { return };
+        let mut written = self.ctx.written.lock().expect("lock");
+        if written.get(&uid).is_some_and(|(based_on, _)| {
+            deleted || obj.resource_version().as_ref() != Some(based_on)
+        }) {
+            written.remove(&uid);
+        }
     }
 
     fn is_echo(&mut self, event: &watcher::Event<K>) -> bool {
@@ -835,5 +855,62 @@ fn truncate(s: &str, max: usize) -> String {
         let mut t: String = s.chars().take(max - 1).collect();
         t.push('…');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::RuntimeConfig;
+
+    fn object(rv: &str, revision: i64) -> RuntimeConfig {
+        let mut obj: RuntimeConfig = serde_yaml::from_str(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: a, namespace: n, uid: u1}\nspec: {}\n",
+        )
+        .unwrap();
+        obj.metadata.resource_version = Some(rv.into());
+        obj.status = Some(ConfigStatus {
+            current_revision: Some(revision),
+            ..Default::default()
+        });
+        obj
+    }
+
+    #[tokio::test]
+    async fn a_written_status_is_forgotten_once_the_cache_moves_past_it() {
+        // Nothing here talks to the server: the client only has to exist.
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let metrics = Arc::new(OperatorMetrics::register(&mut Default::default()));
+        let ctx = Context::new(client, metrics, watch::channel(true).1);
+        let (_, writer) = reflector::store::<RuntimeConfig>();
+        let mut feed = CacheFeed {
+            writer,
+            synced: watch::channel(false).0,
+            ctx: ctx.clone(),
+            seen: HashMap::new(),
+        };
+        let wrote = |ctx: &Context, rv: &str| {
+            let status = object(rv, 2).status.unwrap();
+            ctx.written
+                .lock()
+                .unwrap()
+                .insert("u1".into(), (rv.into(), status));
+        };
+        let held = |ctx: &Context| ctx.written.lock().unwrap().contains_key("u1");
+
+        // Written on top of version 5: an event still at 5 keeps it, the echo (6) drops it.
+        feed.feed(Ok(watcher::Event::InitApply(object("5", 1))));
+        wrote(&ctx, "5");
+        feed.feed(Ok(watcher::Event::Apply(object("5", 1))));
+        assert!(held(&ctx));
+        let echo = feed.feed(Ok(watcher::Event::Apply(object("6", 2))));
+        assert!(!held(&ctx), "the echo of the write releases it");
+        assert!(echo.is_none(), "and triggers no reconcile");
+
+        // A deletion drops it too.
+        wrote(&ctx, "6");
+        feed.feed(Ok(watcher::Event::Delete(object("6", 2))));
+        assert!(!held(&ctx));
     }
 }

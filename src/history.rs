@@ -1,6 +1,8 @@
 //! Snapshot history and rollback decisions (SPEC.md §5.3, §5.4, §5.7), as pure functions.
 
-use crate::crd::{ConfigStatus, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Snapshot};
+use crate::crd::{
+    ConfigStatus, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, Snapshot, StoredDocument,
+};
 
 /// The byte budget of `.status.history` per object (its JSON size).
 pub const HISTORY_BYTE_BUDGET: usize = 256 * 1024;
@@ -17,15 +19,28 @@ pub fn history_bytes(history: &[Snapshot]) -> usize {
     serde_json::to_vec(history).map(|v| v.len()).unwrap_or(0)
 }
 
+/// The JSON size of one snapshot, its document counted by its stored text (which is exactly how
+/// it serializes) rather than by writing it out again.
+pub fn snapshot_bytes(snapshot: &Snapshot) -> usize {
+    let rest = Snapshot {
+        document: StoredDocument::default(),
+        changed_keys: snapshot.changed_keys.clone(),
+        reason: snapshot.reason.clone(),
+        changed_by: snapshot.changed_by.clone(),
+        hash: snapshot.hash.clone(),
+        created_at: snapshot.created_at.clone(),
+        ..*snapshot
+    };
+    let rest = serde_json::to_vec(&rest).map(|v| v.len()).unwrap_or(0);
+    rest - StoredDocument::default().json().len() + snapshot.document.json().len()
+}
+
 /// Drops the oldest snapshots until at most `limit` remain and their JSON fits `budget` bytes,
 /// never dropping a revision in `keep` (the current one, and a pinned one).
 pub fn trim(history: &mut Vec<Snapshot>, limit: usize, budget: usize, keep: &[i64]) {
     history.sort_by_key(|s| s.revision);
     history.dedup_by_key(|s| s.revision);
-    let mut bytes: Vec<usize> = history
-        .iter()
-        .map(|s| serde_json::to_vec(s).map(|v| v.len()).unwrap_or(0) + 1)
-        .collect();
+    let mut bytes: Vec<usize> = history.iter().map(|s| snapshot_bytes(s) + 1).collect();
     let total = |b: &[usize]| b.iter().sum::<usize>() + 1;
     let mut i = 0;
     while i < history.len() && (history.len() > limit || total(&bytes) > budget) {
@@ -174,6 +189,25 @@ mod tests {
             generation: revision,
             document: json!({"values": {"blob": "x".repeat(payload)}}).into(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_bytes_are_the_json_size() {
+        let mut s = snap(3, 5);
+        s.document =
+            json!({"values": {"f": 0.1, "e": 1e300, "u": "ü \"q\" \n", "l": [1, -2]}}).into();
+        s.reason = Some("a \"reason\"".into());
+        s.changed_by = Some("alice".into());
+        s.changed_keys = vec!["values.f".into(), "values.u".into()];
+        s.applied_by = Some(3);
+        s.applied_by_all = true;
+        for s in [s, snap(1, 0), Snapshot::default()] {
+            assert_eq!(
+                snapshot_bytes(&s),
+                serde_json::to_vec(&s).unwrap().len(),
+                "{s:?}"
+            );
         }
     }
 
