@@ -307,7 +307,22 @@ async fn signal_exec_and_env_expansion() {
             let _ = self.0.wait();
         }
     }
-    let _app = App(std::process::Command::new("bash")
+    let mut app = std::process::Command::new("bash");
+    // A shell cannot trap a signal that was ignored when it started (as under `nohup`): give
+    // it SIGHUP's default disposition, whatever this test process inherited.
+    // SAFETY: only sigaction, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        app.pre_exec(|| {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGHUP,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+            .map(drop)
+            .map_err(std::io::Error::from)
+        });
+    }
+    let _app = App(app
         .arg("-c")
         .arg(format!(
             "trap 'echo hup >> {}' HUP; echo $$ > {}; while :; do sleep 0.05; done",
