@@ -22,15 +22,8 @@ pub fn history_bytes(history: &[Snapshot]) -> usize {
 /// The JSON size of one snapshot, its document counted by its stored text (which is exactly how
 /// it serializes) rather than by writing it out again.
 pub fn snapshot_bytes(snapshot: &Snapshot) -> usize {
-    let rest = Snapshot {
-        document: StoredDocument::default(),
-        changed_keys: snapshot.changed_keys.clone(),
-        reason: snapshot.reason.clone(),
-        changed_by: snapshot.changed_by.clone(),
-        hash: snapshot.hash.clone(),
-        created_at: snapshot.created_at.clone(),
-        ..*snapshot
-    };
+    let mut rest = snapshot.clone();
+    rest.document = StoredDocument::default();
     let rest = serde_json::to_vec(&rest).map(|v| v.len()).unwrap_or(0);
     rest - StoredDocument::default().json().len() + snapshot.document.json().len()
 }

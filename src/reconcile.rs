@@ -435,20 +435,19 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
     // between the document projected before and the one projected now (only with restart
     // targets; otherwise pendingRestart just lists what the latest revision changed).
     if !obj.restart_targets().is_empty() {
-        let started = match (prev.current_revision, status.current_revision) {
-            (Some(before), Some(now)) if before != now => {
-                let doc = |r: i64| {
-                    status
-                        .history
-                        .iter()
-                        .find(|s| s.revision == r)
-                        .map(|s| s.document.value())
-                };
+        let started = match (prev.current_revision, &source) {
+            (Some(before), Some((now, _, projected))) if projected_now && before != *now => {
                 // A document no longer in history counts as different in every key.
-                doc(now).map(|projected| {
-                    let changed = document::changed_keys(doc(before).as_ref(), &projected);
-                    (now, document::restart_needed(&obj.restart_keys(), &changed))
-                })
+                let before = status
+                    .history
+                    .iter()
+                    .find(|s| s.revision == before)
+                    .map(|s| s.document.value());
+                let changed = document::changed_keys(before.as_ref(), projected);
+                Some((
+                    *now,
+                    document::restart_needed(&obj.restart_keys(), &changed),
+                ))
             }
             _ => None,
         };
@@ -711,21 +710,30 @@ mod tests {
         }];
     }
 
-    fn restarts(plan: &Plan) -> Vec<i64> {
-        plan.restart.iter().map(|(_, _, r)| *r).collect()
-    }
-
-    #[test]
-    fn restarts_follow_the_projected_revision_through_rollback_and_release() {
-        let mut obj: RuntimeConfig = serde_yaml::from_str(
-            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app, namespace: ns, uid: u1, generation: 1}\nspec:\n  schema:\n    workers: {type: integer, default: 4, requiresRestart: true}\n    timeout: {type: integer, default: 30}\n  restartTargets: [{kind: Deployment, name: web}]\n",
-        )
+    /// A RuntimeConfig with `schema` (YAML lines under `schema:`) restarting Deployment `web`,
+    /// which has not been stamped yet.
+    fn start(schema: &str) -> (RuntimeConfig, Observed) {
+        let obj = serde_yaml::from_str(&format!(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {{name: app, namespace: ns, uid: u1, generation: 1}}\nspec:\n  schema:\n{schema}  restartTargets: [{{kind: Deployment, name: web}}]\n"
+        ))
         .unwrap();
         let mut observed = Observed {
             now: Utc::now(),
             ..Default::default()
         };
         rolled(&mut observed, 0);
+        (obj, observed)
+    }
+
+    fn restarts(plan: &Plan) -> Vec<i64> {
+        plan.restart.iter().map(|(_, _, r)| *r).collect()
+    }
+
+    #[test]
+    fn restarts_follow_the_projected_revision_through_rollback_and_release() {
+        let (mut obj, mut observed) = start(
+            "    workers: {type: integer, default: 4, requiresRestart: true}\n    timeout: {type: integer, default: 30}\n",
+        );
         // Revision 1: the first projection restarts nothing.
         assert!(restarts(&step(&mut obj, &mut observed)).is_empty());
         // Revision 2 changes a restart-only key.
@@ -792,15 +800,8 @@ mod tests {
 
     #[test]
     fn a_paused_config_restarts_nothing_until_it_projects() {
-        let mut obj: RuntimeConfig = serde_yaml::from_str(
-            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app, namespace: ns, uid: u1, generation: 1}\nspec:\n  schema:\n    workers: {type: integer, default: 4, requiresRestart: true}\n  restartTargets: [{kind: Deployment, name: web}]\n",
-        )
-        .unwrap();
-        let mut observed = Observed {
-            now: Utc::now(),
-            ..Default::default()
-        };
-        rolled(&mut observed, 0);
+        let (mut obj, mut observed) =
+            start("    workers: {type: integer, default: 4, requiresRestart: true}\n");
         step(&mut obj, &mut observed);
         obj.spec.paused = true;
         change(&mut obj, "workers", 8);
