@@ -374,14 +374,10 @@ impl<K: ConfigResource> CacheFeed<K> {
 fn slim<K: ConfigResource>(obj: &mut K) {
     let meta = obj.meta_mut();
     if let Some(entries) = meta.managed_fields.as_mut() {
-        entries.retain(|m| {
-            m.subresource.as_deref().unwrap_or("").is_empty()
-                && m.fields_v1
-                    .as_ref()
-                    .is_some_and(|f| f.0.get("f:spec").is_some())
-        });
+        entries.retain(crate::reconcile::sets_spec);
+        // What `sets_spec` needs to say yes again, and no more.
         for m in entries.iter_mut() {
-            m.fields_v1 = Some(FieldsV1(json!({"f:spec": {}})));
+            m.fields_v1 = Some(FieldsV1(json!({"f:spec": {"f:set": {}}})));
         }
     }
     if let Some(annotations) = meta.annotations.as_mut() {

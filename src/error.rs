@@ -55,6 +55,9 @@ pub enum Error {
         /// Where it was looked for.
         dir: PathBuf,
     },
+    /// No Kubernetes 1.36 CRD server was found for an older kube-apiserver.
+    #[error("{0}")]
+    NoCrdServer(String),
     /// A control-plane process did not become ready in time.
     #[error("{component} did not become ready within {seconds}s; its log is {log}")]
     NotReady {
@@ -93,6 +96,7 @@ impl Error {
             Error::Webhook(_) => "webhook",
             Error::Process { .. } => "process",
             Error::MissingBinary { .. } => "missing_binary",
+            Error::NoCrdServer(_) => "no_crd_server",
             Error::NotReady { .. } => "not_ready",
             Error::Cert(_) => "certificate",
             Error::Kubeconfig(_) => "kubeconfig",

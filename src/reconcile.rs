@@ -100,14 +100,30 @@ pub fn changed_by<K: Resource>(obj: &K) -> Option<String> {
         .managed_fields
         .iter()
         .flatten()
-        .filter(|m| m.subresource.as_deref().unwrap_or("").is_empty())
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.get("f:spec").is_some())
-        })
+        .filter(|m| sets_spec(m))
         .max_by_key(|m| m.time.as_ref().map(|t| t.0))
         .and_then(|m| m.manager.clone())
+}
+
+/// Whether a managedFields entry sets a value of `spec` (outside subresources). An entry that
+/// owns only the spec's structure (`.` markers: servers before 1.22 leave those with a manager
+/// whose values another manager took over, under the same timestamp) set nothing.
+pub fn sets_spec(
+    entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+) -> bool {
+    fn has_leaf(node: &serde_json::Value) -> bool {
+        node.as_object().is_some_and(|map| {
+            map.iter().any(|(key, child)| {
+                key != "." && (child.as_object().is_some_and(|c| c.is_empty()) || has_leaf(child))
+            })
+        })
+    }
+    entry.subresource.as_deref().unwrap_or("").is_empty()
+        && entry
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:spec"))
+            .is_some_and(has_leaf)
 }
 
 /// What validation needs of resolved `valuesFrom`: the values, or why each could not be read.
@@ -814,5 +830,60 @@ mod tests {
             (p.status.current_revision, restarts(&p)),
             (Some(2), vec![2])
         );
+    }
+}
+
+#[cfg(test)]
+mod changed_by_tests {
+    use super::*;
+    use crate::crd::{RuntimeConfig, RuntimeConfigSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
+
+    fn entry(
+        manager: &str,
+        fields: serde_json::Value,
+        subresource: Option<&str>,
+    ) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            subresource: subresource.map(Into::into),
+            // One second for all, as a quick succession of writes gets.
+            time: Some(Time("2026-12-01T10:00:00Z".parse().unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_manager_left_with_only_the_spec_structure_did_not_change_it() {
+        let mut obj = RuntimeConfig::new("app", RuntimeConfigSpec::default());
+        obj.metadata.managed_fields = Some(vec![
+            entry(
+                "alice-tool",
+                serde_json::json!({"f:spec": {".": {}, "f:values": {".": {}, "f:v": {}}}}),
+                None,
+            ),
+            // Status by server-side apply on a 1.20 server: no subresource, f:status only.
+            entry(
+                "hotconf",
+                serde_json::json!({"f:status": {"f:history": {}}}),
+                None,
+            ),
+            // What a 1.20 server leaves of the manager whose value alice-tool took over.
+            entry(
+                "release-bot",
+                serde_json::json!({"f:spec": {".": {}, "f:values": {".": {}}}}),
+                None,
+            ),
+        ]);
+        assert_eq!(changed_by(&obj).as_deref(), Some("alice-tool"));
+        // On a current server the status entry names its subresource; spec entries are kept.
+        let statusy = entry(
+            "hotconf",
+            serde_json::json!({"f:spec": {"f:x": {}}}),
+            Some("status"),
+        );
+        assert!(!sets_spec(&statusy));
     }
 }

@@ -17,7 +17,8 @@ use serde_json::{Number, Value};
 
 use crate::crd::{
     Backpressure, CachePool, DatabasePool, FeatureFlag, HttpPool, MAX_HISTORY_LIMIT, Maintenance,
-    Metrics, ParamType, Parameter, PoolBudgetSpec, Pools, RedisPool, RuntimeConfigSpec, Target,
+    Metrics, ParamType, Parameter, PoolBudgetSpec, Pools, RedisPool, RestartTarget,
+    RuntimeConfigSpec, Target, limits,
 };
 
 /// The PoolBudget defaults of SPEC.md §4: what the effective document holds for an unset field.
@@ -168,6 +169,7 @@ pub fn validate_runtime_config(
     secrets: Option<&SecretValues>,
 ) -> Vec<FieldError> {
     let mut errors = Vec::new();
+    check_sizes(spec, &mut errors);
     for (key, param) in &spec.schema {
         check_parameter(key, param, &mut errors);
     }
@@ -181,11 +183,125 @@ pub fn validate_runtime_config(
     if let Some(maintenance) = &spec.maintenance {
         check_maintenance(maintenance, &mut errors);
     }
+    check_restart_targets(&spec.restart_targets, &mut errors);
     errors.extend(validate_common(
         spec.target.as_ref(),
         spec.revision_history_limit,
     ));
     errors
+}
+
+/// The size bounds of [`crate::crd::limits`], which the CRD schema declares too.
+fn check_sizes(spec: &RuntimeConfigSpec, errors: &mut Vec<FieldError>) {
+    at_most_entries(
+        errors,
+        "spec.schema",
+        spec.schema.len(),
+        limits::SCHEMA_KEYS,
+    );
+    at_most_entries(
+        errors,
+        "spec.values",
+        spec.values.len(),
+        limits::VALUES_KEYS,
+    );
+    at_most_entries(
+        errors,
+        "spec.valuesFrom",
+        spec.values_from.len(),
+        limits::VALUES_FROM,
+    );
+    for (i, from) in spec.values_from.iter().enumerate() {
+        at_most_chars(
+            errors,
+            &format!("spec.valuesFrom[{i}].key"),
+            &from.key,
+            limits::NAME_LENGTH,
+        );
+    }
+    at_most_entries(
+        errors,
+        "spec.featureFlags",
+        spec.feature_flags.len(),
+        limits::FEATURE_FLAGS,
+    );
+    for (name, flag) in &spec.feature_flags {
+        for (list, subjects) in [("allow", &flag.allow), ("deny", &flag.deny)] {
+            let path = format!("spec.featureFlags.{name}.{list}");
+            at_most_entries(errors, &path, subjects.len(), limits::FLAG_SUBJECTS);
+            for (j, subject) in subjects.iter().enumerate() {
+                at_most_chars(
+                    errors,
+                    &format!("{path}[{j}]"),
+                    subject,
+                    limits::SUBJECT_LENGTH,
+                );
+            }
+        }
+    }
+    for (key, param) in &spec.schema {
+        let base = format!("spec.schema.{key}");
+        if let Some(pattern) = &param.pattern {
+            at_most_chars(
+                errors,
+                &format!("{base}.pattern"),
+                pattern,
+                limits::PATTERN_LENGTH,
+            );
+        }
+        if let Some(description) = &param.description {
+            at_most_chars(
+                errors,
+                &format!("{base}.description"),
+                description,
+                limits::DESCRIPTION_LENGTH,
+            );
+        }
+        if let Some(entries) = &param.enum_ {
+            at_most_entries(
+                errors,
+                &format!("{base}.enum"),
+                entries.len(),
+                limits::ENUM_VALUES,
+            );
+        }
+    }
+    if let Some(maintenance) = &spec.maintenance {
+        at_most_chars(
+            errors,
+            "spec.maintenance.reason",
+            &maintenance.reason,
+            limits::REASON_LENGTH,
+        );
+    }
+}
+
+fn at_most_entries(errors: &mut Vec<FieldError>, path: &str, len: usize, max: usize) {
+    if len > max {
+        errors.push(
+            FieldError::new(path, format!("must have at most {max} entries")).with_value(len),
+        );
+    }
+}
+
+// Counted in characters, as the API server counts a string's maxLength.
+fn at_most_chars(errors: &mut Vec<FieldError>, path: &str, text: &str, max: usize) {
+    let len = text.chars().count();
+    if len > max {
+        errors.push(
+            FieldError::new(path, format!("must be at most {max} characters long")).with_value(len),
+        );
+    }
+}
+
+/// `spec.restartTargets`: at most [`limits::RESTART_TARGETS`].
+fn check_restart_targets(targets: &[RestartTarget], errors: &mut Vec<FieldError>) {
+    at_most_entries(
+        errors,
+        "spec.restartTargets",
+        targets.len(),
+        limits::RESTART_TARGETS,
+    );
 }
 
 /// A lower or upper bound of a parameter, in the parameter's own terms.
@@ -1007,6 +1123,7 @@ pub fn validate_pool_budget(spec: &PoolBudgetSpec) -> Vec<FieldError> {
             check_cache(cache, &mut errors);
         }
     }
+    check_restart_targets(&spec.restart_targets, &mut errors);
     errors.extend(validate_common(
         spec.target.as_ref(),
         spec.revision_history_limit,

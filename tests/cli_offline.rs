@@ -90,22 +90,21 @@ fn every_valid_example_passes() {
 fn the_invalid_example_fails_with_every_message() {
     let out = hotconf(&["validate", "-f", "examples/invalid.yaml"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    let prefix = "examples/invalid.yaml:0 PoolBudget/default/broken-budget";
+    let prefix = "examples/invalid.yaml:0 RuntimeConfig/default/broken-config";
     assert_lines(
         &stdout(&out),
         &[
+            &format!("{prefix}: spec.values.check_interval: must be at most 3600 (got 7200)"),
             &format!(
-                "{prefix}: spec.metrics.backpressure.light: must be below moderate (0.9 >= 0.8) (got 0.9)"
+                "{prefix}: spec.values.strategy: must be one of [AGGRESSIVE, BALANCED, CONSERVATIVE] (got \"RECKLESS\")"
             ),
+            &format!("{prefix}: spec.values.unknown_key: is not declared in spec.schema (got 1)"),
             &format!(
-                "{prefix}: spec.pools.database.minConnections: must not exceed maxConnections (30 > 10) (got 30)"
-            ),
-            &format!(
-                "{prefix}: spec.pools.http.maxKeepaliveConnections: must not exceed maxConnections (80 > 50) (got 80)"
+                "{prefix}: spec.featureFlags.new_ui.deny[0]: is also in allow: a subject is either allowed or denied, not both (got \"user-1\")"
             ),
         ],
     );
-    assert!(stderr(&out).contains("0 valid, 1 invalid (3 errors)"));
+    assert!(stderr(&out).contains("0 valid, 1 invalid (4 errors)"));
 }
 
 #[test]
@@ -115,12 +114,12 @@ fn the_examples_directory_fails_only_for_the_invalid_example() {
     assert!(
         stdout(&out)
             .lines()
-            .all(|l| l.starts_with("examples/invalid.yaml:0 PoolBudget/default/broken-budget: ")),
+            .all(|l| l.starts_with("examples/invalid.yaml:0 RuntimeConfig/default/broken-config: ")),
         "{}",
         stdout(&out)
     );
     assert!(
-        stderr(&out).contains("5 hotconf objects checked: 4 valid, 1 invalid (3 errors)"),
+        stderr(&out).contains("5 hotconf objects checked: 4 valid, 1 invalid (4 errors)"),
         "{}",
         stderr(&out)
     );
@@ -285,12 +284,12 @@ fn stdin_is_read_with_a_dash_and_namespaced_with_n() {
     assert_eq!(code(&out), 1);
     assert!(
         stdout(&out).starts_with(
-            "<stdin>:0 PoolBudget/team-a/broken-budget: spec.metrics.backpressure.light: "
+            "<stdin>:0 RuntimeConfig/team-a/broken-config: spec.values.check_interval: "
         ),
         "{}",
         stdout(&out)
     );
-    assert_eq!(stdout(&out).lines().count(), 3);
+    assert_eq!(stdout(&out).lines().count(), 4);
 
     // Files and stdin together.
     let valid = std::fs::read_to_string(repo().join("examples/trading-bot.yaml")).unwrap();
@@ -421,8 +420,8 @@ fn render_refuses_invalid_specs() {
     let out = hotconf(&["render", "-f", "examples/invalid.yaml"]);
     assert_eq!(code(&out), 1);
     assert_eq!(stdout(&out), "");
-    assert_eq!(stderr(&out).lines().count(), 3, "{}", stderr(&out));
-    assert!(stderr(&out).contains("spec.pools.database.minConnections: must not exceed"));
+    assert_eq!(stderr(&out).lines().count(), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("spec.values.check_interval: must be at most 3600"));
 }
 
 #[test]

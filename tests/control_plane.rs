@@ -229,10 +229,16 @@ async fn cleanup_probe() {
     })
     .await
     .unwrap();
-    // The controller manager was the last to start: give its supervisor a moment to fork.
-    let pids = eventually(10, "three component processes", || async {
+    // etcd, kube-apiserver, the CRD server (when custom resources get one) and the controller
+    // manager, the last to start: give its supervisor a moment to fork.
+    let components = if plane.crd_server_url().is_some() {
+        4
+    } else {
+        3
+    };
+    let pids = eventually(10, "every component process", || async {
         let pids = plane.component_pids();
-        (pids.len() == 3).then_some(pids)
+        (pids.len() == components).then_some(pids)
     })
     .await;
     let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();

@@ -118,7 +118,7 @@ async fn argo_health_and_kubectl_wait_read_the_status() {
     let refused = env.kubectl_raw(&[
         "wait",
         "--for=condition=Ready",
-        "pb/broken-budget",
+        "rtc/broken-config",
         "--timeout=3s",
     ]);
     assert!(
@@ -131,13 +131,10 @@ async fn argo_health_and_kubectl_wait_read_the_status() {
     assert_eq!(health(&healthy).0, "Healthy");
 
     let invalid =
-        settled::<PoolBudget>(&env, "broken-budget", |o| condition(o, "Valid", "False")).await;
+        settled::<RuntimeConfig>(&env, "broken-config", |o| condition(o, "Valid", "False")).await;
     let (status, message) = health(&invalid);
     assert_eq!(status, "Degraded");
-    assert!(
-        message.contains("spec.pools.database.minConnections"),
-        "{message}"
-    );
+    assert!(message.contains("spec.values.check_interval"), "{message}");
 
     let paused = settled::<PoolBudget>(&env, "held", |o| condition(o, "Paused", "True")).await;
     assert_eq!(health(&paused).0, "Suspended");

@@ -202,6 +202,14 @@ pub fn read(args: &InputArgs) -> Inputs {
     inputs
 }
 
+/// Reads the documents of one manifest text, named `file` in messages (for tests and tools that
+/// have the text at hand).
+pub fn read_text(file: &str, text: &str, namespace: &str) -> Inputs {
+    let mut inputs = Inputs::default();
+    parse_text(file, text, namespace, &mut inputs);
+    inputs
+}
+
 fn unreadable(file: &str, error: &str) -> Doc {
     let mut doc = Doc::new(file, 0);
     doc.index = None;

@@ -24,7 +24,7 @@ pub use export::ExportArgs;
 pub use history::HistoryArgs;
 pub use render::RenderArgs;
 pub use rollback::RollbackArgs;
-pub use validate::ValidateArgs;
+pub use validate::{ValidateArgs, problems_in};
 
 /// The tool subcommands, flattened into `hotconf`'s own.
 #[derive(clap::Subcommand, Debug)]

@@ -59,6 +59,20 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// What `hotconf validate` reports for one manifest text (its hotconf objects' errors, as
+/// (field path, rule)), with `valuesFrom` left unresolved: for tests that compare this verdict
+/// with an API server's.
+pub fn problems_in(text: &str, namespace: &str) -> Vec<(String, String)> {
+    let mut inputs = super::input::read_text("<text>", text, namespace);
+    judge(&mut inputs.docs, &inputs.secrets, false);
+    inputs
+        .docs
+        .into_iter()
+        .flat_map(|d| d.problems)
+        .map(|p| (p.path, p.rule))
+        .collect()
+}
+
 /// Runs the operator's validation on every hotconf object among `docs`, adding its errors and
 /// notes to each document.
 pub fn judge(docs: &mut [Doc], secrets: &SecretManifests, strict_refs: bool) {

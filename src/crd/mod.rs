@@ -9,6 +9,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod cel;
+pub use cel::{IntRange, bounds};
+
 /// The API group.
 pub const GROUP: &str = "hotconf.dev";
 /// The API version.
@@ -38,6 +41,35 @@ pub mod names {
     pub const APPLIED: &str = "hotconf.dev/applied";
 }
 
+/// The size bounds of a spec: the CRD schema declares them (the API server needs them to cost
+/// the CEL rules, and to refuse an absurd object early) and the operator checks them too.
+pub mod limits {
+    /// Keys of `spec.schema`.
+    pub const SCHEMA_KEYS: usize = 1024;
+    /// Keys of `spec.values`.
+    pub const VALUES_KEYS: usize = 1024;
+    /// Entries of `spec.valuesFrom`.
+    pub const VALUES_FROM: usize = 256;
+    /// Flags in `spec.featureFlags`.
+    pub const FEATURE_FLAGS: usize = 512;
+    /// Subjects in a flag's `allow` or `deny`.
+    pub const FLAG_SUBJECTS: usize = 256;
+    /// Characters of one subject.
+    pub const SUBJECT_LENGTH: usize = 256;
+    /// Values of a parameter's `enum`.
+    pub const ENUM_VALUES: usize = 256;
+    /// Characters of a parameter's `pattern`.
+    pub const PATTERN_LENGTH: usize = 1024;
+    /// Characters of a parameter's `description`.
+    pub const DESCRIPTION_LENGTH: usize = 4096;
+    /// Characters of `spec.maintenance.reason`.
+    pub const REASON_LENGTH: usize = 1024;
+    /// Entries of `spec.restartTargets`.
+    pub const RESTART_TARGETS: usize = 64;
+    /// Characters of a Kubernetes object name or data key.
+    pub const NAME_LENGTH: usize = 253;
+}
+
 /// The longest history `revisionHistoryLimit` allows.
 pub const MAX_HISTORY_LIMIT: i32 = 100;
 /// The default `revisionHistoryLimit`.
@@ -62,22 +94,29 @@ pub const DEFAULT_HISTORY_LIMIT: i32 = 10;
     printcolumn = r#"{"name":"Revision","type":"integer","jsonPath":".status.currentRevision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("!has(self.valuesFrom) || !has(self.values) || self.valuesFrom.all(v, !(v.key in self.values))").message("a key is set either in values or in valuesFrom, not both"))]
+#[x_kube(validation = cel::values_from_declared())]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeConfigSpec {
     /// Declared parameters. When present, values are checked against it and keys not in it
     /// are rejected.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::SCHEMA_KEYS))]
     pub schema: BTreeMap<String, Parameter>,
-    /// Literal values by key.
+    /// Literal values by key. (A key set here may not also be in `valuesFrom`: CEL cannot see
+    /// into free-form values, so the operator and the webhook check that.)
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "any_map")]
     pub values: BTreeMap<String, Value>,
-    /// Values read from Secrets (the only way to set a sensitive key).
+    /// Values read from Secrets (the only way to set a sensitive key), one entry per key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = limits::VALUES_FROM),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"])
+    )]
     pub values_from: Vec<ValueFrom>,
     /// Feature flags by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::FEATURE_FLAGS))]
     pub feature_flags: BTreeMap<String, FeatureFlag>,
     /// The maintenance switch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,6 +133,7 @@ pub struct RuntimeConfigSpec {
     pub paused: bool,
     /// Workloads to restart when a revision changes a restart-only key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::RESTART_TARGETS))]
     pub restart_targets: Vec<RestartTarget>,
     /// How restarts roll out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,8 +176,12 @@ impl ParamType {
 }
 
 /// One declared parameter (`schema.<key>`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = cel::parameter()[0].clone())]
+#[x_kube(validation = cel::parameter()[1].clone())]
+#[x_kube(validation = cel::parameter()[2].clone())]
+#[x_kube(validation = cel::parameter()[3].clone())]
 pub struct Parameter {
     /// The value's type.
     #[serde(rename = "type")]
@@ -164,10 +208,11 @@ pub struct Parameter {
     pub max_length: Option<i64>,
     /// A regular expression strings must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::PATTERN_LENGTH))]
     pub pattern: Option<String>,
     /// The allowed values.
     #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_list")]
+    #[schemars(schema_with = "enum_list")]
     pub enum_: Option<Vec<Value>>,
     /// A change to this key needs a restart of the consumers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -177,6 +222,7 @@ pub struct Parameter {
     pub sensitive: bool,
     /// What the parameter means.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = limits::DESCRIPTION_LENGTH))]
     pub description: Option<String>,
 }
 
@@ -185,24 +231,32 @@ pub struct Parameter {
 #[serde(rename_all = "camelCase")]
 pub struct ValueFrom {
     /// The key in `values` this sets.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = limits::NAME_LENGTH))]
     pub key: String,
     /// The Secret and the key in it.
     pub secret_key_ref: SecretKeyRef,
 }
 
 /// A key of a Secret in the CR's namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SecretKeyRef {
     /// The Secret's name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = limits::NAME_LENGTH), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// The key in its data.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = limits::NAME_LENGTH), regex(pattern = DATA_KEY_PATTERN))]
+    #[x_kube(validation = cel::data_key())]
     pub key: String,
 }
 
-/// A feature flag.
+/// A DNS-1123 subdomain: what Kubernetes accepts as the name of a ConfigMap or Secret.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// What Kubernetes accepts as a key of a ConfigMap's or Secret's data (besides `.` and `..`).
+pub const DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
+/// A feature flag. (That no subject is in both `allow` and `deny` is the operator's and the
+/// webhook's to check: as a CEL rule over lists of this size its cost is over the budget.)
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureFlag {
@@ -215,9 +269,11 @@ pub struct FeatureFlag {
     pub rollout_percentage: Option<i64>,
     /// Subjects for whom the flag is always on (when enabled).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::FLAG_SUBJECTS), inner(length(max = limits::SUBJECT_LENGTH)))]
     pub allow: Vec<String>,
     /// Subjects for whom the flag is always off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::FLAG_SUBJECTS), inner(length(max = limits::SUBJECT_LENGTH)))]
     pub deny: Vec<String>,
 }
 
@@ -230,6 +286,7 @@ pub struct Maintenance {
     pub enabled: bool,
     /// Why, for the consumers to show.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = limits::REASON_LENGTH))]
     pub reason: String,
     /// When maintenance ends by itself (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -275,6 +332,7 @@ pub struct PoolBudgetSpec {
     pub paused: bool,
     /// Workloads to restart when a revision changes a restart-only key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = limits::RESTART_TARGETS))]
     pub restart_targets: Vec<RestartTarget>,
     /// How restarts roll out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -319,21 +377,35 @@ pub struct Metrics {
 
 /// Backpressure thresholds as shares of the budget.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("!has(self.light) || !has(self.moderate) || self.light < self.moderate").message("light must be below moderate"))]
-#[x_kube(validation = Rule::new("!has(self.moderate) || !has(self.heavy) || self.moderate < self.heavy").message("moderate must be below heavy"))]
+#[x_kube(validation = cel::backpressure()[0].clone())]
+#[x_kube(validation = cel::backpressure()[1].clone())]
+#[x_kube(validation = cel::backpressure()[2].clone())]
+#[x_kube(validation = cel::backpressure()[3].clone())]
 pub struct Backpressure {
-    /// Default 0.70.
+    /// Default 0.70; above 0 and at most 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(schema_with = "share")]
     pub light: Option<f64>,
-    /// Default 0.85.
+    /// Default 0.85; above 0 and at most 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(schema_with = "share")]
     pub moderate: Option<f64>,
-    /// Default 0.95.
+    /// Default 0.95; above 0 and at most 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(schema_with = "share")]
     pub heavy: Option<f64>,
+}
+
+// A share of a budget: 0 < x <= 1 (OpenAPI 3.0's boolean exclusiveMinimum, as Kubernetes has it).
+fn share(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "number",
+        "format": "double",
+        "nullable": true,
+        "minimum": 0.0,
+        "exclusiveMinimum": true,
+        "maximum": 1.0
+    })
 }
 
 /// Connection pools (`spec.pools`).
@@ -359,8 +431,9 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 /// The database pool.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.minConnections) || !has(self.maxConnections) || self.minConnections <= self.maxConnections").message("minConnections must not exceed maxConnections"))]
-#[x_kube(validation = Rule::new("!has(self.idleTimeout) || !has(self.maxLifetime) || duration(self.idleTimeout) < duration(self.maxLifetime)").message("idleTimeout must be shorter than maxLifetime"))]
+#[x_kube(validation = cel::database()[0].clone())]
+#[x_kube(validation = cel::database()[1].clone())]
+#[x_kube(validation = cel::database()[2].clone())]
 pub struct DatabasePool {
     /// 0..100, default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,15 +445,18 @@ pub struct DatabasePool {
     pub max_connections: Option<i64>,
     /// Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::positive_duration())]
     pub connection_timeout: Option<String>,
     /// Default 10m; shorter than maxLifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::positive_duration())]
     pub idle_timeout: Option<String>,
     /// Default 30m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::positive_duration())]
     pub max_lifetime: Option<String>,
     /// 0..10, default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -391,7 +467,7 @@ pub struct DatabasePool {
 /// The Redis pool.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.minConnections) || !has(self.maxConnections) || self.minConnections <= self.maxConnections").message("minConnections must not exceed maxConnections"))]
+#[x_kube(validation = cel::redis()[0].clone())]
 pub struct RedisPool {
     /// 0..200, default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -403,15 +479,18 @@ pub struct RedisPool {
     pub max_connections: Option<i64>,
     /// Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::positive_duration())]
     pub connection_timeout: Option<String>,
     /// Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::positive_duration())]
     pub socket_timeout: Option<String>,
     /// Default 100ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::duration_in_range())]
     pub retry_delay: Option<String>,
     /// 0..10, default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -422,7 +501,8 @@ pub struct RedisPool {
 /// The HTTP client pool.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.maxKeepaliveConnections) || !has(self.maxConnections) || self.maxKeepaliveConnections <= self.maxConnections").message("maxKeepaliveConnections must not exceed maxConnections"))]
+#[x_kube(validation = cel::http()[0].clone())]
+#[x_kube(validation = cel::http()[1].clone())]
 pub struct HttpPool {
     /// 10..1000, default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -434,11 +514,13 @@ pub struct HttpPool {
     pub max_keepalive_connections: Option<i64>,
     /// Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::positive_duration())]
     pub keepalive_expiry: Option<String>,
     /// Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::positive_duration())]
     pub timeout: Option<String>,
 }
 
@@ -457,7 +539,7 @@ pub enum EvictionPolicy {
 }
 
 /// The cache.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CachePool {
     /// 1..10,000,000, default 1000.
@@ -470,7 +552,8 @@ pub struct CachePool {
     pub max_size_mb: Option<i64>,
     /// Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = cel::positive_duration())]
     pub ttl: Option<String>,
     /// Default LRU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -581,22 +664,20 @@ impl Format {
 }
 
 /// Where and how the effective document is projected (`spec.target`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
     /// The ConfigMap (and Secret) name; default: the CR's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = limits::NAME_LENGTH), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub config_map_name: Option<String>,
     /// The serialization (default yaml).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
     /// The data key holding the whole document (default `config.<format>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[schemars(length(min = 1, max = limits::NAME_LENGTH), regex(pattern = DATA_KEY_PATTERN))]
+    #[x_kube(validation = cel::data_key())]
     pub file_name: Option<String>,
     /// Also write one data key per value.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -839,9 +920,11 @@ fn any_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-fn any_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+fn enum_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
+        "minItems": 1,
+        "maxItems": limits::ENUM_VALUES,
         "items": { "x-kubernetes-preserve-unknown-fields": true }
     })
 }
@@ -951,6 +1034,29 @@ mod tests {
     }
 
     #[test]
+    fn every_rule_of_the_cel_module_is_in_the_crds() {
+        // The attributes pick rules by index: one missing would drop a rule silently.
+        let json = serde_json::to_string(&crds()).unwrap();
+        let rules = [
+            cel::backpressure(),
+            cel::database(),
+            cel::redis(),
+            cel::http(),
+            cel::parameter(),
+            vec![
+                cel::positive_duration(),
+                cel::duration_in_range(),
+                cel::values_from_declared(),
+                cel::data_key(),
+            ],
+        ];
+        for rule in rules.iter().flatten() {
+            let text = serde_json::to_string(&rule.rule).unwrap();
+            assert!(json.contains(&text), "{text} is not in the CRDs");
+        }
+    }
+
+    #[test]
     fn crds_carry_names_columns_and_cel_rules() {
         let yaml = crds_yaml();
         for needle in [
@@ -959,10 +1065,11 @@ mod tests {
             "categories:\n    - hotconf",
             "name: Valid",
             "name: Revision",
-            "self.minConnections <= self.maxConnections",
-            "self.light < self.moderate",
-            "self.maxKeepaliveConnections <= self.maxConnections",
-            "duration(self.idleTimeout) < duration(self.maxLifetime)",
+            "(has(self.minConnections) ? self.minConnections : 5) <= (has(self.maxConnections) ? self.maxConnections : 20)",
+            "(has(self.light) ? self.light : 0.7) < (has(self.moderate) ? self.moderate : 0.85)",
+            "fieldPath: .maxKeepaliveConnections",
+            "duration((has(self.idleTimeout) ? self.idleTimeout :",
+            "x-kubernetes-list-map-keys:\n                - key",
             "subresources:\n      status: {}",
         ] {
             assert!(yaml.contains(needle), "{needle:?} missing from the CRDs");

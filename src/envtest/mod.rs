@@ -1,8 +1,12 @@
-//! A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) started from
-//! binaries on this machine, for the integration tests and for `hotconf dev`.
+//! A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, and the
+//! Kubernetes 1.36 CRD server) started from binaries on this machine, for the integration tests
+//! and for `hotconf dev`.
 //!
 //! It follows the envtest convention: the binaries come from `$KUBEBUILDER_ASSETS`, else from the
-//! cache that `hack/control-plane-assets.sh` fills. Every process is started under a small shell
+//! cache that `hack/control-plane-assets.sh` fills. When that kube-apiserver is older than 1.25
+//! (the cached one is 1.20), custom resources are served by the 1.36 CRD server of
+//! `hack/crd-server-assets.sh`, aggregated behind it ([`crd_server`]): one kubeconfig, custom
+//! resources on current semantics, core objects on kube-apiserver's. [`CrdServing`] chooses. Every process is started under a small shell
 //! supervisor that holds a pipe from this process on its stdin: when this process exits for any
 //! reason (a normal exit, a panic, even SIGKILL) the pipe closes and the supervisor stops its
 //! child, so no control-plane process outlives its owner. A last supervisor removes the
@@ -16,6 +20,8 @@ use std::{
     process::{Child, ChildStdin, Command, Stdio},
     time::{Duration, Instant},
 };
+
+mod crd_server;
 
 use crate::Error;
 use k8s_openapi::api::core::v1::Namespace;
@@ -35,6 +41,24 @@ pub const ADMIN_USER: &str = "hotconf-admin";
 /// A second `system:masters` user for an operator under test, so that the audit log tells its
 /// requests apart from the test's own.
 pub const OPERATOR_USER: &str = "hotconf-operator";
+
+/// The `system:masters` user the CRD server (and its APIService bridge) talks to kube-apiserver
+/// as, so that the audit log tells its requests apart too.
+pub const CRD_SERVER_USER: &str = "hotconf-crd-server";
+
+/// Which server serves custom resources (and the CRD objects themselves).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CrdServing {
+    /// kube-apiserver 1.25 or newer serves them itself; an older one gets the 1.36 CRD server
+    /// (`$HOTCONF_CRD_SERVER`, else the cache) aggregated behind it. `HOTCONF_CRD_SERVER=none`
+    /// turns the CRD server off.
+    #[default]
+    Auto,
+    /// kube-apiserver serves them itself, whatever its version: the pure-1.20 compatibility mode.
+    KubeApiserver,
+    /// This `apiextensions-apiserver` binary, aggregated behind kube-apiserver.
+    Aggregated(PathBuf),
+}
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -62,6 +86,8 @@ pub struct Options {
     pub users: Vec<String>,
     /// CRD files or directories of them to install and wait for.
     pub crds: Vec<PathBuf>,
+    /// Which server serves custom resources.
+    pub crd_serving: CrdServing,
 }
 
 impl Default for Options {
@@ -73,6 +99,7 @@ impl Default for Options {
             controller_manager: true,
             users: vec!["alice".into(), "bob".into()],
             crds: Vec::new(),
+            crd_serving: CrdServing::Auto,
         }
     }
 }
@@ -82,15 +109,46 @@ pub fn asset_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let root = std::env::var_os("HOTCONF_CACHE_DIR")
+    cache_root()
+        .join("control-plane")
+        .join(format!("k8s-{ASSETS_VERSION}"))
+}
+
+/// The cache the asset scripts fill: `$HOTCONF_CACHE_DIR`, else `$XDG_CACHE_HOME/hotconf`, else
+/// `~/.cache/hotconf`.
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("HOTCONF_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("hotconf")))
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
                 .join(".cache/hotconf")
-        });
-    root.join("control-plane")
-        .join(format!("k8s-{ASSETS_VERSION}"))
+        })
+}
+
+/// The version a Kubernetes binary reports with `--version` (`Kubernetes v1.20.2` → `1.20.2`).
+fn binary_version(binary: &Path) -> Option<String> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    Some(version.trim().to_string())
+}
+
+/// The minor of a `1.N.P` version; 0 when unknown.
+fn minor(version: &str) -> u32 {
+    version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The CRD server of a running control plane.
+struct CrdServer {
+    url: String,
+    version: String,
+    // Stopped before the processes, so it does not log their going.
+    bridge: Option<crd_server::Bridge>,
 }
 
 struct Supervised {
@@ -110,6 +168,8 @@ pub struct ControlPlane {
     tokens: Vec<(String, String)>,
     processes: Vec<Process>,
     reaper: Option<Supervised>,
+    kube_version: String,
+    crd_server: Option<CrdServer>,
 }
 
 // Starts BIN ARGS under bash; stops it with SIGTERM (then SIGKILL) once stdin reaches EOF.
@@ -136,11 +196,18 @@ done
 rm -rf "$dir"
 "#;
 
-// Every write (and nothing else) at Metadata level: enough to count who wrote what.
+// Every write (and nothing else) at Metadata level: enough to count who wrote what. The reviews
+// the CRD server asks for on each request it authenticates are no writes of anyone's.
 const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
+- level: None
+  resources:
+  - group: authentication.k8s.io
+    resources: ["tokenreviews"]
+  - group: authorization.k8s.io
+    resources: ["subjectaccessreviews"]
 - level: Metadata
   verbs: ["create", "update", "patch", "delete", "deletecollection"]
 - level: None
@@ -175,6 +242,16 @@ impl ControlPlane {
                 });
             }
         }
+        let kube_version = binary_version(&assets.join("kube-apiserver"))
+            .unwrap_or_else(|| ASSETS_VERSION.to_string());
+        let crd_binary = match &options.crd_serving {
+            CrdServing::KubeApiserver => None,
+            CrdServing::Aggregated(binary) => Some(binary.clone()),
+            // Since 1.25 kube-apiserver has the semantics the suite proves (CEL rules, status
+            // managedFields with `subresource`).
+            CrdServing::Auto if minor(&kube_version) >= 25 => None,
+            CrdServing::Auto => crd_server::resolve(&cache_root()).map_err(Error::NoCrdServer)?,
+        };
         let temporary = options.dir.is_none();
         let dir = match &options.dir {
             Some(dir) => {
@@ -204,12 +281,14 @@ impl ControlPlane {
             tokens: Vec::new(),
             processes: Vec::new(),
             reaper: None,
+            kube_version,
+            crd_server: None,
         };
         if temporary {
             // Started first, so the directory never outlives us, whatever happens next.
             plane.start_reaper()?;
         }
-        if let Err(e) = plane.launch(&assets, &options).await {
+        if let Err(e) = plane.launch(&assets, crd_binary.as_deref(), &options).await {
             plane.print_logs();
             return Err(e);
         }
@@ -219,11 +298,18 @@ impl ControlPlane {
         Ok(plane)
     }
 
-    async fn launch(&mut self, assets: &Path, options: &Options) -> Result<()> {
+    async fn launch(
+        &mut self,
+        assets: &Path,
+        crd_binary: Option<&Path>,
+        options: &Options,
+    ) -> Result<()> {
         let dir = self.dir.clone();
         let pki = dir.join("pki");
         io("creating the pki directory", fs::create_dir_all(&pki))?;
         let ca_pem = write_certificates(&pki)?;
+        // Removed in 1.24 (kube-apiserver's and kube-controller-manager's insecure ports).
+        let insecure_port = minor(&self.kube_version) < 24;
 
         let admin_token = random_token();
         self.tokens
@@ -231,8 +317,11 @@ impl ControlPlane {
         let operator_token = random_token();
         self.tokens
             .push((OPERATOR_USER.to_string(), operator_token.clone()));
+        let crd_token = random_token();
+        self.tokens
+            .push((CRD_SERVER_USER.to_string(), crd_token.clone()));
         let mut token_csv = format!(
-            "{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n{operator_token},{OPERATOR_USER},{OPERATOR_USER},\"system:masters\"\n"
+            "{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n{operator_token},{OPERATOR_USER},{OPERATOR_USER},\"system:masters\"\n{crd_token},{CRD_SERVER_USER},{CRD_SERVER_USER},\"system:masters\"\n"
         );
         for user in &options.users {
             let token = random_token();
@@ -275,56 +364,132 @@ impl ControlPlane {
         // kube-apiserver
         let api_port = free_port()?;
         let p = |f: &str| pki.join(f).display().to_string();
-        self.start_component(
-            "kube-apiserver",
-            &assets.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                "--insecure-port=0".into(),
-                format!("--tls-cert-file={}", p("apiserver.crt")),
-                format!("--tls-private-key-file={}", p("apiserver.key")),
-                format!("--client-ca-file={}", p("ca.crt")),
-                format!("--token-auth-file={}", p("tokens.csv")),
-                "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--service-account-issuer=https://kubernetes.default.svc".into(),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--api-audiences=https://kubernetes.default.svc".into(),
-                "--allow-privileged=true".into(),
-                // No controller creates default ServiceAccounts, and no pod ever runs.
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--enable-priority-and-fairness=false".into(),
-                format!("--audit-policy-file={}", p("audit-policy.yaml")),
-                format!("--audit-log-path={}", self.audit_log_path().display()),
-                "--audit-log-format=json".into(),
-                format!("--cert-dir={}", dir.join("apiserver-certs").display()),
-                "--v=1".into(),
-            ],
-        )?;
+        let mut args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+        ];
+        if insecure_port {
+            args.push("--insecure-port=0".into());
+        }
+        if crd_binary.is_some() {
+            args.extend(crd_server::kube_apiserver_args(&pki));
+        }
+        args.extend([
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--token-auth-file={}", p("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--api-audiences=https://kubernetes.default.svc".into(),
+            "--allow-privileged=true".into(),
+            // No controller creates default ServiceAccounts, and no pod ever runs.
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--enable-priority-and-fairness=false".into(),
+            format!("--audit-policy-file={}", p("audit-policy.yaml")),
+            format!("--audit-log-path={}", self.audit_log_path().display()),
+            "--audit-log-format=json".into(),
+            format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+            "--v=1".into(),
+        ]);
+        self.start_component("kube-apiserver", &assets.join("kube-apiserver"), &args)?;
         self.server = format!("https://127.0.0.1:{api_port}");
         self.write_kubeconfig(&ca_pem, &admin_token)?;
         self.wait_ready(Duration::from_secs(90)).await?;
 
+        if let Some(binary) = crd_binary {
+            self.start_crd_server(binary, &etcd_url, &pki, &ca_pem)
+                .await?;
+        }
+
         if options.controller_manager {
+            let mut args = vec![
+                format!("--kubeconfig={}", self.kubeconfig_path.display()),
+                "--controllers=garbagecollector,namespace".into(),
+                "--leader-elect=false".into(),
+            ];
+            if insecure_port {
+                args.push("--port=0".into());
+            }
+            args.extend([
+                "--secure-port=0".into(),
+                "--concurrent-gc-syncs=5".into(),
+                "--v=1".into(),
+            ]);
             self.start_component(
                 "kube-controller-manager",
                 &assets.join("kube-controller-manager"),
-                &[
-                    format!("--kubeconfig={}", self.kubeconfig_path.display()),
-                    "--controllers=garbagecollector,namespace".into(),
-                    "--leader-elect=false".into(),
-                    "--port=0".into(),
-                    "--secure-port=0".into(),
-                    "--concurrent-gc-syncs=5".into(),
-                    "--v=1".into(),
-                ],
+                &args,
             )?;
         }
+        Ok(())
+    }
+
+    // Starts the 1.36 CRD server beside kube-apiserver and hands it `apiextensions.k8s.io/v1`
+    // and (through the bridge) every CRD group.
+    async fn start_crd_server(
+        &mut self,
+        binary: &Path,
+        etcd_url: &str,
+        pki: &Path,
+        ca_pem: &str,
+    ) -> Result<()> {
+        let port = free_port()?;
+        let kubeconfig = self.kubeconfig_for(CRD_SERVER_USER)?;
+        let flags = crd_server::Flags {
+            etcd_url,
+            port,
+            pki,
+            kubeconfig: &kubeconfig,
+        };
+        self.start_component("crd-server", binary, &flags.args())?;
+        let url = format!("https://127.0.0.1:{port}");
+        let direct = self.config_for(&url, CRD_SERVER_USER).await?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let version = loop {
+            if let Ok(client) = Client::try_from(direct.clone()) {
+                let ready = http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .expect("static request");
+                if let Ok(body) = client.request_text(ready).await
+                    && body.trim() == "ok"
+                    && let Ok(info) = client.apiserver_version().await
+                {
+                    break info.git_version.trim_start_matches('v').to_string();
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(self.not_ready("crd-server", 90));
+            }
+            // (After the pause: a supervisor starts its program a moment after it starts.)
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Some(dead) = self.exited() {
+                return Err(self.not_ready(dead, 0));
+            }
+        };
+        let front = Client::try_from(self.config_for(&self.server, CRD_SERVER_USER).await?)?;
+        crd_server::ensure_service(&front, port).await?;
+        crd_server::ensure_api_service(&front, "apiextensions.k8s.io", "v1", port, ca_pem).await?;
+        crd_server::wait_available(&front, "v1.apiextensions.k8s.io", Duration::from_secs(60))
+            .await?;
+        let bridge = crd_server::Bridge::start(
+            self.config_for(&self.server, CRD_SERVER_USER).await?,
+            direct,
+            port,
+            ca_pem.to_string(),
+            self.log_dir.join("crd-bridge.log"),
+        );
+        self.crd_server = Some(CrdServer {
+            url,
+            version,
+            bridge: Some(bridge),
+        });
         Ok(())
     }
 
@@ -504,6 +669,52 @@ impl ControlPlane {
         &self.server
     }
 
+    /// kube-apiserver's version (core objects), e.g. `1.20.2`.
+    pub fn kube_version(&self) -> &str {
+        &self.kube_version
+    }
+
+    /// The version whose semantics custom resources and CRDs get: the CRD server's when one
+    /// runs, else kube-apiserver's.
+    pub fn crd_version(&self) -> &str {
+        self.crd_server
+            .as_ref()
+            .map_or(&self.kube_version, |c| &c.version)
+    }
+
+    /// The CRD server's own URL, when one runs behind kube-apiserver. Clients normally go through
+    /// kube-apiserver ([`ControlPlane::kubeconfig_path`]); this is for checking the CRD server
+    /// directly.
+    pub fn crd_server_url(&self) -> Option<&str> {
+        self.crd_server.as_ref().map(|c| c.url.as_str())
+    }
+
+    /// A client of the CRD server itself (not through kube-apiserver), as the admin.
+    pub async fn crd_server_client(&self) -> Result<Option<Client>> {
+        match &self.crd_server {
+            Some(crd) => Ok(Some(Client::try_from(
+                self.config_for(&crd.url, ADMIN_USER).await?,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    // A client configuration for `user` against `url` (kube-apiserver or the CRD server, whose
+    // certificates the same CA signs).
+    async fn config_for(&self, url: &str, user: &str) -> Result<Config> {
+        let mut config = self.config().await?;
+        config.cluster_url = url.parse().map_err(|e| Error::Crd {
+            path: self.kubeconfig_path.clone(),
+            message: format!("{url}: {e}"),
+        })?;
+        let token = self.token_for(user).unwrap_or_default();
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+        Ok(config)
+    }
+
     /// The admin kubeconfig (user [`ADMIN_USER`], group `system:masters`).
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path
@@ -654,6 +865,9 @@ impl ControlPlane {
     /// Stops every process (the controller manager first, etcd last) and removes a temporary
     /// working directory.
     pub fn stop(&mut self) {
+        if let Some(crd) = self.crd_server.as_mut() {
+            drop(crd.bridge.take());
+        }
         while let Some(mut p) = self.processes.pop() {
             p.stop();
         }
@@ -884,8 +1098,46 @@ pub async fn install_crds(client: &Client, paths: &[PathBuf]) -> Result<Vec<Stri
             path: PathBuf::from(name),
             message: e.to_string(),
         })?;
+        wait_served(client, &api, name).await?;
     }
     Ok(names)
+}
+
+// Established is the CRD server's word; clients of kube-apiserver also need the aggregator to
+// route the group (the bridge's APIService, available): wait until discovery lists the kind.
+async fn wait_served(
+    client: &Client,
+    api: &Api<CustomResourceDefinition>,
+    name: &str,
+) -> Result<()> {
+    let crd = api.get(name).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for version in crd.spec.versions.iter().filter(|v| v.served) {
+        let group_version = format!("{}/{}", crd.spec.group, version.name);
+        loop {
+            let listed = client
+                .list_api_group_resources(&group_version)
+                .await
+                .is_ok_and(|list| {
+                    list.resources
+                        .iter()
+                        .any(|r| r.name == crd.spec.names.plural)
+                });
+            if listed {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Crd {
+                    path: PathBuf::from(name),
+                    message: format!(
+                        "{group_version} not served through the API server within 60s"
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }
 
 // Server-side apply first. A server older than 1.25 does not know `x-kubernetes-validations` and
@@ -943,7 +1195,8 @@ async fn wait_tcp(port: u16, timeout: Duration) -> std::result::Result<(), ()> {
     Err(())
 }
 
-// A CA and a serving certificate for 127.0.0.1/localhost, plus the service-account key pair.
+// A CA and a serving certificate for 127.0.0.1/localhost, the service-account key pair, and what
+// the aggregation of the CRD server needs.
 fn write_certificates(pki: &Path) -> Result<String> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
     let ca_key = KeyPair::generate()?;
@@ -966,13 +1219,14 @@ fn write_certificates(pki: &Path) -> Result<String> {
     let cert = params.signed_by(&key, &issuer)?;
 
     let sa = KeyPair::generate()?;
-    let files = [
+    let mut files = vec![
         ("ca.crt", ca.pem()),
         ("apiserver.crt", cert.pem()),
         ("apiserver.key", key.serialize_pem()),
         ("sa.key", sa.serialize_pem()),
         ("sa.pub", sa.public_key_pem()),
     ];
+    files.extend(crd_server::certificates(&issuer)?);
     for (name, pem) in files {
         let mut f = io(format!("writing {name}"), fs::File::create(pki.join(name)))?;
         io(format!("writing {name}"), f.write_all(pem.as_bytes()))?;
