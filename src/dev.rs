@@ -16,7 +16,7 @@ use crate::{
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let crds: Vec<_> = args.crds.iter().filter(|p| p.exists()).cloned().collect();
     eprintln!(
-        "starting etcd, kube-apiserver and kube-controller-manager under {}",
+        "starting etcd, kube-apiserver, the CRD server and kube-controller-manager under {}",
         args.dir.display()
     );
     let plane = ControlPlane::start(Options {
@@ -38,8 +38,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     for applied in manifests::apply_paths(&client, &examples, "hotconf-dev").await? {
         eprintln!("applied {applied}");
     }
+    let serving = match plane.crd_server_url() {
+        Some(url) => format!(
+            "custom resources on Kubernetes {} semantics (the CRD server at {url}, aggregated), core objects on {}",
+            plane.crd_version(),
+            plane.kube_version()
+        ),
+        None => format!("Kubernetes {}", plane.kube_version()),
+    };
     println!(
-        "\nThe control plane is up ({}) and the operator runs below. In another shell:\n\n    export KUBECONFIG={}\n    kubectl get rtc,pb -A\n\nControl-plane logs: {}\nCtrl-C stops everything.\n",
+        "\nThe control plane is up ({}: {serving}) and the operator runs below. In another shell:\n\n    export KUBECONFIG={}\n    kubectl get rtc,pb -A\n\nControl-plane logs: {}\nCtrl-C stops everything.\n",
         plane.server(),
         plane.kubeconfig_path().display(),
         plane.log_dir().display()

@@ -175,8 +175,11 @@ pub(super) fn certificates(
 }
 
 /// kube-apiserver's flags for aggregation: trust the front-proxy CA's client, proxy with it, and
-/// leave `apiextensions.k8s.io/v1beta1` off (the CRD server, like every server since 1.22, has
-/// only v1; the v1 group version is handed to the CRD server once both run).
+/// serve no `apiextensions.k8s.io` itself. The CRD server serves that group once both run, so
+/// that CRDs written through kube-apiserver land there, and so that kube-apiserver's OpenAPI
+/// document (which kubectl validates against) has the CRD server's CRD schema (with
+/// `x-kubernetes-validations`, and the `fieldValidation` parameter that makes kubectl leave
+/// validation to the server) instead of its own 1.20 one.
 pub(super) fn kube_apiserver_args(pki: &Path) -> Vec<String> {
     let p = |f: &str| pki.join(f).display().to_string();
     vec![
@@ -187,7 +190,7 @@ pub(super) fn kube_apiserver_args(pki: &Path) -> Vec<String> {
         "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
         format!("--proxy-client-cert-file={}", p("front-proxy-client.crt")),
         format!("--proxy-client-key-file={}", p("front-proxy-client.key")),
-        "--runtime-config=apiextensions.k8s.io/v1beta1=false".into(),
+        "--runtime-config=apiextensions.k8s.io/v1=false,apiextensions.k8s.io/v1beta1=false".into(),
     ]
 }
 

@@ -401,12 +401,18 @@ impl ControlPlane {
         self.start_component("kube-apiserver", &assets.join("kube-apiserver"), &args)?;
         self.server = format!("https://127.0.0.1:{api_port}");
         self.write_kubeconfig(&ca_pem, &admin_token)?;
-        self.wait_ready(Duration::from_secs(90)).await?;
-
         if let Some(binary) = crd_binary {
+            // kube-apiserver's own CRD machinery waits for CRDs, which the CRD server is to
+            // serve: ready but for that, then the CRD server, then ready.
+            self.wait_ready(
+                "/readyz?exclude=poststarthook/crd-informer-synced&exclude=poststarthook/start-apiextensions-controllers",
+                Duration::from_secs(90),
+            )
+            .await?;
             self.start_crd_server(binary, &etcd_url, &pki, &ca_pem)
                 .await?;
         }
+        self.wait_ready("/readyz", Duration::from_secs(90)).await?;
 
         if options.controller_manager {
             let mut args = vec![
@@ -569,16 +575,31 @@ impl ControlPlane {
         )
     }
 
-    async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+    async fn wait_ready(&self, check: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let client = self.client().await?;
         loop {
-            let req = http::Request::get("/readyz")
+            let req = http::Request::get(check)
                 .body(Vec::new())
                 .expect("static request");
             match client.request_text(req).await {
                 Ok(body) if body.trim() == "ok" => return Ok(()),
                 _ if Instant::now() > deadline => {
+                    // Which checks failed, for the log reader.
+                    let verbose = http::Request::get("/readyz?verbose")
+                        .body(Vec::new())
+                        .expect("static request");
+                    let failing: Vec<String> = match client.request_text(verbose).await {
+                        Ok(text) => text,
+                        Err(kube::Error::Api(s)) => s.message,
+                        Err(e) => e.to_string(),
+                    }
+                    .lines()
+                    .filter(|l| l.contains("[-]"))
+                    .map(str::to_string)
+                    .collect();
+                    tracing::error!(?failing, "kube-apiserver is not ready");
+                    eprintln!("kube-apiserver is not ready: {failing:?}");
                     return Err(self.not_ready("kube-apiserver", timeout.as_secs()));
                 }
                 _ => tokio::time::sleep(Duration::from_millis(250)).await,
