@@ -234,7 +234,7 @@ impl ControlPlane {
     /// API server is ready, and installs the CRDs of `options.crds`.
     pub async fn start(options: Options) -> Result<Self> {
         let assets = options.assets.clone().unwrap_or_else(asset_dir);
-        for binary in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        for binary in ["etcd", "kube-apiserver"] {
             if !assets.join(binary).is_file() {
                 return Err(Error::MissingBinary {
                     binary: binary.into(),
@@ -242,6 +242,27 @@ impl ControlPlane {
                 });
             }
         }
+        // setup-envtest ships no kube-controller-manager: the cached one (hack/
+        // control-plane-assets.sh) runs the garbage collector against a newer kube-apiserver too.
+        let controller_manager = [
+            assets.join("kube-controller-manager"),
+            cache_root()
+                .join("control-plane")
+                .join(format!("k8s-{ASSETS_VERSION}"))
+                .join("kube-controller-manager"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file());
+        let controller_manager = match (options.controller_manager, controller_manager) {
+            (false, _) => None,
+            (true, Some(binary)) => Some(binary),
+            (true, None) => {
+                return Err(Error::MissingBinary {
+                    binary: "kube-controller-manager".into(),
+                    dir: assets,
+                });
+            }
+        };
         let kube_version = binary_version(&assets.join("kube-apiserver"))
             .unwrap_or_else(|| ASSETS_VERSION.to_string());
         let crd_binary = match &options.crd_serving {
@@ -288,7 +309,15 @@ impl ControlPlane {
             // Started first, so the directory never outlives us, whatever happens next.
             plane.start_reaper()?;
         }
-        if let Err(e) = plane.launch(&assets, crd_binary.as_deref(), &options).await {
+        if let Err(e) = plane
+            .launch(
+                &assets,
+                crd_binary.as_deref(),
+                controller_manager.as_deref(),
+                &options.users,
+            )
+            .await
+        {
             plane.print_logs();
             return Err(e);
         }
@@ -302,7 +331,8 @@ impl ControlPlane {
         &mut self,
         assets: &Path,
         crd_binary: Option<&Path>,
-        options: &Options,
+        controller_manager: Option<&Path>,
+        users: &[String],
     ) -> Result<()> {
         let dir = self.dir.clone();
         let pki = dir.join("pki");
@@ -323,7 +353,7 @@ impl ControlPlane {
         let mut token_csv = format!(
             "{admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n{operator_token},{OPERATOR_USER},{OPERATOR_USER},\"system:masters\"\n{crd_token},{CRD_SERVER_USER},{CRD_SERVER_USER},\"system:masters\"\n"
         );
-        for user in &options.users {
+        for user in users {
             let token = random_token();
             token_csv.push_str(&format!("{token},{user},{user}\n"));
             self.tokens.push((user.clone(), token));
@@ -414,7 +444,7 @@ impl ControlPlane {
         }
         self.wait_ready("/readyz", Duration::from_secs(90)).await?;
 
-        if options.controller_manager {
+        if let Some(binary) = controller_manager {
             let mut args = vec![
                 format!("--kubeconfig={}", self.kubeconfig_path.display()),
                 "--controllers=garbagecollector,namespace".into(),
@@ -428,11 +458,7 @@ impl ControlPlane {
                 "--concurrent-gc-syncs=5".into(),
                 "--v=1".into(),
             ]);
-            self.start_component(
-                "kube-controller-manager",
-                &assets.join("kube-controller-manager"),
-                &args,
-            )?;
+            self.start_component("kube-controller-manager", binary, &args)?;
         }
         Ok(())
     }
