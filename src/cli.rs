@@ -1,8 +1,8 @@
 //! Command-line interface: the subcommands of the `hotconf` binary (also `kubectl-hotconf`).
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::{dev, telemetry};
 
@@ -29,36 +29,11 @@ pub enum Command {
     /// Run the controller for RuntimeConfig and PoolBudget.
     Operator(crate::operator::OperatorArgs),
     /// Print the CustomResourceDefinitions (as `crds/` holds them).
-    Crds(CrdsArgs),
-    /// Start a local control plane (etcd, kube-apiserver, kube-controller-manager) under a
-    /// directory, install the CRDs, apply the examples and run the operator in the foreground.
-    Dev(DevArgs),
-}
-
-/// Arguments of `hotconf crds`.
-#[derive(Args, Debug)]
-pub struct CrdsArgs {
-    /// Write one file per CRD into this directory instead of printing them.
-    #[arg(long, env = "HOTCONF_CRDS_DIR")]
-    pub output_dir: Option<PathBuf>,
-}
-
-/// Arguments of `hotconf dev`.
-#[derive(Args, Debug)]
-pub struct DevArgs {
-    /// Working directory for data, certificates, logs and the kubeconfig.
-    #[arg(long, env = "HOTCONF_DEV_DIR", default_value = ".dev")]
-    pub dir: PathBuf,
-    /// CRD files or directories to install.
-    #[arg(long, env = "HOTCONF_DEV_CRDS", default_value = "crds")]
-    pub crds: Vec<PathBuf>,
-    /// Manifests (files or directories) to apply once the control plane is up.
-    #[arg(long, env = "HOTCONF_DEV_EXAMPLES", default_value = "examples")]
-    pub examples: Vec<PathBuf>,
-    /// Directory with etcd, kube-apiserver and kube-controller-manager (default:
-    /// $KUBEBUILDER_ASSETS, then the cache filled by hack/control-plane-assets.sh).
-    #[arg(long, env = "KUBEBUILDER_ASSETS")]
-    pub assets: Option<PathBuf>,
+    Crds(crate::crd::CrdsArgs),
+    /// Start a local control plane (etcd, kube-apiserver, the Kubernetes 1.36 CRD server,
+    /// kube-controller-manager) under a directory, install the CRDs, apply the examples and run
+    /// the operator in the foreground.
+    Dev(dev::DevArgs),
 }
 
 /// The command-line arguments to parse. Invoked as `kubectl-hotconf` (a symlink or copy on
@@ -85,7 +60,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     telemetry::init_logging(cli.log_format, filter);
     if let Command::Crds(args) = &cli.command {
-        return print_crds(args);
+        return crate::crd::print(args);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -110,20 +85,4 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn print_crds(args: &CrdsArgs) -> ExitCode {
-    let Some(dir) = &args.output_dir else {
-        print!("{}", crate::crd::crds_yaml());
-        return ExitCode::SUCCESS;
-    };
-    for (file, yaml) in crate::crd::crd_files() {
-        let path = dir.join(file);
-        if let Err(e) = std::fs::write(&path, yaml) {
-            eprintln!("error: writing {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-        println!("wrote {}", path.display());
-    }
-    ExitCode::SUCCESS
 }

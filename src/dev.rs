@@ -1,15 +1,34 @@
 //! `hotconf dev`: a local control plane with the CRDs and the examples, for someone with no
 //! cluster: the operator runs in the foreground. Ctrl-C stops everything.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 
 use crate::{
-    cli::DevArgs,
     envtest::{ControlPlane, Options},
     manifests,
 };
+
+/// Arguments of `hotconf dev`.
+#[derive(clap::Args, Debug)]
+pub struct DevArgs {
+    /// Working directory for data, certificates, logs and the kubeconfig.
+    #[arg(long, env = "HOTCONF_DEV_DIR", default_value = ".dev")]
+    pub dir: PathBuf,
+    /// CRD files or directories to install.
+    #[arg(long, env = "HOTCONF_DEV_CRDS", default_value = "crds")]
+    pub crds: Vec<PathBuf>,
+    /// Manifests (files or directories) to apply once the control plane is up.
+    #[arg(long, env = "HOTCONF_DEV_EXAMPLES", default_value = "examples")]
+    pub examples: Vec<PathBuf>,
+    /// Directory with etcd, kube-apiserver and kube-controller-manager (default:
+    /// $KUBEBUILDER_ASSETS, then the cache filled by hack/control-plane-assets.sh). The
+    /// Kubernetes 1.36 CRD server comes from $HOTCONF_CRD_SERVER or hack/crd-server-assets.sh's
+    /// cache.
+    #[arg(long, env = "KUBEBUILDER_ASSETS")]
+    pub assets: Option<PathBuf>,
+}
 
 /// Starts the control plane under `args.dir`, installs CRDs, applies the examples and waits for
 /// Ctrl-C (or SIGTERM).
@@ -63,21 +82,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         client.clone(),
         crate::controller::Scope::default(),
         runtime,
-        shutdown_signal(),
+        crate::shutdown::signal(),
     )
     .await;
     eprintln!("stopping the control plane");
     drop(plane);
     operator?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Number, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::crd::bounds::defaults;
 use crate::crd::{Format, ParamType, PoolBudgetSpec, RuntimeConfigSpec};
-use crate::validation::{defaults, parse_duration};
 
 /// A value read from a Secret for `valuesFrom`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,7 +235,7 @@ fn coerce(type_: ParamType, value: &Value) -> Value {
             .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
             .map(Value::from)
             .unwrap_or_else(|| value.clone()),
-        (ParamType::Duration, Value::String(s)) => match parse_duration(s) {
+        (ParamType::Duration, Value::String(s)) => match crate::duration::parse(s) {
             // Keep the user's spelling: `90s` stays `90s`.
             Ok(_) => Value::String(s.clone()),
             Err(_) => value.clone(),

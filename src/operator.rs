@@ -112,7 +112,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         is_leader: election.is_leader.clone(),
         ready,
     };
-    let result = controller::run(client, scope, runtime, crate::dev::shutdown_signal()).await;
+    let result = controller::run(client, scope, runtime, crate::shutdown::signal()).await;
     let _ = stop_tx.send(());
     let _ = gauge.await;
     if let Some(webhook) = webhook {

@@ -251,9 +251,18 @@ fn the_process_environment_overrides_values() {
 
 #[test]
 fn feature_flags_reproduce_the_spec_vectors() {
-    assert_eq!(hotconf::flags::fnv1a32(b"new_ui/user-42"), 0x195f_da57);
-    assert_eq!(hotconf::flags::fnv1a32(b"new_ui/user-43"), 0x185f_d8c4);
-    assert_eq!(hotconf::flags::fnv1a32(b"beta_features/alice"), 0xd3bd_7048);
+    assert_eq!(
+        hotconf::feature_flags::fnv1a32(b"new_ui/user-42"),
+        0x195f_da57
+    );
+    assert_eq!(
+        hotconf::feature_flags::fnv1a32(b"new_ui/user-43"),
+        0x185f_d8c4
+    );
+    assert_eq!(
+        hotconf::feature_flags::fnv1a32(b"beta_features/alice"),
+        0xd3bd_7048
+    );
     let flags = |pct: u32| {
         Config::from_value(json!({"values": {}, "featureFlags": {
             "new_ui": {"enabled": true, "rolloutPercentage": 25, "allow": ["user-43"], "deny": ["user-1"]},

@@ -114,23 +114,12 @@ pub struct AgentArgs {
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
-    crate::validation::parse_duration(text)
+    crate::duration::parse(text)
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    run_until(args, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    run_until(args, crate::shutdown::signal()).await
 }
 
 /// Runs the agent until `shutdown` resolves.

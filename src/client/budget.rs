@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use crate::crd::EvictionPolicy;
-use crate::validation::defaults as d;
+use crate::crd::bounds::defaults as d;
 
 /// `metrics`: the resource budget.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -165,7 +165,7 @@ pub struct CachePool {
 
 fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(de)?;
-    crate::validation::parse_duration(&text)
+    crate::duration::parse(&text)
         .map_err(|e| serde::de::Error::custom(format!("duration {text:?}: {e}")))
 }
 

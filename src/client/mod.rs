@@ -252,7 +252,7 @@ impl Document {
         self.value
             .get("featureFlags")
             .and_then(|f| f.get(flag))
-            .is_some_and(|f| crate::flags::is_enabled(flag, f, subject))
+            .is_some_and(|f| crate::feature_flags::is_enabled(flag, f, subject))
     }
 
     /// The maintenance switch, with `until` applied at the current time.

@@ -12,7 +12,6 @@ use serde_json::json;
 use super::cluster::{ClusterArgs, ObjectRef, Target, available, connect};
 use crate::crd::{ConfigStatus, names};
 use crate::history::{RollbackRequest, parse_rollback};
-use crate::validation::parse_duration;
 
 /// Arguments of `hotconf rollback`.
 #[derive(clap::Args, Debug)]
@@ -44,7 +43,7 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     if text == "0" {
         return Ok(Duration::ZERO);
     }
-    parse_duration(text)
+    crate::duration::parse(text)
 }
 
 const POLL: Duration = Duration::from_millis(250);

@@ -15,33 +15,7 @@
 use kube::core::{Message, Rule};
 
 use super::DURATION_PATTERN;
-
-/// A bound of a PoolBudget field, shared by the CRD schema, these rules and the operator.
-#[derive(Clone, Copy, Debug)]
-pub struct IntRange {
-    /// Smallest allowed value.
-    pub min: i64,
-    /// Largest allowed value.
-    pub max: i64,
-}
-
-/// The ranges of the fields that cross-field rules compare (SPEC.md §4).
-pub mod bounds {
-    use super::IntRange;
-
-    /// `pools.database.minConnections`.
-    pub const DATABASE_MIN_CONNECTIONS: IntRange = IntRange { min: 0, max: 100 };
-    /// `pools.database.maxConnections`.
-    pub const DATABASE_MAX_CONNECTIONS: IntRange = IntRange { min: 5, max: 100 };
-    /// `pools.redis.minConnections`.
-    pub const REDIS_MIN_CONNECTIONS: IntRange = IntRange { min: 0, max: 200 };
-    /// `pools.redis.maxConnections`.
-    pub const REDIS_MAX_CONNECTIONS: IntRange = IntRange { min: 5, max: 200 };
-    /// `pools.http.maxConnections`.
-    pub const HTTP_MAX_CONNECTIONS: IntRange = IntRange { min: 10, max: 1000 };
-    /// `pools.http.maxKeepaliveConnections`.
-    pub const HTTP_MAX_KEEPALIVE_CONNECTIONS: IntRange = IntRange { min: 0, max: 1000 };
-}
+use super::bounds::{self, IntRange, defaults::*};
 
 /// One side of a cross-field rule.
 struct Operand {
@@ -157,7 +131,6 @@ fn ordered(lower: Operand, op: &str, upper: Operand, words: &str) -> Vec<Rule> {
 
 /// `spec.metrics.backpressure`: light < moderate < heavy.
 pub fn backpressure() -> Vec<Rule> {
-    use crate::validation::defaults::*;
     let light = || share("light", BACKPRESSURE_LIGHT);
     let moderate = || share("moderate", BACKPRESSURE_MODERATE);
     let heavy = || share("heavy", BACKPRESSURE_HEAVY);
@@ -169,7 +142,6 @@ pub fn backpressure() -> Vec<Rule> {
 
 /// `spec.pools.database`: minConnections <= maxConnections, idleTimeout < maxLifetime.
 pub fn database() -> Vec<Rule> {
-    use crate::validation::defaults::*;
     let mut rules = Vec::new();
     rules.extend(ordered(
         int(
@@ -196,7 +168,6 @@ pub fn database() -> Vec<Rule> {
 
 /// `spec.pools.redis`: minConnections <= maxConnections.
 pub fn redis() -> Vec<Rule> {
-    use crate::validation::defaults::*;
     ordered(
         int(
             "minConnections",
@@ -215,7 +186,6 @@ pub fn redis() -> Vec<Rule> {
 
 /// `spec.pools.http`: maxKeepaliveConnections <= maxConnections.
 pub fn http() -> Vec<Rule> {
-    use crate::validation::defaults::*;
     ordered(
         int(
             "maxKeepaliveConnections",

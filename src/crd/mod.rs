@@ -9,8 +9,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod bounds;
 mod cel;
-pub use cel::{IntRange, bounds};
+pub use bounds::IntRange;
 
 /// The API group.
 pub const GROUP: &str = "hotconf.dev";
@@ -348,7 +349,7 @@ pub struct PoolBudgetSpec {
 pub struct Metrics {
     /// 1..500, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 500))]
+    #[schemars(range(min = bounds::MAX_CONCURRENT_OPERATIONS.min, max = bounds::MAX_CONCURRENT_OPERATIONS.max))]
     pub max_concurrent_operations: Option<i64>,
     /// 64..2048, default 512.
     #[serde(
@@ -356,19 +357,19 @@ pub struct Metrics {
         rename = "maxMemoryMB",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 64, max = 2048))]
+    #[schemars(range(min = bounds::MAX_MEMORY_MB.min, max = bounds::MAX_MEMORY_MB.max))]
     pub max_memory_mb: Option<i64>,
     /// 1..100, default 85.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = bounds::MAX_CPU_PERCENT.min, max = bounds::MAX_CPU_PERCENT.max))]
     pub max_cpu_percent: Option<i64>,
     /// 1..1,000,000, default 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = bounds::MAX_REQUEST_RATE_PER_MINUTE.min, max = bounds::MAX_REQUEST_RATE_PER_MINUTE.max))]
     pub max_request_rate_per_minute: Option<i64>,
     /// 1..600,000, default 5000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 600_000))]
+    #[schemars(range(min = bounds::MAX_PROCESSING_TIME_MS.min, max = bounds::MAX_PROCESSING_TIME_MS.max))]
     pub max_processing_time_ms: Option<i64>,
     /// Backpressure thresholds, 0 < light < moderate < heavy <= 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -437,11 +438,11 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 pub struct DatabasePool {
     /// 0..100, default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100))]
+    #[schemars(range(min = bounds::DATABASE_MIN_CONNECTIONS.min, max = bounds::DATABASE_MIN_CONNECTIONS.max))]
     pub min_connections: Option<i64>,
     /// 5..100, default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 5, max = 100))]
+    #[schemars(range(min = bounds::DATABASE_MAX_CONNECTIONS.min, max = bounds::DATABASE_MAX_CONNECTIONS.max))]
     pub max_connections: Option<i64>,
     /// Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -460,7 +461,7 @@ pub struct DatabasePool {
     pub max_lifetime: Option<String>,
     /// 0..10, default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 10))]
+    #[schemars(range(min = bounds::DATABASE_RETRY_ATTEMPTS.min, max = bounds::DATABASE_RETRY_ATTEMPTS.max))]
     pub retry_attempts: Option<i64>,
 }
 
@@ -471,11 +472,11 @@ pub struct DatabasePool {
 pub struct RedisPool {
     /// 0..200, default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 200))]
+    #[schemars(range(min = bounds::REDIS_MIN_CONNECTIONS.min, max = bounds::REDIS_MIN_CONNECTIONS.max))]
     pub min_connections: Option<i64>,
     /// 5..200, default 50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 5, max = 200))]
+    #[schemars(range(min = bounds::REDIS_MAX_CONNECTIONS.min, max = bounds::REDIS_MAX_CONNECTIONS.max))]
     pub max_connections: Option<i64>,
     /// Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -494,7 +495,7 @@ pub struct RedisPool {
     pub retry_delay: Option<String>,
     /// 0..10, default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 10))]
+    #[schemars(range(min = bounds::REDIS_RETRY_ATTEMPTS.min, max = bounds::REDIS_RETRY_ATTEMPTS.max))]
     pub retry_attempts: Option<i64>,
 }
 
@@ -506,11 +507,11 @@ pub struct RedisPool {
 pub struct HttpPool {
     /// 10..1000, default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 10, max = 1000))]
+    #[schemars(range(min = bounds::HTTP_MAX_CONNECTIONS.min, max = bounds::HTTP_MAX_CONNECTIONS.max))]
     pub max_connections: Option<i64>,
     /// 0..1000 and at most maxConnections, default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = bounds::HTTP_MAX_KEEPALIVE_CONNECTIONS.min, max = bounds::HTTP_MAX_KEEPALIVE_CONNECTIONS.max))]
     pub max_keepalive_connections: Option<i64>,
     /// Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -544,11 +545,11 @@ pub enum EvictionPolicy {
 pub struct CachePool {
     /// 1..10,000,000, default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10_000_000))]
+    #[schemars(range(min = bounds::CACHE_MAX_ENTRIES.min, max = bounds::CACHE_MAX_ENTRIES.max))]
     pub max_entries: Option<i64>,
     /// 1..65,536, default 64.
     #[serde(default, rename = "maxSizeMB", skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65_536))]
+    #[schemars(range(min = bounds::CACHE_MAX_SIZE_MB.min, max = bounds::CACHE_MAX_SIZE_MB.max))]
     pub max_size_mb: Option<i64>,
     /// Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -975,6 +976,31 @@ pub fn crds_yaml() -> String {
         .map(|crd| serde_yaml::to_string(crd).expect("a CRD serializes"))
         .collect::<Vec<_>>()
         .join("---\n")
+}
+
+/// Arguments of `hotconf crds`.
+#[derive(clap::Args, Debug)]
+pub struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing them.
+    #[arg(long, env = "HOTCONF_CRDS_DIR")]
+    pub output_dir: Option<std::path::PathBuf>,
+}
+
+/// `hotconf crds`: prints the CRDs, or writes one file per CRD into `--output-dir`.
+pub fn print(args: &CrdsArgs) -> std::process::ExitCode {
+    let Some(dir) = &args.output_dir else {
+        print!("{}", crds_yaml());
+        return std::process::ExitCode::SUCCESS;
+    };
+    for (file, yaml) in crd_files() {
+        let path = dir.join(file);
+        if let Err(e) = std::fs::write(&path, yaml) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return std::process::ExitCode::FAILURE;
+        }
+        println!("wrote {}", path.display());
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 /// The file name under `crds/` of each CRD.

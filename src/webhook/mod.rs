@@ -24,7 +24,6 @@ use rustls::sign::CertifiedKey;
 
 use crate::Error;
 use crate::metrics::OperatorMetrics;
-use crate::validation::parse_duration;
 
 /// Webhook settings (`hotconf operator --webhook ...`).
 #[derive(clap::Args, Debug, Clone)]
@@ -94,7 +93,7 @@ pub struct WebhookArgs {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
+    crate::duration::parse(s)
 }
 
 /// The certificate the TLS server presents, swapped in place on renewal.
