@@ -562,23 +562,7 @@ pub fn restart_needed(restart_keys: &BTreeSet<String>, changed: &[String]) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{FeatureFlag, Maintenance, Parameter, SecretKeyRef, ValueFrom};
-
-    fn param(t: ParamType) -> Parameter {
-        Parameter {
-            type_: t,
-            default: None,
-            minimum: None,
-            maximum: None,
-            min_length: None,
-            max_length: None,
-            pattern: None,
-            enum_: None,
-            requires_restart: false,
-            sensitive: false,
-            description: None,
-        }
-    }
+    use crate::crd::{FeatureFlag, Maintenance, Parameter};
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
@@ -587,47 +571,29 @@ mod tests {
     }
 
     fn lazy_loading() -> RuntimeConfigSpec {
-        let mut spec = RuntimeConfigSpec::default();
-        spec.schema.insert(
-            "check_interval".into(),
-            Parameter {
-                default: Some(json!(60)),
-                ..param(ParamType::Number)
-            },
-        );
-        spec.schema.insert(
-            "worker_threads".into(),
-            Parameter {
-                default: Some(json!(4)),
-                requires_restart: true,
-                ..param(ParamType::Integer)
-            },
-        );
-        spec.schema.insert(
-            "db_password".into(),
-            Parameter {
-                sensitive: true,
-                ..param(ParamType::String)
-            },
-        );
-        spec.values.insert("check_interval".into(), json!(30.0));
-        spec.values_from.push(ValueFrom {
-            key: "db_password".into(),
-            secret_key_ref: SecretKeyRef {
-                name: "shop-db".into(),
-                key: "password".into(),
-            },
-        });
-        spec.feature_flags.insert(
-            "new_ui".into(),
-            FeatureFlag {
-                enabled: true,
-                rollout_percentage: Some(25),
-                allow: vec!["user-1".into()],
-                deny: vec![],
-            },
-        );
-        spec
+        use ParamType::*;
+        RuntimeConfigSpec::default()
+            .with_param(
+                "check_interval",
+                Parameter::test(Number).with_default(json!(60)),
+            )
+            .with_param(
+                "worker_threads",
+                Parameter::test(Integer)
+                    .with_default(json!(4))
+                    .restart_only(),
+            )
+            .with_param("db_password", Parameter::test(String).sensitive())
+            .with_value("check_interval", json!(30.0))
+            .with_secret("db_password", "shop-db", "password")
+            .with_flag(
+                "new_ui",
+                FeatureFlag {
+                    rollout_percentage: Some(25),
+                    allow: vec!["user-1".into()],
+                    ..FeatureFlag::test()
+                },
+            )
     }
 
     fn secrets() -> BTreeMap<String, ResolvedSecret> {

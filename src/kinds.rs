@@ -39,6 +39,8 @@ pub trait ConfigResource:
     fn paused(&self) -> bool;
     /// `.status`.
     fn config_status(&self) -> Option<&ConfigStatus>;
+    /// `.status`, to replace.
+    fn status_mut(&mut self) -> &mut Option<ConfigStatus>;
     /// `spec.restartTargets`.
     fn restart_targets(&self) -> &[RestartTarget];
     /// `spec.restartPolicy`.
@@ -70,6 +72,9 @@ macro_rules! shared_accessors {
         }
         fn config_status(&self) -> Option<&ConfigStatus> {
             self.status.as_ref()
+        }
+        fn status_mut(&mut self) -> &mut Option<ConfigStatus> {
+            &mut self.status
         }
         fn restart_targets(&self) -> &[RestartTarget] {
             &self.spec.restart_targets

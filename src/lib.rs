@@ -2,6 +2,7 @@
 //!
 //! The library holds all logic; `src/main.rs` only parses arguments and calls [`cli::run`].
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod admin;
 pub mod agent;
@@ -16,6 +17,8 @@ pub mod duration;
 pub mod envtest;
 mod error;
 pub mod feature_flags;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod history;
 pub mod kinds;
 pub mod leader;

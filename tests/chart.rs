@@ -156,6 +156,10 @@ async fn two_replicas_with_namespaced_rbac_render_and_pass_a_server_dry_run() {
         &std::fs::read_to_string(repo().join("tests/fixtures/servicemonitor-crd.yaml")).unwrap(),
         false,
     );
+    env.plane
+        .wait_crd_routed("servicemonitors.monitoring.coreos.com")
+        .await
+        .unwrap();
     eventually(30, "the ServiceMonitor CRD to be served", || async {
         let out = env.kubectl_raw(&["get", "servicemonitors"]);
         out.status.success().then_some(())

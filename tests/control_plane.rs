@@ -110,6 +110,10 @@ async fn watch_crd_ssa_status_and_garbage_collection() {
     .await
     .expect("CRD established in time")
     .unwrap();
+    env.plane
+        .wait_crd_routed("widgets.harness.hotconf.dev")
+        .await
+        .unwrap();
     let widgets: Api<Widget> = Api::namespaced(env.client.clone(), &env.ns);
     let applied = eventually(20, "the Widget to be served", || {
         let widgets = widgets.clone();

@@ -69,9 +69,12 @@ fn wait_established(env: &TestEnv) {
     ]));
 }
 
-/// Waits until kube-apiserver serves the kinds (the aggregator routes the group) and `kubectl
-/// get` of both works in the test's namespace.
+/// Waits until kube-apiserver routes the kinds to the CRD server and `kubectl get` of both
+/// works in the test's namespace.
 async fn wait_served(env: &TestEnv) {
+    for crd in ["runtimeconfigs.hotconf.dev", "poolbudgets.hotconf.dev"] {
+        env.plane.wait_crd_routed(crd).await.unwrap();
+    }
     common::eventually(60, "rtc and pb served", || async {
         env.kubectl_raw(&["get", "rtc,pb"])
             .status

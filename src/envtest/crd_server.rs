@@ -94,6 +94,9 @@ pub(super) struct Flags<'a> {
     pub port: u16,
     pub pki: &'a Path,
     pub kubeconfig: &'a Path,
+    /// Its own audit log (kube-apiserver's audits what clients sent through it; this one, what
+    /// reached the CRD server and how it answered).
+    pub audit_log: &'a Path,
 }
 
 impl Flags<'_> {
@@ -121,6 +124,9 @@ impl Flags<'_> {
             // webhooks stay on: they read admissionregistration/v1, which 1.20 serves.
             "--enable-priority-and-fairness=false".into(),
             "--disable-admission-plugins=MutatingAdmissionPolicy,ValidatingAdmissionPolicy".into(),
+            format!("--audit-policy-file={}", p("audit-policy.yaml")),
+            format!("--audit-log-path={}", self.audit_log.display()),
+            "--audit-log-format=json".into(),
             "--v=1".into(),
         ]
     }
@@ -310,6 +316,76 @@ pub(super) async fn wait_available(
 // Whether the store has seen its first list (an empty cluster has no CRD to wait for).
 fn ready(reader: &kube::runtime::reflector::Store<CustomResourceDefinition>) -> bool {
     futures::FutureExt::now_or_never(reader.wait_until_ready()).is_some_and(|r| r.is_ok())
+}
+
+/// Waits until kube-apiserver proxies every served version of `crd` to the CRD server.
+///
+/// An APIService takes effect when kube-apiserver's aggregator has processed it, which can lag
+/// by a second or more under load; until then (and while kube-apiserver's own registration still
+/// holds a local APIService), requests for the group fall through to kube-apiserver's embedded
+/// CRD handler, which learned the CRD through the aggregated `apiextensions.k8s.io` and stores
+/// objects in its own keys. A client that started a watch in that window would watch an empty
+/// store. The probe tells the two servers apart by behaviour: a strict dry-run create with an
+/// unknown field is refused as "strict decoding error" only by a 1.25+ server (1.20 ignores
+/// `fieldValidation`). A CRD that keeps unknown fields at its root cannot be probed this way:
+/// then discovery alone is waited for.
+pub(super) async fn wait_routed(
+    front: &Client,
+    crd: &CustomResourceDefinition,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let root_open = crd.spec.versions.iter().any(|v| {
+        v.schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .is_some_and(|s| s.x_kubernetes_preserve_unknown_fields == Some(true))
+    });
+    if root_open {
+        return Ok(());
+    }
+    let names = &crd.spec.names;
+    let deadline = tokio::time::Instant::now() + timeout;
+    for version in crd.spec.versions.iter().filter(|v| v.served) {
+        let group_version = format!("{}/{}", crd.spec.group, version.name);
+        let collection = if crd.spec.scope == "Namespaced" {
+            format!("/apis/{group_version}/namespaces/default/{}", names.plural)
+        } else {
+            format!("/apis/{group_version}/{}", names.plural)
+        };
+        let body = serde_json::json!({
+            "apiVersion": group_version,
+            "kind": names.kind,
+            "metadata": {"generateName": "hotconf-route-probe-"},
+            "hotconfRouteProbe": true,
+        });
+        loop {
+            let request =
+                http::Request::post(format!("{collection}?dryRun=All&fieldValidation=Strict"))
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&body).expect("a JSON body"))
+                    .expect("a static request");
+            let routed = match front.request::<serde_json::Value>(request).await {
+                Err(kube::Error::Api(status)) => {
+                    status.code == 400 && status.message.contains("strict decoding error")
+                }
+                _ => false,
+            };
+            if routed {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Crd {
+                    path: PathBuf::from(crd.name_any()),
+                    message: format!(
+                        "kube-apiserver does not route {group_version} to the CRD server within {}s",
+                        timeout.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The group versions the CRDs serve.

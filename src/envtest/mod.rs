@@ -310,12 +310,7 @@ impl ControlPlane {
             plane.start_reaper()?;
         }
         if let Err(e) = plane
-            .launch(
-                &assets,
-                crd_binary.as_deref(),
-                controller_manager.as_deref(),
-                &options.users,
-            )
+            .launch(&assets, crd_binary.as_deref(), &options.users)
             .await
         {
             plane.print_logs();
@@ -324,14 +319,36 @@ impl ControlPlane {
         if !options.crds.is_empty() {
             plane.install_crds(&options.crds).await?;
         }
+        // Last: its garbage collector discovers the CRD groups, and should watch them where
+        // they are served (see `wait_crd_routed`).
+        if let Some(binary) = controller_manager.as_deref() {
+            plane.start_controller_manager(binary)?;
+        }
         Ok(plane)
+    }
+
+    fn start_controller_manager(&mut self, binary: &Path) -> Result<()> {
+        let mut args = vec![
+            format!("--kubeconfig={}", self.kubeconfig_path.display()),
+            "--controllers=garbagecollector,namespace".into(),
+            "--leader-elect=false".into(),
+        ];
+        // Removed in 1.24.
+        if minor(&self.kube_version) < 24 {
+            args.push("--port=0".into());
+        }
+        args.extend([
+            "--secure-port=0".into(),
+            "--concurrent-gc-syncs=5".into(),
+            "--v=1".into(),
+        ]);
+        self.start_component("kube-controller-manager", binary, &args)
     }
 
     async fn launch(
         &mut self,
         assets: &Path,
         crd_binary: Option<&Path>,
-        controller_manager: Option<&Path>,
         users: &[String],
     ) -> Result<()> {
         let dir = self.dir.clone();
@@ -444,22 +461,6 @@ impl ControlPlane {
         }
         self.wait_ready("/readyz", Duration::from_secs(90)).await?;
 
-        if let Some(binary) = controller_manager {
-            let mut args = vec![
-                format!("--kubeconfig={}", self.kubeconfig_path.display()),
-                "--controllers=garbagecollector,namespace".into(),
-                "--leader-elect=false".into(),
-            ];
-            if insecure_port {
-                args.push("--port=0".into());
-            }
-            args.extend([
-                "--secure-port=0".into(),
-                "--concurrent-gc-syncs=5".into(),
-                "--v=1".into(),
-            ]);
-            self.start_component("kube-controller-manager", binary, &args)?;
-        }
         Ok(())
     }
 
@@ -479,6 +480,7 @@ impl ControlPlane {
             port,
             pki,
             kubeconfig: &kubeconfig,
+            audit_log: &self.log_dir.join("crd-server-audit.log"),
         };
         self.start_component("crd-server", binary, &flags.args())?;
         let url = format!("https://127.0.0.1:{port}");
@@ -883,7 +885,25 @@ impl ControlPlane {
     /// until each is established.
     pub async fn install_crds(&self, paths: &[PathBuf]) -> Result<Vec<String>> {
         let client = self.client().await?;
-        install_crds(&client, paths).await
+        let names = install_crds(&client, paths).await?;
+        for name in &names {
+            self.wait_crd_routed(name).await?;
+        }
+        Ok(names)
+    }
+
+    /// Waits until requests for CRD `name`'s group reach the CRD server (when one runs): after
+    /// installing a CRD by other means (kubectl), before relying on its objects. See
+    /// [`crd_server`]'s `wait_routed` for why discovery alone is not enough.
+    pub async fn wait_crd_routed(&self, name: &str) -> Result<()> {
+        if self.crd_server.is_none() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let crd = Api::<CustomResourceDefinition>::all(client.clone())
+            .get(name)
+            .await?;
+        crd_server::wait_routed(&client, &crd, Duration::from_secs(60)).await
     }
 
     /// Prints the tail of every process log to stderr (for a failing test).

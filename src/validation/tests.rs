@@ -1,7 +1,6 @@
 //! Tests of every validation rule, with the fixtures they share.
 
 use super::*;
-use crate::crd::{SecretKeyRef, ValueFrom};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -14,125 +13,11 @@ fn rtc() -> RuntimeConfigSpec {
 }
 
 fn param(type_: ParamType) -> Parameter {
-    Parameter {
-        type_,
-        default: None,
-        minimum: None,
-        maximum: None,
-        min_length: None,
-        max_length: None,
-        pattern: None,
-        enum_: None,
-        requires_restart: false,
-        sensitive: false,
-        description: None,
-    }
+    Parameter::test(type_)
 }
 
 fn flag() -> FeatureFlag {
-    FeatureFlag {
-        enabled: true,
-        rollout_percentage: None,
-        allow: Vec::new(),
-        deny: Vec::new(),
-    }
-}
-
-trait ParamExt {
-    fn min(self, bound: Value) -> Self;
-    fn max(self, bound: Value) -> Self;
-    fn min_len(self, length: i64) -> Self;
-    fn max_len(self, length: i64) -> Self;
-    fn pattern(self, pattern: &str) -> Self;
-    fn one_of(self, entries: Value) -> Self;
-    fn with_default(self, value: Value) -> Self;
-    fn sensitive(self) -> Self;
-}
-
-impl ParamExt for Parameter {
-    fn min(mut self, bound: Value) -> Self {
-        self.minimum = Some(bound);
-        self
-    }
-    fn max(mut self, bound: Value) -> Self {
-        self.maximum = Some(bound);
-        self
-    }
-    fn min_len(mut self, length: i64) -> Self {
-        self.min_length = Some(length);
-        self
-    }
-    fn max_len(mut self, length: i64) -> Self {
-        self.max_length = Some(length);
-        self
-    }
-    fn pattern(mut self, pattern: &str) -> Self {
-        self.pattern = Some(pattern.to_owned());
-        self
-    }
-    fn one_of(mut self, entries: Value) -> Self {
-        self.enum_ = Some(entries.as_array().expect("enum entries are a list").clone());
-        self
-    }
-    fn with_default(mut self, value: Value) -> Self {
-        self.default = Some(value);
-        self
-    }
-    fn sensitive(mut self) -> Self {
-        self.sensitive = true;
-        self
-    }
-}
-
-trait RtcExt {
-    fn with_param(self, key: &str, param: Parameter) -> Self;
-    fn with_value(self, key: &str, value: Value) -> Self;
-    fn with_secret(self, key: &str, secret: &str, secret_key: &str) -> Self;
-    fn with_flag(self, name: &str, flag: FeatureFlag) -> Self;
-    fn with_until(self, until: &str) -> Self;
-    fn with_target(self, target: Target) -> Self;
-    fn with_history_limit(self, limit: i32) -> Self;
-}
-
-impl RtcExt for RuntimeConfigSpec {
-    fn with_param(mut self, key: &str, param: Parameter) -> Self {
-        self.schema.insert(key.to_owned(), param);
-        self
-    }
-    fn with_value(mut self, key: &str, value: Value) -> Self {
-        self.values.insert(key.to_owned(), value);
-        self
-    }
-    fn with_secret(mut self, key: &str, secret: &str, secret_key: &str) -> Self {
-        self.values_from.push(ValueFrom {
-            key: key.to_owned(),
-            secret_key_ref: SecretKeyRef {
-                name: secret.to_owned(),
-                key: secret_key.to_owned(),
-            },
-        });
-        self
-    }
-    fn with_flag(mut self, name: &str, flag: FeatureFlag) -> Self {
-        self.feature_flags.insert(name.to_owned(), flag);
-        self
-    }
-    fn with_until(mut self, until: &str) -> Self {
-        self.maintenance = Some(Maintenance {
-            enabled: true,
-            reason: "upgrade".into(),
-            until: Some(until.to_owned()),
-        });
-        self
-    }
-    fn with_target(mut self, target: Target) -> Self {
-        self.target = Some(target);
-        self
-    }
-    fn with_history_limit(mut self, limit: i32) -> Self {
-        self.revision_history_limit = Some(limit);
-        self
-    }
+    FeatureFlag::test()
 }
 
 /// The RuntimeConfig of SPEC.md §3.

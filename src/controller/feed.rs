@@ -1,0 +1,264 @@
+//! The watch → cache feed: what `reflect` does, plus readiness, slimming, and telling the echoes
+//! of our own writes (status, projected objects) from changes by anyone else.
+
+use super::*;
+
+/// Annotation kubectl's client-side apply keeps the whole applied object in.
+pub(super) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+// Feeds the cache from the watch (what `reflect` does, plus readiness and slimming) and tells the
+// watch events of our own status writes from changes by anyone else: an update that changes
+// nothing but the status, written by `hotconf` alone, needs no reconcile. Listings (start-up, a
+// watch that re-lists) and deletions always pass.
+pub(super) struct CacheFeed<K: ConfigResource> {
+    pub(super) writer: reflector::store::Writer<K>,
+    pub(super) synced: watch::Sender<bool>,
+    pub(super) ctx: Arc<Context>,
+    // uid → (fingerprint, the status fields `hotconf` owned) as last seen
+    pub(super) seen: HashMap<String, (u64, Option<u64>)>,
+}
+
+impl<K: ConfigResource> CacheFeed<K> {
+    pub(super) fn feed(
+        &mut self,
+        event: watcher::Result<watcher::Event<K>>,
+    ) -> Option<watcher::Result<watcher::Event<K>>> {
+        let Ok(event) = event else { return Some(event) };
+        let echo = self.is_echo(&event);
+        self.forget_written(&event);
+        let event = event.modify(slim);
+        self.writer.apply_watcher_event(&event);
+        if let watcher::Event::InitDone = event {
+            self.synced.send_replace(true);
+        }
+        (!echo).then_some(Ok(event))
+    }
+
+    // A status we wrote is kept only until the cache has moved past the version it was based
+    // on (or the object is gone): after that, reconciles read it from the cache. Without this,
+    // every object the operator ever wrote would keep a second copy of its status, since the
+    // echo of our own write triggers no reconcile that could drop it.
+    fn forget_written(&self, event: &watcher::Event<K>) {
+        let (obj, deleted) = match event {
+            watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => (obj, false),
+            watcher::Event::Delete(obj) => (obj, true),
+            _ => return,
+        };
+        let Some(uid) = obj.uid() else { return };
+        let mut written = self.ctx.written.lock().expect("lock");
+        if written.get(&uid).is_some_and(|(based_on, _)| {
+            deleted || obj.resource_version().as_ref() != Some(based_on)
+        }) {
+            written.remove(&uid);
+        }
+    }
+
+    fn is_echo(&mut self, event: &watcher::Event<K>) -> bool {
+        let (watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) = event else {
+            if let watcher::Event::Delete(obj) = event
+                && let Some(uid) = obj.uid()
+            {
+                self.seen.remove(&uid);
+            }
+            return false;
+        };
+        let Some(uid) = obj.uid() else { return false };
+        let fingerprint = fingerprint(obj);
+        let status = Ownership::of(obj.meta(), Some("status"));
+        let Some((was, ours)) = self.seen.insert(uid.clone(), (fingerprint, status.ours)) else {
+            return false;
+        };
+        if matches!(event, watcher::Event::InitApply(_)) || was != fingerprint {
+            return false;
+        }
+        status.written_by_us_since(ours)
+            || self
+                .ctx
+                .written
+                .lock()
+                .expect("lock")
+                .get(&uid)
+                .is_some_and(|(_, status)| obj.config_status() == Some(status))
+    }
+}
+
+// What the cache keeps of an object: everything a reconcile reads. Of managedFields that is, per
+// `reconcile::changed_by`, which manager touched `spec` last, outside subresources.
+pub(super) fn slim<K: ConfigResource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    if let Some(entries) = meta.managed_fields.as_mut() {
+        entries.retain(crate::reconcile::sets_spec);
+        // What `sets_spec` needs to say yes again, and no more.
+        for m in entries.iter_mut() {
+            m.fields_v1 = Some(FieldsV1(json!({"f:spec": {"f:set": {}}})));
+        }
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+// Everything but the status that a reconcile depends on: the spec (through `generation`, which
+// the API server moves on every spec change), annotations and the rest of the identity.
+pub(super) fn fingerprint<K: ConfigResource>(obj: &K) -> u64 {
+    let meta = obj.meta();
+    let mut h = DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    for o in meta.owner_references.iter().flatten() {
+        (&o.uid, o.controller).hash(&mut h);
+    }
+    h.finish()
+}
+
+// Who writes a part of an object (its status, or all of it), from its managedFields.
+pub(super) struct Ownership {
+    // A digest of the fields `hotconf` owns there by Apply, if any.
+    ours: Option<u64>,
+    // Whether `hotconf` is the only manager there.
+    alone: bool,
+}
+
+impl Ownership {
+    // Status entries are those of the status subresource, or (servers before 1.22 do not record
+    // subresources) those that hold `f:status`.
+    fn of(meta: &kube::api::ObjectMeta, part: Option<&str>) -> Self {
+        let entries: Vec<_> = meta
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| match part {
+                None => true,
+                Some(part) => {
+                    m.subresource.as_deref() == Some(part)
+                        || m.fields_v1
+                            .as_ref()
+                            .is_some_and(|f| f.0.get(format!("f:{part}")).is_some())
+                }
+            })
+            .collect();
+        let is_ours = |m: &ManagedFieldsEntry| {
+            m.manager.as_deref() == Some(MANAGER) && m.operation.as_deref() == Some("Apply")
+        };
+        let ours = entries.iter().find(|m| is_ours(m)).map(|m| {
+            let fields = m.fields_v1.as_ref().map(|f| &f.0);
+            let fields = match part {
+                Some(part) => fields.map(|f| f.get(format!("f:{part}")).unwrap_or(f)),
+                None => fields,
+            };
+            let mut h = DefaultHasher::new();
+            fields.map(ToString::to_string).hash(&mut h);
+            h.finish()
+        });
+        Ownership {
+            ours,
+            alone: entries.len() == 1 && ours.is_some(),
+        }
+    }
+
+    // Whether the last change came from `hotconf`, given what it owned before (`None`: nothing).
+    // Anyone else's write adds their own entry, or takes fields from ours.
+    fn written_by_us_since(&self, before: Option<u64>) -> bool {
+        self.alone && (before.is_none() || before == self.ours)
+    }
+}
+
+// Changes of projected objects, less the echoes of our own writes. Listings and deletions always
+// pass.
+pub(super) fn projected_changes<C>(
+    api: Api<PartialObjectMeta<C>>,
+    config: watcher::Config,
+) -> impl Stream<Item = watcher::Result<PartialObjectMeta<C>>> + Send + 'static
+where
+    C: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    C::DynamicType: Default,
+{
+    // uid → the fields `hotconf` owned, as last seen
+    let mut seen: HashMap<String, Option<u64>> = HashMap::new();
+    watcher(api, config)
+        .filter(move |event| {
+            let echo = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    let now = Ownership::of(&o.metadata, None);
+                    let before = o.uid().and_then(|uid| seen.insert(uid, now.ours));
+                    matches!(event, Ok(watcher::Event::Apply(_)))
+                        && now.written_by_us_since(before.flatten())
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    if let Some(uid) = o.uid() {
+                        seen.remove(&uid);
+                    }
+                    false
+                }
+                _ => false,
+            };
+            std::future::ready(!echo)
+        })
+        .touched_objects()
+}
+
+pub(super) fn namespace_of(url: &str) -> Option<String> {
+    let mut parts = url.split('/');
+    parts.by_ref().find(|p| *p == "namespaces")?;
+    parts.next().map(String::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::RuntimeConfig;
+
+    fn object(rv: &str, revision: i64) -> RuntimeConfig {
+        let mut obj: RuntimeConfig = serde_yaml::from_str(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: a, namespace: n, uid: u1}\nspec: {}\n",
+        )
+        .unwrap();
+        obj.metadata.resource_version = Some(rv.into());
+        obj.status = Some(ConfigStatus {
+            current_revision: Some(revision),
+            ..Default::default()
+        });
+        obj
+    }
+
+    #[tokio::test]
+    async fn a_written_status_is_forgotten_once_the_cache_moves_past_it() {
+        // Nothing here talks to the server: the client only has to exist.
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let metrics = Arc::new(OperatorMetrics::register(&mut Default::default()));
+        let ctx = Context::new(client, metrics, watch::channel(true).1);
+        let (_, writer) = reflector::store::<RuntimeConfig>();
+        let mut feed = CacheFeed {
+            writer,
+            synced: watch::channel(false).0,
+            ctx: ctx.clone(),
+            seen: HashMap::new(),
+        };
+        let wrote = |ctx: &Context, rv: &str| {
+            let status = object(rv, 2).status.unwrap();
+            ctx.written
+                .lock()
+                .unwrap()
+                .insert("u1".into(), (rv.into(), status));
+        };
+        let held = |ctx: &Context| ctx.written.lock().unwrap().contains_key("u1");
+
+        // Written on top of version 5: an event still at 5 keeps it, the echo (6) drops it.
+        feed.feed(Ok(watcher::Event::InitApply(object("5", 1))));
+        wrote(&ctx, "5");
+        feed.feed(Ok(watcher::Event::Apply(object("5", 1))));
+        assert!(held(&ctx));
+        let echo = feed.feed(Ok(watcher::Event::Apply(object("6", 2))));
+        assert!(!held(&ctx), "the echo of the write releases it");
+        assert!(echo.is_none(), "and triggers no reconcile");
+
+        // A deletion drops it too.
+        wrote(&ctx, "6");
+        feed.feed(Ok(watcher::Event::Delete(object("6", 2))));
+        assert!(!held(&ctx));
+    }
+}

@@ -1,0 +1,438 @@
+//! The controller: one generic reconciler for both kinds. It reads what a plan needs (the
+//! projected ConfigMap and Secret, the Secrets of `valuesFrom`), asks [`reconcile::plan`] what
+//! to do, and performs exactly those writes, by server-side apply as field manager `hotconf`.
+//!
+//! By concern: [`feed`] turns the watches into the cache (slimmed objects, the echoes of our own
+//! writes told apart), [`read`] fetches what a reconcile reads besides the object (the webhook
+//! reuses it), [`write`] performs a plan; here, the set-up of the controllers and the reconcile
+//! that joins them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt as _, future::BoxFuture};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{
+        ApiResource, DeleteParams, DynamicObject, ListParams, PartialObjectMeta, Patch,
+        PatchParams, Preconditions,
+    },
+    runtime::{
+        Controller, WatchStreamExt as _,
+        controller::{self, Action},
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::crd::{
+    ConfigStatus, MANAGER, PoolBudget, RestartTarget, RuntimeConfig, WorkloadKind, names,
+};
+use crate::document::ResolvedSecret;
+use crate::kinds::ConfigResource;
+use crate::metrics::{OperatorMetrics, ResultLabels};
+use crate::projection::ResolvedTarget;
+use crate::reconcile::{self, Observed, Plan};
+use crate::rollout;
+
+mod feed;
+pub(crate) mod read;
+mod write;
+
+use feed::{CacheFeed, namespace_of, projected_changes};
+pub(crate) use read::resolve_secrets;
+use read::{consumers, workload_resource, workloads};
+pub use write::RESTART_REVISION;
+use write::{execute, set_status};
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<OperatorMetrics>,
+    /// Whether this replica may write (it holds the Lease, or election is off).
+    pub is_leader: watch::Receiver<bool>,
+    // uid → (resourceVersion the write was based on, status written): a reconcile that still
+    // sees the object as it was before our own status write uses what we wrote.
+    written: Mutex<HashMap<String, (String, ConfigStatus)>>,
+    // Failures in a row per object, for the retry delay.
+    backoff: Backoff,
+}
+
+impl Context {
+    /// A context for `client`, reporting Events as `hotconf` (instance: `$POD_NAME` if set).
+    pub fn new(
+        client: Client,
+        metrics: Arc<OperatorMetrics>,
+        is_leader: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "hotconf".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            is_leader,
+            written: Mutex::new(HashMap::new()),
+            backoff: Backoff::default(),
+        })
+    }
+
+    fn leading(&self) -> bool {
+        *self.is_leader.borrow()
+    }
+}
+
+/// What the controllers share with the rest of the process.
+#[derive(Clone)]
+pub struct Runtime {
+    /// Metrics to record into.
+    pub metrics: Arc<OperatorMetrics>,
+    /// Leadership (always true without leader election).
+    pub is_leader: watch::Receiver<bool>,
+    /// Set once every watch has listed its objects (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Which namespaces the operator watches: all, or a list.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Empty: all namespaces.
+    pub namespaces: Vec<String>,
+}
+
+impl Scope {
+    fn apis<K: ConfigResource>(&self, client: &Client) -> Vec<Api<K>> {
+        if self.namespaces.is_empty() {
+            vec![Api::all(client.clone())]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| Api::namespaced(client.clone(), ns))
+                .collect()
+        }
+    }
+}
+
+/// Fails with a hint when the CRDs are not installed.
+pub async fn check_crds(client: &Client) -> Result<(), Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in ["runtimeconfigs.hotconf.dev", "poolbudgets.hotconf.dev"] {
+        match crds.get_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Error::CrdsMissing(name.to_string())),
+            // Without permission to read CRDs, trying the kind itself is the next best check.
+            Err(kube::Error::Api(s)) if s.code == 403 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Runs the controllers for both kinds until `shutdown` resolves. (The caller checks the CRDs
+/// first: see [`check_crds`].)
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    runtime: Runtime,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let ctx = Context::new(
+        client.clone(),
+        runtime.metrics.clone(),
+        runtime.is_leader.clone(),
+    );
+    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut runs: Vec<BoxFuture<'static, ()>> = Vec::new();
+    let mut synced = Vec::new();
+    for api in scope.apis::<RuntimeConfig>(&client) {
+        let (run, ready) = controller_for(api, client.clone(), ctx.clone(), stop(&tx));
+        runs.push(Box::pin(run));
+        synced.push(ready);
+    }
+    for api in scope.apis::<PoolBudget>(&client) {
+        let (run, ready) = controller_for(api, client.clone(), ctx.clone(), stop(&tx));
+        runs.push(Box::pin(run));
+        synced.push(ready);
+    }
+    // The controllers hold what they need; the Lease can be released once they stop.
+    drop(ctx);
+    let ready = runtime.ready.clone();
+    let readiness = tokio::spawn(async move {
+        futures::future::join_all(synced).await;
+        ready.store(true, Ordering::Release);
+        info!("every watch has synced");
+    });
+    let trigger = tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = trigger.send(());
+    });
+    info!(namespaces = ?scope.namespaces, "hotconf operator started");
+    futures::future::join_all(runs).await;
+    readiness.abort();
+    info!("hotconf operator stopped");
+    Ok(())
+}
+
+fn stop(
+    tx: &tokio::sync::broadcast::Sender<()>,
+) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    let mut rx = tx.subscribe();
+    async move {
+        let _ = rx.recv().await;
+    }
+}
+
+/// How many reconciles of one kind and scope run at once. Unbounded, a burst (a restart over
+/// thousands of objects) puts every object in flight at once, each on its own API connection.
+const MAX_CONCURRENT_RECONCILES: u16 = 16;
+
+// The controller of one kind in one scope, and a future that resolves once its watch has synced.
+//
+// The cache is fed by our own reflector rather than `Controller::new`'s, for three reasons: the
+// cached objects are slimmed (managedFields, the bulk of a small object, kept only as far as
+// `reconcile::changed_by` reads them); readiness is taken from the stream itself (the store's
+// readiness wakes only its latest waiter, so a second waiter could stall the controller's own
+// start until the next watch event); and the echoes of our own writes (status, projections) are
+// told apart from changes by anyone else, so one change costs one reconcile.
+fn controller_for<K: ConfigResource>(
+    api: Api<K>,
+    client: Client,
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> (
+    impl std::future::Future<Output = ()> + Send,
+    BoxFuture<'static, ()>,
+) {
+    let ns = api.resource_url().to_string();
+    let namespace = namespace_of(&ns);
+    // Projected objects and Secrets are watched by metadata only: a reconcile reads them whole.
+    type Meta<T> = PartialObjectMeta<T>;
+    let (cms, secrets): (Api<Meta<ConfigMap>>, Api<Meta<Secret>>) = match &namespace {
+        Some(n) => (
+            Api::namespaced(client.clone(), n),
+            Api::namespaced(client.clone(), n),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let owned = watcher::Config::default().labels(&format!(
+        "{}=hotconf,{}={}",
+        names::MANAGED_BY,
+        names::OWNER_KIND,
+        K::KIND
+    ));
+    let (store, writer) = reflector::store::<K>();
+    let (synced_tx, mut synced_rx) = watch::channel(false);
+    let synced: BoxFuture<'static, ()> = Box::pin(async move {
+        if synced_rx.wait_for(|synced| *synced).await.is_err() {
+            // The watch ended before it ever synced: never ready.
+            futures::future::pending::<()>().await;
+        }
+    });
+    let mut feed = CacheFeed {
+        writer,
+        synced: synced_tx,
+        ctx: ctx.clone(),
+        seen: HashMap::new(),
+    };
+    let objects = watcher(api, watcher::Config::default().any_semantic())
+        .filter_map(move |event| std::future::ready(feed.feed(event)))
+        .applied_objects();
+    // A replica that becomes leader reconciles everything: it skipped writes until now.
+    let became_leader = futures::stream::unfold(ctx.is_leader.clone(), |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    });
+    let mut controller = Controller::for_stream(objects, store.clone())
+        .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
+        .owns_stream(projected_changes(cms, owned.clone()))
+        .owns_stream(projected_changes(secrets.clone(), owned));
+    if K::USES_SECRETS {
+        // A change to a Secret that a spec reads through valuesFrom reconciles that spec.
+        let changes = watcher(secrets, watcher::Config::default()).touched_objects();
+        controller = controller.watches_stream(changes, move |s: Meta<Secret>| {
+            let (ns, name) = (s.namespace(), s.name_any());
+            store
+                .state()
+                .into_iter()
+                .filter(|o| {
+                    o.namespace() == ns && o.secret_refs().iter().any(|(_, r)| r.name == name)
+                })
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        });
+    }
+    let metrics = ctx.metrics.clone();
+    let run = controller
+        .reconcile_all_on(became_leader)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::<K>, error_policy::<K>, ctx)
+        .for_each(move |result| {
+            let metrics = metrics.clone();
+            async move {
+                match result {
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        metrics
+                            .watch_restarts
+                            .get_or_create(&OperatorMetrics::kind(K::KIND))
+                            .inc();
+                        warn!(kind = K::KIND, error = %e, "watch failed; restarting it");
+                    }
+                    Err(e) => warn!(kind = K::KIND, error = %e, "reconcile failed"),
+                    Ok(_) => {}
+                }
+            }
+        });
+    (run, synced)
+}
+
+// Retries back off per object: 1 s, doubling to 5 minutes; a success starts over.
+fn error_policy<K: ConfigResource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.backoff.failed(obj.uid().unwrap_or_default());
+    let after = backoff_delay(failures);
+    warn!(kind = K::KIND, name = %obj.name_any(), namespace = ?obj.namespace(), error = %error, label = error.metric_label(), failures, retry_in = ?after, "reconcile error; retrying");
+    Action::requeue(after)
+}
+
+/// The delay before the retry after `failures` failures in a row: 1 s, doubling up to 5 min.
+fn backoff_delay(failures: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(300);
+    FIRST
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(MAX)
+}
+
+/// Failures in a row, per object (uid).
+#[derive(Default)]
+struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    /// Counts a failure; returns how many in a row.
+    fn failed(&self, uid: String) -> u32 {
+        let mut map = self.0.lock().expect("lock");
+        let n = map.entry(uid).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// A success: the next failure starts over.
+    fn succeeded(&self, uid: &str) {
+        self.0.lock().expect("lock").remove(uid);
+    }
+}
+
+async fn reconcile<K: ConfigResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leading() {
+        // A follower keeps its caches warm and writes nothing; it reconciles all on promotion.
+        return Ok(Action::await_change());
+    }
+    let started = std::time::Instant::now();
+    let uid = obj.uid().unwrap_or_default();
+    let result = reconcile_inner(obj, &ctx).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(&uid);
+    }
+    let kind = OperatorMetrics::kind(K::KIND);
+    ctx.metrics
+        .reconcile_duration
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabels {
+            kind: K::KIND.into(),
+            result: match &result {
+                Ok(_) => "success".into(),
+                Err(e) => e.metric_label().into(),
+            },
+        })
+        .inc();
+    result
+}
+
+async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let client = &ctx.client;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+
+    let mut obj = (*obj).clone();
+    if let (Some(uid), Some(rv)) = (obj.uid(), obj.resource_version()) {
+        let mut written = ctx.written.lock().expect("lock");
+        match written.get(&uid) {
+            Some((based_on, status)) if *based_on == rv => set_status(&mut obj, status.clone()),
+            // The cache has moved past our write: forget it, so the map holds only writes in
+            // flight.
+            Some(_) => {
+                written.remove(&uid);
+            }
+            None => {}
+        }
+    }
+    let target = ResolvedTarget::resolve(obj.target(), &name);
+    let observed = Observed {
+        config_map: cms.get_opt(&target.name).await?,
+        secret: if reconcile::needs_secret(&obj) {
+            secrets.get_opt(&target.name).await?
+        } else {
+            None
+        },
+        secrets: resolve_secrets(&obj, &secrets).await?,
+        now: chrono::Utc::now(),
+        workloads: workloads(client, &ns, obj.restart_targets()).await?,
+        consumers: match obj.rollout().and_then(|r| r.consumer_selector.as_ref()) {
+            Some(selector) => Some(consumers(client, &ns, selector).await?),
+            None => None,
+        },
+    };
+    let plan = reconcile::plan(&obj, &observed);
+    execute(&obj, &plan, ctx, &cms, &secrets).await?;
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_a_second_to_five_minutes_and_start_over() {
+        let delays: Vec<u64> = (1..=11).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(300));
+        let backoff = Backoff::default();
+        assert_eq!(
+            (backoff.failed("a".into()), backoff.failed("a".into())),
+            (1, 2)
+        );
+        assert_eq!(backoff.failed("b".into()), 1, "per object");
+        backoff.succeeded("a");
+        assert_eq!(backoff.failed("a".into()), 1);
+    }
+}

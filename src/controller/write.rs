@@ -1,0 +1,148 @@
+//! Performing a plan: the Secret and ConfigMap applies, restart stamps, deletions of stale
+//! projections, the status apply and the Events, in that order.
+
+use super::*;
+
+/// The pod-template annotation that restarts a workload.
+pub const RESTART_REVISION: &str = "hotconf.dev/restart-revision";
+
+// Stamps the pod template, and only it, by server-side apply: the workload's controller rolls it.
+pub(super) async fn restart(
+    client: &Client,
+    ns: &str,
+    kind: WorkloadKind,
+    name: &str,
+    revision: i64,
+) -> Result<(), Error> {
+    let resource = workload_resource(kind);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+    let body = json!({
+        "apiVersion": "apps/v1",
+        "kind": resource.kind,
+        "metadata": {"name": name},
+        "spec": {"template": {"metadata": {"annotations": {RESTART_REVISION: revision.to_string()}}}}
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    info!(kind = %resource.kind, %name, revision, "restarting for restart-only keys");
+    Ok(())
+}
+
+pub(super) fn set_status<K: ConfigResource>(obj: &mut K, status: ConfigStatus) {
+    *obj.status_mut() = Some(status);
+}
+
+pub(super) async fn execute<K: ConfigResource>(
+    obj: &K,
+    plan: &Plan,
+    ctx: &Context,
+    cms: &Api<ConfigMap>,
+    secrets: &Api<Secret>,
+) -> Result<(), Error> {
+    let apply = PatchParams::apply(MANAGER).force();
+    let name = obj.name_any();
+    if let Some(secret) = &plan.secret {
+        secrets
+            .patch(&secret.name_any(), &apply, &Patch::Apply(secret))
+            .await?;
+    }
+    if let Some(cm) = &plan.config_map {
+        cms.patch(&cm.name_any(), &apply, &Patch::Apply(cm)).await?;
+        info!(kind = K::KIND, %name, configmap = %cm.name_any(), revision = ?plan.status.current_revision, "projected");
+    }
+    let ns = obj.namespace().unwrap_or_default();
+    for (kind, target, revision) in &plan.restart {
+        restart(&ctx.client, &ns, *kind, target, *revision).await?;
+    }
+    let uid = obj.uid().unwrap_or_default();
+    let owned =
+        |meta: &kube::api::ObjectMeta| meta.owner_references.iter().flatten().any(|o| o.uid == uid);
+    for stale in &plan.delete_config_maps {
+        if let Some(cm) = cms.get_opt(stale).await?
+            && owned(&cm.metadata)
+        {
+            cms.delete(stale, &delete_exact(cm.uid())).await?;
+        }
+    }
+    for stale in &plan.delete_secrets {
+        if let Some(s) = secrets.get_opt(stale).await?
+            && owned(&s.metadata)
+        {
+            secrets.delete(stale, &delete_exact(s.uid())).await?;
+        }
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    if plan.status_changed {
+        let body = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": plan.status,
+        });
+        let updated = api
+            .patch_status(&name, &apply, &Patch::Apply(&body))
+            .await?;
+        if let (Some(rv), Some(uid)) = (obj.resource_version(), obj.uid()) {
+            let mut written = ctx.written.lock().expect("lock");
+            written.insert(uid, (rv, plan.status.clone()));
+            drop(updated);
+        }
+    }
+    if plan.remove_rollback_annotation {
+        let patch = json!({"metadata": {"annotations": {names::ROLLBACK_TO: null}}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    let kind = OperatorMetrics::kind(K::KIND);
+    let outcome = &plan.outcome;
+    for (happened, counter) in [
+        (outcome.projected, &ctx.metrics.revisions_projected),
+        (outcome.validation_failed, &ctx.metrics.validation_failures),
+        (outcome.rolled_back, &ctx.metrics.rollbacks),
+    ] {
+        if happened {
+            counter.get_or_create(&kind).inc();
+        }
+    }
+    let reference = obj.object_ref(&());
+    for e in &plan.events {
+        let event = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.into(),
+            note: Some(truncate(&e.note, 1000)),
+            action: e.action.into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            warn!(kind = K::KIND, %name, reason = e.reason, error = %err, "publishing an event failed");
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn delete_exact(uid: Option<String>) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..Default::default()
+    }
+}
+
+pub(super) fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(max - 1).collect();
+        t.push('…');
+        t
+    }
+}

@@ -1,0 +1,587 @@
+//! The reconcile decision for one object, as a pure function: from the object and what was
+//! observed (projected objects, Secrets, the time) to a [`Plan`] of writes, status and Events.
+//! The controller executes plans; tests call [`plan`] directly.
+//!
+//! [`plan`] is a sequence of steps, one file each, in the order they run: [`revision`]
+//! (validate, record a new revision), [`rollback`] (the pin, manual or automatic), [`project`]
+//! (the ConfigMap and Secret writes), [`restarts`] (restart waves), [`consumers`] (what the pods
+//! applied), then the history bounds and [`conditions`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{ConfigStatus, WorkloadKind, names};
+use crate::document::ResolvedSecret;
+use crate::history;
+use crate::kinds::ConfigResource;
+use crate::projection::ResolvedTarget;
+use crate::rollout::{Consumer, Workload};
+use crate::validation::SecretValues;
+
+mod conditions;
+mod consumers;
+mod project;
+mod restarts;
+mod revision;
+mod rollback;
+
+/// What the controller read before deciding.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The ConfigMap at the target name, if it exists.
+    pub config_map: Option<ConfigMap>,
+    /// The Secret at the target name, if it exists.
+    pub secret: Option<Secret>,
+    /// `valuesFrom` resolution: document key → value (with its Secret's uid) or why not.
+    pub secrets: BTreeMap<String, Result<ResolvedSecret, String>>,
+    /// The time of this reconcile.
+    pub now: DateTime<Utc>,
+    /// The restart targets as they are now (`spec.restartTargets` resolved).
+    pub workloads: Vec<Workload>,
+    /// The consumer pods and their reports, when `spec.rollout.consumerSelector` is set.
+    pub consumers: Option<Vec<Consumer>>,
+}
+
+/// An Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// UpperCamelCase reason.
+    pub reason: &'static str,
+    /// The action, a verb.
+    pub action: &'static str,
+    /// The message.
+    pub note: String,
+}
+
+/// Everything one reconcile should do.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// The ConfigMap to apply (`None`: it is as it should be, or must be left alone).
+    pub config_map: Option<ConfigMap>,
+    /// The Secret to apply.
+    pub secret: Option<Secret>,
+    /// Projected objects of an earlier target to delete: (ConfigMap names, Secret names).
+    pub delete_config_maps: Vec<String>,
+    /// Secrets to delete.
+    pub delete_secrets: Vec<String>,
+    /// The new status.
+    pub status: ConfigStatus,
+    /// Whether the status differs from the object's.
+    pub status_changed: bool,
+    /// Events to publish.
+    pub events: Vec<PlannedEvent>,
+    /// Remove the `hotconf.dev/rollback-to` annotation (the spec moved on while pinned).
+    pub remove_rollback_annotation: bool,
+    /// Reconcile again after this long (a maintenance window ends, restarts or consumers are
+    /// in progress).
+    pub requeue_after: Option<Duration>,
+    /// Workloads whose pod template to stamp with `hotconf.dev/restart-revision` = the revision.
+    pub restart: Vec<(WorkloadKind, String, i64)>,
+    /// What this plan amounts to, for the metrics.
+    pub outcome: Outcome,
+}
+
+/// What a plan amounts to, as the operator's metrics count it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// A revision is written to the ConfigMap.
+    pub projected: bool,
+    /// The spec was found invalid with errors not reported before.
+    pub validation_failed: bool,
+    /// A rollback pin takes effect (by annotation or automatically).
+    pub rolled_back: bool,
+}
+
+/// Whether a reconcile of `obj` reads the projected Secret: the spec reads Secrets, or a Secret
+/// was projected before (it may have to be deleted).
+pub fn needs_secret<K: ConfigResource>(obj: &K) -> bool {
+    K::USES_SECRETS
+        && (!obj.secret_refs().is_empty()
+            || obj
+                .config_status()
+                .and_then(|s| s.projected.as_ref())
+                .is_some_and(|p| p.secret.is_some()))
+}
+
+// How often restarts and consumers are checked while they are in progress.
+const PROGRESS_POLL: Duration = Duration::from_secs(2);
+// How often settled consumers are looked at again.
+const CONSUMER_RESYNC: Duration = Duration::from_secs(10);
+
+fn sooner(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+fn now_string(now: DateTime<Utc>) -> String {
+    now.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The best known identity of whoever changed the spec last: the `hotconf.dev/changed-by`
+/// annotation (set by the admission webhook), else the field manager of the newest managed-fields
+/// entry that touches `spec`.
+pub fn changed_by<K: Resource>(obj: &K) -> Option<String> {
+    if let Some(by) = obj.annotations().get(names::CHANGED_BY) {
+        return Some(by.clone());
+    }
+    obj.meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| sets_spec(m))
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.clone())
+}
+
+/// Whether a managedFields entry sets a value of `spec` (outside subresources). An entry that
+/// owns only the spec's structure (`.` markers: servers before 1.22 leave those with a manager
+/// whose values another manager took over, under the same timestamp) set nothing.
+pub fn sets_spec(
+    entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+) -> bool {
+    fn has_leaf(node: &serde_json::Value) -> bool {
+        node.as_object().is_some_and(|map| {
+            map.iter().any(|(key, child)| {
+                key != "." && (child.as_object().is_some_and(|c| c.is_empty()) || has_leaf(child))
+            })
+        })
+    }
+    entry.subresource.as_deref().unwrap_or("").is_empty()
+        && entry
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:spec"))
+            .is_some_and(has_leaf)
+}
+
+/// What validation needs of resolved `valuesFrom`: the values, or why each could not be read.
+pub fn secret_values(resolved: &BTreeMap<String, Result<ResolvedSecret, String>>) -> SecretValues {
+    resolved
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_ref().map(|s| s.value.clone()).map_err(Clone::clone),
+            )
+        })
+        .collect()
+}
+
+/// Decides what one reconcile does: a sequence of pure steps, each reading the object and what
+/// was observed and filling its part of the plan.
+pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
+    let cx = Context::new(obj, observed);
+    let mut draft = Draft::new(&cx.prev, cx.generation);
+    let revision = revision::decide_revision(&cx, &mut draft);
+    let rollback = rollback::decide_rollback(&cx, &mut draft);
+    let projection = project::decide_projection(&cx, &mut draft, &revision, rollback.pinned);
+    restarts::decide_restarts(&cx, &mut draft, &projection);
+    let progressing = consumers::decide_consumers(&cx, &mut draft);
+    trim_history(&cx, &mut draft, rollback.pinned);
+    let outcome = conditions::Outcome {
+        revision: &revision,
+        rollback: &rollback,
+        projection: &projection,
+        progressing,
+    };
+    conditions::decide_conditions(&cx, &mut draft, outcome);
+    draft.finish(&cx.prev)
+}
+
+/// What every step reads: the object, what was observed, and what follows from them.
+pub(crate) struct Context<'a, K> {
+    pub obj: &'a K,
+    pub observed: &'a Observed,
+    pub name: String,
+    pub namespace: String,
+    pub generation: i64,
+    /// The status as the object carries it.
+    pub prev: ConfigStatus,
+    pub target: ResolvedTarget,
+    pub now: DateTime<Utc>,
+}
+
+impl<'a, K: ConfigResource> Context<'a, K> {
+    pub fn new(obj: &'a K, observed: &'a Observed) -> Self {
+        let name = obj.name_any();
+        Context {
+            obj,
+            observed,
+            namespace: obj.namespace().unwrap_or_default(),
+            generation: obj.meta().generation.unwrap_or(0),
+            prev: obj.config_status().cloned().unwrap_or_default(),
+            target: ResolvedTarget::resolve(obj.target(), &name),
+            now: observed.now,
+            name,
+        }
+    }
+}
+
+/// What the steps fill in: the new status, the Events, and the rest of the plan.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    pub status: ConfigStatus,
+    pub events: Vec<PlannedEvent>,
+    pub plan: Plan,
+}
+
+impl Draft {
+    /// Starts from the previous status, now describing `generation`.
+    pub fn new(prev: &ConfigStatus, generation: i64) -> Self {
+        let mut status = prev.clone();
+        status.observed_generation = Some(generation);
+        Draft {
+            status,
+            events: Vec::new(),
+            plan: Plan::default(),
+        }
+    }
+
+    fn finish(mut self, prev: &ConfigStatus) -> Plan {
+        self.plan.status_changed = self.status != *prev;
+        self.plan.status = self.status;
+        self.plan.events = self.events;
+        self.plan
+    }
+}
+
+/// History within its bounds: `revisionHistoryLimit` and the byte budget; the latest, the
+/// projected and a pinned revision stay.
+pub(crate) fn trim_history<K: ConfigResource>(
+    cx: &Context<'_, K>,
+    draft: &mut Draft,
+    pinned: Option<i64>,
+) {
+    let status = &mut draft.status;
+    let keep: Vec<i64> = status
+        .latest_revision
+        .into_iter()
+        .chain(status.current_revision)
+        .chain(pinned)
+        .collect();
+    history::trim(
+        &mut status.history,
+        history::history_limit(cx.obj.history_limit()),
+        history::HISTORY_BYTE_BUDGET,
+        &keep,
+    );
+}
+
+fn normal(reason: &'static str, action: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        warning: false,
+        reason,
+        action,
+        note,
+    }
+}
+
+fn warning(reason: &'static str, action: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        warning: true,
+        reason,
+        action,
+        note,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conditions::find_condition;
+    use super::*;
+    use crate::crd::RuntimeConfig;
+
+    /// One reconcile, with its outcome written back the way the controller writes it.
+    fn step(obj: &mut RuntimeConfig, observed: &mut Observed) -> Plan {
+        let plan = plan(obj, observed);
+        obj.status = Some(plan.status.clone());
+        if let Some(cm) = &plan.config_map {
+            observed.config_map = Some(cm.clone());
+        }
+        plan
+    }
+
+    fn change(obj: &mut RuntimeConfig, key: &str, value: i64) {
+        obj.spec.values.insert(key.into(), value.into());
+        obj.metadata.generation = Some(obj.metadata.generation.unwrap_or(0) + 1);
+    }
+
+    fn pin(obj: &mut RuntimeConfig, to: Option<&str>) {
+        let annotations = obj.metadata.annotations.get_or_insert_default();
+        match to {
+            Some(to) => annotations.insert(names::ROLLBACK_TO.into(), to.into()),
+            None => annotations.remove(names::ROLLBACK_TO),
+        };
+    }
+
+    /// The deployment controller's part: `web` observed its template stamped for `revision`.
+    fn rolled(observed: &mut Observed, revision: i64) {
+        observed.workloads = vec![Workload {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            generation: revision + 10,
+            observed_generation: revision + 10,
+            restart_revision: Some(revision),
+        }];
+    }
+
+    /// A RuntimeConfig with a restart-only `workers` (default 4), and `timeout` when asked,
+    /// restarting Deployment `web`, which has not been stamped yet.
+    fn start(with_timeout: bool) -> (RuntimeConfig, Observed) {
+        use crate::crd::{ParamType, Parameter};
+        let workers = Parameter::test(ParamType::Integer)
+            .with_default(4)
+            .restart_only();
+        let mut obj = RuntimeConfig::test()
+            .with_param("workers", workers)
+            .with_restart_target("web");
+        if with_timeout {
+            obj = obj.with_param(
+                "timeout",
+                Parameter::test(ParamType::Integer).with_default(30),
+            );
+        }
+        let mut observed = Observed::test();
+        rolled(&mut observed, 0);
+        (obj, observed)
+    }
+
+    fn restarts(plan: &Plan) -> Vec<i64> {
+        plan.restart.iter().map(|(_, _, r)| *r).collect()
+    }
+
+    #[test]
+    fn restarts_follow_the_projected_revision_through_rollback_and_release() {
+        let (mut obj, mut observed) = start(true);
+        // Revision 1: the first projection restarts nothing.
+        assert!(restarts(&step(&mut obj, &mut observed)).is_empty());
+        // Revision 2 changes a restart-only key.
+        change(&mut obj, "workers", 8);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(2), vec![2])
+        );
+        assert_eq!(p.status.pending_restart, vec!["values.workers"]);
+        rolled(&mut observed, 2);
+        let p = step(&mut obj, &mut observed);
+        assert!(p.status.pending_restart.is_empty() && p.status.restart.is_none());
+
+        // A rollback to 1 brings workers back to 4: the targets restart for revision 1.
+        pin(&mut obj, Some("1"));
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(1), vec![1])
+        );
+        assert_eq!(p.status.pending_restart, vec!["values.workers"]);
+        assert_eq!(
+            find_condition(&p.status, "RestartPending").unwrap().status,
+            "True"
+        );
+        rolled(&mut observed, 1);
+        assert!(step(&mut obj, &mut observed).status.restart.is_none());
+
+        // Releasing the pin projects revision 2 again (workers 8): another restart.
+        pin(&mut obj, None);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(2), vec![2])
+        );
+        rolled(&mut observed, 2);
+        assert!(step(&mut obj, &mut observed).status.restart.is_none());
+
+        // A hot-reloadable change restarts nothing, and neither does a rollback across it.
+        change(&mut obj, "timeout", 60);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!((p.status.current_revision, restarts(&p)), (Some(3), vec![]));
+        pin(&mut obj, Some("previous"));
+        let p = step(&mut obj, &mut observed);
+        assert_eq!((p.status.current_revision, restarts(&p)), (Some(2), vec![]));
+        assert!(p.status.pending_restart.is_empty());
+
+        // Pinned to 1 (workers 4) while the latest (3) has workers 8, a new spec sets workers
+        // to 4: compared with what is projected, no restart-only key changes.
+        pin(&mut obj, Some("1"));
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(1), vec![1])
+        );
+        rolled(&mut observed, 1);
+        step(&mut obj, &mut observed);
+        change(&mut obj, "workers", 4);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!((p.status.current_revision, restarts(&p)), (Some(4), vec![]));
+        assert!(p.status.rollback.is_none() && p.status.restart.is_none());
+    }
+
+    #[test]
+    fn a_paused_config_restarts_nothing_until_it_projects() {
+        let (mut obj, mut observed) = start(false);
+        step(&mut obj, &mut observed);
+        obj.spec.paused = true;
+        change(&mut obj, "workers", 8);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!((p.status.current_revision, restarts(&p)), (Some(1), vec![]));
+        obj.spec.paused = false;
+        obj.metadata.generation = Some(3);
+        let p = step(&mut obj, &mut observed);
+        assert_eq!(
+            (p.status.current_revision, restarts(&p)),
+            (Some(2), vec![2])
+        );
+    }
+}
+
+#[cfg(test)]
+mod changed_by_tests {
+    use super::*;
+    use crate::crd::{RuntimeConfig, RuntimeConfigSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
+
+    fn entry(
+        manager: &str,
+        fields: serde_json::Value,
+        subresource: Option<&str>,
+    ) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            subresource: subresource.map(Into::into),
+            // One second for all, as a quick succession of writes gets.
+            time: Some(Time("2026-12-01T10:00:00Z".parse().unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_manager_left_with_only_the_spec_structure_did_not_change_it() {
+        let mut obj = RuntimeConfig::new("app", RuntimeConfigSpec::default());
+        obj.metadata.managed_fields = Some(vec![
+            entry(
+                "alice-tool",
+                serde_json::json!({"f:spec": {".": {}, "f:values": {".": {}, "f:v": {}}}}),
+                None,
+            ),
+            // Status by server-side apply on a 1.20 server: no subresource, f:status only.
+            entry(
+                "hotconf",
+                serde_json::json!({"f:status": {"f:history": {}}}),
+                None,
+            ),
+            // What a 1.20 server leaves of the manager whose value alice-tool took over.
+            entry(
+                "release-bot",
+                serde_json::json!({"f:spec": {".": {}, "f:values": {".": {}}}}),
+                None,
+            ),
+        ]);
+        assert_eq!(changed_by(&obj).as_deref(), Some("alice-tool"));
+        // On a current server the status entry names its subresource; spec entries are kept.
+        let statusy = entry(
+            "hotconf",
+            serde_json::json!({"f:spec": {"f:x": {}}}),
+            Some("status"),
+        );
+        assert!(!sets_spec(&statusy));
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+    use crate::crd::RuntimeConfig;
+
+    #[test]
+    fn history_is_trimmed_through_the_plan_keeping_the_pin() {
+        let mut obj = RuntimeConfig::test().with_history_limit(2);
+        let mut observed = Observed::test();
+        for v in 1..=4 {
+            obj = obj.with_value("v", v).next_generation();
+            let p = plan(&obj, &observed);
+            obj.status = Some(p.status);
+            observed.config_map = p.config_map.or(observed.config_map);
+        }
+        let revisions = |obj: &RuntimeConfig| -> Vec<i64> {
+            obj.status
+                .as_ref()
+                .unwrap()
+                .history
+                .iter()
+                .map(|s| s.revision)
+                .collect()
+        };
+        assert_eq!(revisions(&obj), vec![3, 4], "the newest two");
+
+        // Pin 3, then two more changes keep it... until the spec moves on and releases it.
+        obj = obj.with_annotation(names::ROLLBACK_TO, Some("3"));
+        let p = plan(&obj, &observed);
+        obj.status = Some(p.status);
+        let mut one_more = obj.clone().with_value("v", 5);
+        one_more.status = obj.status.clone();
+        let cx = Context::new(&one_more, &observed);
+        let mut draft = Draft::new(&cx.prev, cx.generation);
+        draft.status.history.push(crate::crd::Snapshot {
+            revision: 5,
+            ..draft.status.history[1].clone()
+        });
+        draft.status.latest_revision = Some(5);
+        trim_history(&cx, &mut draft, Some(3));
+        let kept: Vec<i64> = draft.status.history.iter().map(|s| s.revision).collect();
+        assert_eq!(
+            kept,
+            vec![3, 5],
+            "the pinned and the latest, within the limit of 2"
+        );
+    }
+}
+
+#[cfg(test)]
+mod outcome_tests {
+    use super::*;
+    use crate::crd::{ParamType, Parameter, PoolBudget, RuntimeConfig};
+
+    #[test]
+    fn a_plan_says_what_it_amounts_to_and_a_reconcile_what_to_read() {
+        let obj = RuntimeConfig::test().with_value("v", 1);
+        let p = plan(&obj, &Observed::test());
+        assert_eq!(
+            p.outcome,
+            Outcome {
+                projected: true,
+                ..Default::default()
+            }
+        );
+        let invalid = obj
+            .clone()
+            .with_param("v", Parameter::test(ParamType::String));
+        assert!(plan(&invalid, &Observed::test()).outcome.validation_failed);
+        let pinned = {
+            let mut o = obj.clone();
+            o.status = Some(p.status.clone());
+            o.with_annotation(names::ROLLBACK_TO, Some("1"))
+        };
+        // Revision 1 is what is projected already: pinning it takes effect all the same.
+        assert!(plan(&pinned, &Observed::test()).outcome.rolled_back);
+
+        assert!(
+            !needs_secret(&obj),
+            "no valuesFrom, nothing projected to a Secret"
+        );
+        assert!(needs_secret(
+            &obj.with_spec(|s| s.with_secret("pw", "db", "password"))
+        ));
+        assert!(
+            !needs_secret(&PoolBudget::test()),
+            "PoolBudgets have no Secrets"
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! Step 3: what to project. The pinned revision, else the latest one of a valid spec, into the
+//! ConfigMap (and the sensitive values into the Secret), unless the spec is paused or the target
+//! belongs to someone else; objects of an earlier target are deleted.
+
+use std::collections::BTreeMap;
+
+use kube::Resource;
+use serde_json::Value;
+
+use super::revision::Revision;
+use super::{Context, Draft, Observed, normal};
+use crate::crd::Projected;
+use crate::kinds::ConfigResource;
+use crate::projection::{self, Stamp};
+
+/// What the projection step decided.
+#[derive(Debug, Default)]
+pub(crate) struct Projection {
+    /// The revision to project: its number, hash and document.
+    pub source: Option<(i64, String, Value)>,
+    /// Whether it is projected by this reconcile's plan (it may already be).
+    pub projected_now: bool,
+    /// Why the target cannot be written: an object of that name not controlled by this one.
+    pub conflict: Option<String>,
+}
+
+/// Decides the ConfigMap and Secret writes (only what differs from what was observed), and
+/// records what is projected in the status.
+pub(crate) fn decide_projection<K: ConfigResource>(
+    cx: &Context<'_, K>,
+    draft: &mut Draft,
+    revision: &Revision,
+    pinned: Option<i64>,
+) -> Projection {
+    let (obj, observed, target) = (cx.obj, cx.observed, &cx.target);
+    let status = &mut draft.status;
+    let entry = |r: i64| {
+        status
+            .history
+            .iter()
+            .find(|s| s.revision == r)
+            .map(|s| (s.revision, s.hash.clone(), s.document.value()))
+    };
+    let source = match pinned {
+        Some(t) => entry(t),
+        None if revision.valid() => status.latest_revision.and_then(entry),
+        None => None,
+    };
+    let conflict = observed
+        .config_map
+        .as_ref()
+        .filter(|cm| !owned_by(&cm.metadata, obj))
+        .map(|_| {
+            format!(
+                "ConfigMap {} exists and is not controlled by this {}",
+                target.name,
+                K::KIND
+            )
+        });
+    let mut projected_now = false;
+    if let (Some((revision_number, hash, doc)), false, None) = (&source, obj.paused(), &conflict)
+        && let Some(owner) = obj.controller_owner_ref(&())
+    {
+        let stamp = Stamp {
+            kind: K::KIND,
+            owner_name: cx.name.clone(),
+            namespace: cx.namespace.clone(),
+            owner,
+            revision: *revision_number,
+            hash: hash.clone(),
+        };
+        let desired = projection::config_map(doc, target, &stamp);
+        if !observed
+            .config_map
+            .as_ref()
+            .is_some_and(|cm| projection::config_map_matches(cm, &desired))
+        {
+            draft.events.push(normal(
+                "Projected",
+                "Project",
+                format!(
+                    "revision {revision_number} projected to ConfigMap {}",
+                    target.name
+                ),
+            ));
+            draft.plan.config_map = Some(desired);
+            draft.plan.outcome.projected = true;
+        }
+        // Sensitive values: the Secret follows the valid spec's values (history keeps none).
+        let sensitive = revision
+            .sensitive
+            .clone()
+            .unwrap_or_else(|| existing_secret_values(observed));
+        if !sensitive.is_empty() {
+            let desired = projection::secret(&sensitive, target, &stamp);
+            if !observed
+                .secret
+                .as_ref()
+                .is_some_and(|s| projection::secret_matches(s, &desired))
+            {
+                draft.plan.secret = Some(desired);
+            }
+        } else if observed
+            .secret
+            .as_ref()
+            .is_some_and(|s| owned_by(&s.metadata, obj))
+        {
+            draft.plan.delete_secrets.push(target.name.clone());
+        }
+        let status = &mut draft.status;
+        status.current_revision = Some(*revision_number);
+        status.current_hash = Some(hash.clone());
+        if let Some(old) = cx.prev.projected.as_ref() {
+            if old.config_map != target.name {
+                draft.plan.delete_config_maps.push(old.config_map.clone());
+            }
+            if let Some(s) = &old.secret
+                && *s != target.name
+            {
+                draft.plan.delete_secrets.push(s.clone());
+            }
+        }
+        status.projected = Some(Projected {
+            config_map: target.name.clone(),
+            secret: (!sensitive.is_empty()).then(|| target.name.clone()),
+        });
+        projected_now = true;
+    }
+    Projection {
+        source,
+        projected_now,
+        conflict,
+    }
+}
+
+/// The sensitive values the Secret holds now: what an invalid spec keeps projected.
+fn existing_secret_values(observed: &Observed) -> BTreeMap<String, String> {
+    observed
+        .secret
+        .as_ref()
+        .and_then(|s| s.data.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+/// Whether `meta` names `obj` among its owners.
+fn owned_by<K: Resource>(meta: &kube::api::ObjectMeta, obj: &K) -> bool {
+    let uid = obj.meta().uid.as_deref();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::RuntimeConfig;
+    use crate::reconcile::plan;
+    use crate::reconcile::revision::decide_revision;
+
+    fn decide(
+        obj: &RuntimeConfig,
+        observed: &Observed,
+        pinned: Option<i64>,
+    ) -> (Projection, Draft) {
+        let cx = Context::new(obj, observed);
+        let mut draft = Draft::new(&cx.prev, cx.generation);
+        let revision = decide_revision(&cx, &mut draft);
+        (decide_projection(&cx, &mut draft, &revision, pinned), draft)
+    }
+
+    #[test]
+    fn the_latest_revision_is_written_once_and_then_left_alone() {
+        let obj = RuntimeConfig::test().with_value("v", 1);
+        let (projection, draft) = decide(&obj, &Observed::test(), None);
+        assert!(projection.projected_now && projection.conflict.is_none());
+        let cm = draft.plan.config_map.clone().expect("a ConfigMap to write");
+        assert_eq!(cm.metadata.name.as_deref(), Some("app"));
+        assert_eq!(draft.status.current_revision, Some(1));
+        assert_eq!(draft.events[0].reason, "Projected");
+        // Observed as written: nothing more to write.
+        let mut written = obj.clone();
+        written.status = Some(draft.status);
+        let observed = Observed {
+            config_map: Some(cm),
+            ..Observed::test()
+        };
+        let (projection, draft) = decide(&written, &observed, None);
+        assert!(projection.projected_now && draft.plan.config_map.is_none());
+        assert!(draft.events.is_empty());
+    }
+
+    #[test]
+    fn a_pinned_revision_is_projected_instead_of_the_latest() {
+        let mut obj = RuntimeConfig::test().with_value("v", 1);
+        let mut observed = Observed::test();
+        for v in [1, 2] {
+            obj = obj.with_value("v", v).next_generation();
+            let p = plan(&obj, &observed);
+            obj.status = Some(p.status);
+            observed.config_map = p.config_map.or(observed.config_map);
+        }
+        let (projection, draft) = decide(&obj, &observed, Some(1));
+        assert_eq!(projection.source.as_ref().map(|s| s.0), Some(1));
+        assert_eq!(draft.status.current_revision, Some(1));
+        let data = draft.plan.config_map.unwrap().data.unwrap();
+        assert!(data["config.yaml"].contains("v: 1"), "{data:?}");
+    }
+
+    #[test]
+    fn a_foreign_configmap_paused_spec_or_renamed_target_change_what_is_written() {
+        let obj = RuntimeConfig::test().with_value("v", 1);
+        let foreign = k8s_openapi::api::core::v1::ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some("app".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let observed = Observed {
+            config_map: Some(foreign),
+            ..Observed::test()
+        };
+        let (projection, draft) = decide(&obj, &observed, None);
+        assert!(
+            projection
+                .conflict
+                .unwrap()
+                .contains("not controlled by this RuntimeConfig")
+        );
+        assert!(!projection.projected_now && draft.plan.config_map.is_none());
+
+        let (projection, draft) = decide(&obj.clone().paused(), &Observed::test(), None);
+        assert!(!projection.projected_now && draft.plan.config_map.is_none());
+        assert_eq!(
+            draft.status.latest_revision,
+            Some(1),
+            "recorded while paused"
+        );
+
+        // Projected as `app`, then the target is renamed: the old ConfigMap goes.
+        let (_, draft) = decide(&obj, &Observed::test(), None);
+        let mut renamed = obj.with_config_map("app-config").next_generation();
+        renamed.status = Some(draft.status);
+        let (_, draft) = decide(&renamed, &Observed::test(), None);
+        assert_eq!(draft.plan.delete_config_maps, vec!["app".to_string()]);
+        assert_eq!(
+            draft.status.projected.unwrap().config_map,
+            "app-config".to_string()
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Step 1: validate the spec and, when it is valid and its effective document is new, record
+//! the next revision in history.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use super::{Context, Draft, changed_by, now_string, secret_values};
+use crate::crd::{Snapshot, names};
+use crate::document::{self, ResolvedSecret};
+use crate::history;
+use crate::kinds::ConfigResource;
+use crate::projection;
+use crate::validation::FieldError;
+
+/// What the revision step found.
+#[derive(Debug, Default)]
+pub(crate) struct Revision {
+    /// Every validation error (none: the spec is valid).
+    pub errors: Vec<FieldError>,
+    /// The valid spec's sensitive values, for the Secret (`None` while the spec is invalid).
+    pub sensitive: Option<BTreeMap<String, String>>,
+}
+
+impl Revision {
+    pub fn valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Validates with the Secrets as they were read, evaluates a valid spec, and appends a snapshot
+/// when its hash differs from the latest revision's. The number is the next one, or that of a
+/// projection written before a status write that never happened (it is adopted).
+pub(crate) fn decide_revision<K: ConfigResource>(
+    cx: &Context<'_, K>,
+    draft: &mut Draft,
+) -> Revision {
+    let (obj, observed, prev, now) = (cx.obj, cx.observed, &cx.prev, cx.now);
+    let errors = obj.validate(Some(&secret_values(&observed.secrets)));
+    if !errors.is_empty() {
+        return Revision {
+            errors,
+            sensitive: None,
+        };
+    }
+    let latest_entry = prev
+        .latest_revision
+        .and_then(|r| prev.history.iter().find(|s| s.revision == r));
+    let (cm_revision, cm_hash) = observed
+        .config_map
+        .as_ref()
+        .map(|cm| projection::stamped(&cm.metadata))
+        .unwrap_or_default();
+    let resolved: BTreeMap<String, ResolvedSecret> = observed
+        .secrets
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().ok().map(|s| (k.clone(), s.clone())))
+        .collect();
+    let eff = obj.evaluate(&resolved, now);
+    let hash = document::hash(&eff.document);
+    draft.plan.requeue_after = eff
+        .next_change
+        .map(|t| (t - now).to_std().unwrap_or_default() + Duration::from_secs(1));
+    let sensitive = Some(eff.sensitive.clone());
+    if latest_entry.map(|s| &s.hash) != Some(&hash) {
+        let revision = match (cm_revision, &cm_hash) {
+            (Some(r), Some(h)) if *h == hash && r > prev.latest_revision.unwrap_or(0) => r,
+            _ => history::next_revision(Some(prev), cm_revision),
+        };
+        let changed = document::changed_keys(
+            latest_entry.map(|s| s.document.value()).as_ref(),
+            &eff.document,
+        );
+        let status = &mut draft.status;
+        // The first revision restarts nothing: the consumers started without it.
+        status.pending_restart = if latest_entry.is_some() {
+            document::restart_needed(&eff.restart_keys, &changed)
+        } else {
+            Vec::new()
+        };
+        status.history.push(Snapshot {
+            revision,
+            hash,
+            created_at: now_string(now),
+            generation: cx.generation,
+            reason: obj.annotations().get(names::CHANGE_REASON).cloned(),
+            changed_by: changed_by(obj),
+            changed_keys: changed,
+            document: eff.document.into(),
+            ..Default::default()
+        });
+        status.latest_revision = Some(revision);
+    }
+    Revision {
+        errors: Vec::new(),
+        sensitive,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ParamType, Parameter, RuntimeConfig};
+    use crate::reconcile::Observed;
+
+    fn decide(obj: &RuntimeConfig, observed: &Observed) -> (Revision, Draft) {
+        let cx = Context::new(obj, observed);
+        let mut draft = Draft::new(&cx.prev, cx.generation);
+        (decide_revision(&cx, &mut draft), draft)
+    }
+
+    #[test]
+    fn a_valid_new_document_is_the_next_revision_and_an_unchanged_one_is_not() {
+        let obj = RuntimeConfig::test()
+            .with_value("level", "info")
+            .with_annotation(names::CHANGE_REASON, Some("first rollout"));
+        let (revision, draft) = decide(&obj, &Observed::test());
+        assert!(revision.valid());
+        let entry = &draft.status.history[0];
+        assert_eq!((entry.revision, entry.generation), (1, 1));
+        assert_eq!(entry.reason.as_deref(), Some("first rollout"));
+        assert_eq!(draft.status.latest_revision, Some(1));
+        assert!(
+            draft.status.pending_restart.is_empty(),
+            "the first restarts nothing"
+        );
+
+        // The same spec again: no new revision.
+        let mut again = obj.clone();
+        again.status = Some(draft.status.clone());
+        let (_, draft) = decide(&again, &Observed::test());
+        assert_eq!(draft.status.history.len(), 1);
+    }
+
+    #[test]
+    fn an_invalid_spec_records_nothing_and_says_why() {
+        let obj = RuntimeConfig::test()
+            .with_param("n", Parameter::test(ParamType::Integer))
+            .with_value("n", "many");
+        let (revision, draft) = decide(&obj, &Observed::test());
+        assert!(!revision.valid() && revision.sensitive.is_none());
+        assert_eq!(revision.errors[0].path, "spec.values.n");
+        assert!(draft.status.history.is_empty() && draft.status.latest_revision.is_none());
+    }
+
+    #[test]
+    fn a_restart_only_change_is_pending_and_a_projection_ahead_of_status_is_adopted() {
+        let param = Parameter::test(ParamType::Integer)
+            .with_default(4)
+            .restart_only();
+        let first = RuntimeConfig::test().with_param("workers", param);
+        let (_, draft) = decide(&first, &Observed::test());
+        let mut second = first.with_value("workers", 8).next_generation();
+        second.status = Some(draft.status.clone());
+        let (_, next) = decide(&second, &Observed::test());
+        assert_eq!(next.status.latest_revision, Some(2));
+        assert_eq!(next.status.pending_restart, vec!["values.workers"]);
+
+        // The ConfigMap already carries revision 7 with this very hash (written before a
+        // status write that was lost): that number is taken over, not 2.
+        let hash = next.status.history[1].hash.clone();
+        let stamped = crate::projection::config_map(
+            &next.status.history[1].document.value(),
+            &crate::projection::ResolvedTarget::resolve(None, "app"),
+            &crate::projection::Stamp {
+                kind: "RuntimeConfig",
+                owner_name: "app".into(),
+                namespace: "ns".into(),
+                owner: kube::Resource::controller_owner_ref(&second, &()).unwrap(),
+                revision: 7,
+                hash,
+            },
+        );
+        let observed = Observed {
+            config_map: Some(stamped),
+            ..Observed::test()
+        };
+        let (_, adopted) = decide(&second, &observed);
+        assert_eq!(adopted.status.latest_revision, Some(7));
+    }
+}
