@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hotconf::crd::RuntimeConfig;
-use hotconf::envtest::{ControlPlane, OPERATOR_USER, Options, Process};
+use hotconf::dev::control_plane::{ControlPlane, OPERATOR_USER, Options, Process};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -292,7 +292,7 @@ async fn rollback_figures(plane: &ControlPlane, client: &Client, rounds: usize) 
         )
         .unwrap();
     let refusals = Arc::new(AtomicUsize::new(0));
-    let reload = hotconf::envtest::reload_stand_in("bad", refusals.clone())
+    let reload = hotconf::dev::control_plane::reload_stand_in("bad", refusals.clone())
         .await
         .unwrap();
     let rtcs: Api<RuntimeConfig> = Api::namespaced(client.clone(), ns);
@@ -330,7 +330,7 @@ async fn rollback_figures(plane: &ControlPlane, client: &Client, rounds: usize) 
                         format!("--pod-name=shop-{i}"),
                         format!("--pod-namespace={ns}"),
                     ],
-                    hotconf::envtest::ADMIN_USER,
+                    hotconf::dev::control_plane::ADMIN_USER,
                     &plane.log_dir().join(format!("bench-agent-{i}.log")),
                 )
                 .unwrap(),

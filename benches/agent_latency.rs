@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use agent_common::{ReloadServer, doc, spawn_agent};
 use hotconf::client::Config;
 use hotconf::crd::names;
-use hotconf::envtest::{ControlPlane, Options};
+use hotconf::dev::control_plane::{ControlPlane, Options};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
@@ -203,7 +203,7 @@ async fn api(updates: usize) -> Vec<Row> {
     if updates == 0 {
         return rows;
     }
-    if !hotconf::envtest::asset_dir()
+    if !hotconf::dev::control_plane::asset_dir()
         .join("kube-apiserver")
         .is_file()
     {

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use hotconf::crd::{MANAGER, RuntimeConfig, names};
+use hotconf::dev::control_plane::{self, ControlPlane, OPERATOR_USER, Options, Process};
 use hotconf::document;
-use hotconf::envtest::{self, ControlPlane, OPERATOR_USER, Options, Process};
 use hotconf::kinds::ConfigResource;
 use hotconf::reconcile::{self, Observed};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -93,7 +93,7 @@ impl Scale {
 
 fn main() -> ExitCode {
     let bench = std::env::args().any(|a| a == "--bench");
-    let assets = envtest::asset_dir();
+    let assets = control_plane::asset_dir();
     if !bench && !assets.join("kube-apiserver").is_file() {
         eprintln!(
             "cluster bench: skipped, no control-plane binaries in {}",
@@ -583,7 +583,7 @@ fn bench_post() -> PostParams {
     }
 }
 
-fn count_by_resource(writes: &[envtest::AuditEntry]) -> BTreeMap<String, usize> {
+fn count_by_resource(writes: &[control_plane::AuditEntry]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for w in writes {
         let key = if w.subresource.is_empty() {
@@ -597,7 +597,7 @@ fn count_by_resource(writes: &[envtest::AuditEntry]) -> BTreeMap<String, usize> 
 }
 
 /// Writes that are not Events: what SPEC §5.9 bounds per change.
-fn object_writes(writes: &[envtest::AuditEntry]) -> usize {
+fn object_writes(writes: &[control_plane::AuditEntry]) -> usize {
     writes.iter().filter(|w| w.resource != "events").count()
 }
 

@@ -14,7 +14,6 @@ pub mod crd;
 pub mod dev;
 pub mod document;
 pub mod duration;
-pub mod envtest;
 mod error;
 pub mod feature_flags;
 #[cfg(test)]
@@ -22,7 +21,6 @@ pub(crate) mod fixtures;
 pub mod history;
 pub mod kinds;
 pub mod leader;
-pub mod manifests;
 pub mod metrics;
 pub mod operator;
 pub mod projection;

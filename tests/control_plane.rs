@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use common::{TestEnv, eventually};
 use futures::StreamExt as _;
-use hotconf::envtest::{ControlPlane, Options};
+use hotconf::dev::control_plane::{ControlPlane, Options};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{

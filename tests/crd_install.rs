@@ -7,7 +7,7 @@
 mod common;
 
 use common::{TestEnv, repo};
-use hotconf::envtest::{ControlPlane, Options};
+use hotconf::dev::control_plane::{ControlPlane, Options};
 
 async fn fresh_plane(name: &str) -> &'static ControlPlane {
     let plane = ControlPlane::start(Options {

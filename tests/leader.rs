@@ -192,7 +192,7 @@ async fn metrics_move_after_a_reconcile() {
     let env = TestEnv::new("metrics").await;
     let port = free_port();
     let _operator = env.start_operator_with(
-        hotconf::envtest::OPERATOR_USER,
+        hotconf::dev::control_plane::OPERATOR_USER,
         &[format!("--admin-addr=127.0.0.1:{port}")],
     );
     eventually(30, "the admin server", || async {

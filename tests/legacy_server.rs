@@ -10,7 +10,7 @@ mod common;
 
 use common::{TestEnv, eventually, repo};
 use hotconf::crd::{ConfigStatus, PoolBudget};
-use hotconf::envtest::{ControlPlane, CrdServing, Options};
+use hotconf::dev::control_plane::{ControlPlane, CrdServing, Options};
 use kube::{
     Api,
     api::{Patch, PatchParams},

@@ -551,13 +551,13 @@ async fn an_operator_restart_writes_nothing_and_revisions_continue() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let writes = |env: &TestEnv| {
         env.plane
-            .audit_writes(hotconf::envtest::OPERATOR_USER)
+            .audit_writes(hotconf::dev::control_plane::OPERATOR_USER)
             .into_iter()
             .filter(|e| e.namespace == env.ns)
             .collect::<Vec<_>>()
     };
     let first_run = writes(&env);
-    let kinds = |w: &[hotconf::envtest::AuditEntry], r: &str, sub: &str| {
+    let kinds = |w: &[hotconf::dev::control_plane::AuditEntry], r: &str, sub: &str| {
         w.iter()
             .filter(|e| e.resource == r && e.subresource == sub)
             .count()

@@ -248,7 +248,7 @@ async fn restart_only_keys_restart_their_targets_in_waves() {
 }
 
 struct Consumers {
-    agents: Vec<hotconf::envtest::Process>,
+    agents: Vec<hotconf::dev::control_plane::Process>,
     outputs: Vec<PathBuf>,
 }
 
@@ -288,7 +288,7 @@ async fn consumers(env: &TestEnv, config_map: &str, reload_port: u16) -> Consume
                         format!("--pod-name={name}"),
                         format!("--pod-namespace={}", env.ns),
                     ],
-                    hotconf::envtest::ADMIN_USER,
+                    hotconf::dev::control_plane::ADMIN_USER,
                     &log,
                 )
                 .unwrap(),
@@ -346,7 +346,7 @@ async fn consumers_that_reject_a_revision_roll_it_back() {
     let env = TestEnv::new("autorollback").await;
     let _operator = env.start_operator();
     let refusals = Arc::new(AtomicUsize::new(0));
-    let port = hotconf::envtest::reload_stand_in("bad", refusals.clone())
+    let port = hotconf::dev::control_plane::reload_stand_in("bad", refusals.clone())
         .await
         .unwrap();
     env.apply_yaml(&SHOP.replace("DEADLINE", "120"));
@@ -448,7 +448,7 @@ async fn consumers_that_reject_a_revision_roll_it_back() {
 async fn consumers_that_miss_the_deadline_roll_it_back() {
     let env = TestEnv::new("deadline").await;
     let _operator = env.start_operator();
-    let port = hotconf::envtest::reload_stand_in("bad", Arc::new(AtomicUsize::new(0)))
+    let port = hotconf::dev::control_plane::reload_stand_in("bad", Arc::new(AtomicUsize::new(0)))
         .await
         .unwrap();
     env.apply_yaml(&SHOP.replace("DEADLINE", "8"));

@@ -2,7 +2,7 @@
 
 mod common;
 
-use hotconf::envtest::{ControlPlane, Options};
+use hotconf::dev::control_plane::{ControlPlane, Options};
 
 #[tokio::test]
 async fn the_operator_refuses_to_start_without_its_crds() {

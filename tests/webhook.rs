@@ -125,7 +125,7 @@ async fn invalid_objects_are_refused_at_apply_and_on_dry_run() {
     let port = free_port();
     let config = register(&env, port).await;
     let _operator = env.start_operator_with(
-        hotconf::envtest::OPERATOR_USER,
+        hotconf::dev::control_plane::OPERATOR_USER,
         &operator_args(&env, port, &config, &[]),
     );
     serving(&env).await;
@@ -197,7 +197,7 @@ async fn spec_changes_are_attributed_to_the_requesting_user() {
     let port = free_port();
     let config = register(&env, port).await;
     let _operator = env.start_operator_with(
-        hotconf::envtest::OPERATOR_USER,
+        hotconf::dev::control_plane::OPERATOR_USER,
         &operator_args(&env, port, &config, &[]),
     );
     serving(&env).await;
@@ -297,7 +297,7 @@ async fn certificates_are_reused_across_restarts_and_renewed_without_refusals() 
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
 
     let mut operator = env.start_operator_with(
-        hotconf::envtest::OPERATOR_USER,
+        hotconf::dev::control_plane::OPERATOR_USER,
         &operator_args(&env, port, &config, &[]),
     );
     serving(&env).await;
@@ -308,7 +308,7 @@ async fn certificates_are_reused_across_restarts_and_renewed_without_refusals() 
 
     // A restart finds the Secret and reuses it: nothing is rewritten.
     let mut operator = env.start_operator_with(
-        hotconf::envtest::OPERATOR_USER,
+        hotconf::dev::control_plane::OPERATOR_USER,
         &operator_args(&env, port, &config, &[]),
     );
     serving(&env).await;
@@ -325,7 +325,7 @@ async fn certificates_are_reused_across_restarts_and_renewed_without_refusals() 
         .await
         .unwrap();
     let _operator = env.start_operator_with(
-        hotconf::envtest::OPERATOR_USER,
+        hotconf::dev::control_plane::OPERATOR_USER,
         &operator_args(
             &env,
             port,

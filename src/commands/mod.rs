@@ -87,12 +87,3 @@ pub enum Output {
     /// JSON for programs.
     Json,
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_command_line_is_well_formed() {
-        use clap::CommandFactory as _;
-        crate::cli::Cli::command().debug_assert();
-    }
-}

@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use hotconf::crd::Format;
+use hotconf::dev::control_plane::Process;
 use hotconf::document;
-use hotconf::envtest::Process;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use hotconf::envtest::{ControlPlane, Options};
+use hotconf::dev::control_plane::{ControlPlane, Options};
 use kube::Client;
 use tokio::sync::OnceCell;
 
@@ -96,14 +96,18 @@ pub fn hotconf_bin() -> PathBuf {
 impl TestEnv {
     /// Starts `hotconf operator` for this test's namespace, as its own user, logging to
     /// `target/control-plane-logs/<binary>/operator-<ns>.log`.
-    pub fn start_operator(&self) -> hotconf::envtest::Process {
-        self.start_operator_with(hotconf::envtest::OPERATOR_USER, &[])
+    pub fn start_operator(&self) -> hotconf::dev::control_plane::Process {
+        self.start_operator_with(hotconf::dev::control_plane::OPERATOR_USER, &[])
     }
 
     /// Starts `hotconf operator` for this namespace as `user` (a token user, or a
     /// ServiceAccount impersonated by the admin), with extra arguments; the admin server goes
     /// to a free loopback port unless an address is given.
-    pub fn start_operator_with(&self, user: &str, extra: &[String]) -> hotconf::envtest::Process {
+    pub fn start_operator_with(
+        &self,
+        user: &str,
+        extra: &[String],
+    ) -> hotconf::dev::control_plane::Process {
         let safe: String = user
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -262,7 +266,7 @@ pub async fn echo_detection_and_changed_by(env: &TestEnv, expect_subresource: bo
 
     let admin_port = free_port();
     let mut operator = env.start_operator_with(
-        hotconf::envtest::OPERATOR_USER,
+        hotconf::dev::control_plane::OPERATOR_USER,
         &[format!("--admin-addr=127.0.0.1:{admin_port}")],
     );
     apply("release-bot", 1).await;
@@ -316,7 +320,7 @@ pub async fn echo_detection_and_changed_by(env: &TestEnv, expect_subresource: bo
     // is written.
     let writes = || {
         env.plane
-            .audit_writes(hotconf::envtest::OPERATOR_USER)
+            .audit_writes(hotconf::dev::control_plane::OPERATOR_USER)
             .into_iter()
             .filter(|e| e.namespace == env.ns && e.resource != "events")
             .count()
@@ -342,7 +346,7 @@ pub async fn echo_detection_and_changed_by(env: &TestEnv, expect_subresource: bo
     let before = writes();
     let admin_port = free_port();
     let _operator = env.start_operator_with(
-        hotconf::envtest::OPERATOR_USER,
+        hotconf::dev::control_plane::OPERATOR_USER,
         &[format!("--admin-addr=127.0.0.1:{admin_port}")],
     );
     eventually(60, "the restarted operator to reconcile echo", || async {

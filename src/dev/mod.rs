@@ -1,14 +1,27 @@
 //! `hotconf dev`: a local control plane with the CRDs and the examples, for someone with no
 //! cluster: the operator runs in the foreground. Ctrl-C stops everything.
+//!
+//! The control plane itself ([`control_plane`], with the aggregated Kubernetes 1.36 CRD server
+//! of `crd_server`) is what the integration tests and benchmarks start too; [`manifests`]
+//! applies files of any kind, as `kubectl apply` would.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 
-use crate::{
-    envtest::{ControlPlane, Options},
-    manifests,
-};
+mod assets;
+pub mod control_plane;
+mod crd_server;
+mod crds;
+pub mod manifests;
+mod pki;
+mod process;
+#[cfg(any(test, feature = "testing"))]
+mod testing;
+
+pub use crds::install_crds;
+
+use control_plane::{ControlPlane, Options};
 
 /// Arguments of `hotconf dev`.
 #[derive(clap::Args, Debug)]

@@ -31,6 +31,7 @@ use kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 
+use super::control_plane::{CRD_SERVER_USER, ControlPlane, CrdServer, free_port};
 use crate::Error;
 
 /// The Service (in `kube-system`) the APIServices point at: `ExternalName` localhost, so the
@@ -83,7 +84,7 @@ pub fn resolve(cache_root: &Path) -> std::result::Result<Option<PathBuf>, String
              set HOTCONF_CRD_SERVER to an apiextensions-apiserver binary, or set \
              HOTCONF_CRD_SERVER=none to serve custom resources from kube-apiserver {} itself",
             dir.display(),
-            super::ASSETS_VERSION
+            super::assets::ASSETS_VERSION
         )),
     }
 }
@@ -521,5 +522,69 @@ async fn bridge(front: kube::Config, direct: kube::Config, port: u16, ca_pem: St
                 Err(e) => log.line(format_args!("deleting APIService {name}: {e}")),
             }
         }
+    }
+}
+
+impl ControlPlane {
+    // Starts the 1.36 CRD server beside kube-apiserver and hands it `apiextensions.k8s.io/v1`
+    // and (through the bridge) every CRD group.
+    pub(super) async fn start_crd_server(
+        &mut self,
+        binary: &Path,
+        etcd_url: &str,
+        pki: &Path,
+        ca_pem: &str,
+    ) -> Result<(), Error> {
+        let port = free_port()?;
+        let kubeconfig = self.kubeconfig_for(CRD_SERVER_USER)?;
+        let flags = Flags {
+            etcd_url,
+            port,
+            pki,
+            kubeconfig: &kubeconfig,
+            audit_log: &self.log_dir.join("crd-server-audit.log"),
+        };
+        self.start_component("crd-server", binary, &flags.args())?;
+        let url = format!("https://127.0.0.1:{port}");
+        let direct = self.config_for(&url, CRD_SERVER_USER).await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let version = loop {
+            if let Ok(client) = Client::try_from(direct.clone()) {
+                let ready = http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .expect("static request");
+                if let Ok(body) = client.request_text(ready).await
+                    && body.trim() == "ok"
+                    && let Ok(info) = client.apiserver_version().await
+                {
+                    break info.git_version.trim_start_matches('v').to_string();
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(self.not_ready("crd-server", 90));
+            }
+            // (After the pause: a supervisor starts its program a moment after it starts.)
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Some(dead) = self.exited() {
+                return Err(self.not_ready(dead, 0));
+            }
+        };
+        let front = Client::try_from(self.config_for(&self.server, CRD_SERVER_USER).await?)?;
+        ensure_service(&front, port).await?;
+        ensure_api_service(&front, "apiextensions.k8s.io", "v1", port, ca_pem).await?;
+        wait_available(&front, "v1.apiextensions.k8s.io", Duration::from_secs(60)).await?;
+        let bridge = Bridge::start(
+            self.config_for(&self.server, CRD_SERVER_USER).await?,
+            direct,
+            port,
+            ca_pem.to_string(),
+            self.log_dir.join("crd-bridge.log"),
+        );
+        self.crd_server = Some(CrdServer {
+            url,
+            version,
+            bridge: Some(bridge),
+        });
+        Ok(())
     }
 }

@@ -1,0 +1,215 @@
+//! One version of the projected document as an application reads it: typed `get` with the
+//! environment override, the projected value and the application's default, in that order;
+//! flags; the maintenance state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{Budget, ClientError, Kind, Pools, PressureLevel};
+
+/// The maintenance switch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// On now (switched on and `until`, if any, not passed yet).
+    pub enabled: bool,
+    /// Why.
+    pub reason: String,
+    /// When it ends by itself.
+    pub until: Option<DateTime<Utc>>,
+}
+
+pub(super) type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+pub(super) struct Settings {
+    pub(super) defaults: BTreeMap<String, Value>,
+    pub(super) env: EnvLookup,
+}
+
+/// The name of a key's environment override: `HOTCONF_` and the key upper-cased, every
+/// character other than a letter or digit replaced by `_` (`check_interval` →
+/// `HOTCONF_CHECK_INTERVAL`, `pools.database.maxConnections` →
+/// `HOTCONF_POOLS_DATABASE_MAXCONNECTIONS`).
+pub fn env_var(key: &str) -> String {
+    let mut name = String::from("HOTCONF_");
+    name.extend(key.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
+// The environment text as a value: a YAML/JSON scalar (or list, map) when it parses, else the
+// text itself.
+pub(super) fn env_value(text: &str) -> Value {
+    serde_yaml::from_str::<Value>(text)
+        .ok()
+        .filter(|v| !v.is_null() || text.trim() == "null")
+        .unwrap_or_else(|| Value::String(text.to_string()))
+}
+
+/// One whole version of the document.
+pub struct Document {
+    pub(super) value: Value,
+    pub(super) kind: Kind,
+    pub(super) revision: Option<i64>,
+    pub(super) hash: String,
+    pub(super) identity: String,
+    pub(super) settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Document")
+            .field("kind", &self.kind)
+            .field("revision", &self.revision)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+fn path<'a>(mut node: &'a Value, dotted: &str) -> Option<&'a Value> {
+    for part in dotted.split('.') {
+        node = match node {
+            Value::Object(map) => map.get(part)?,
+            Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+impl Document {
+    /// The whole document.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// Which kind of CR it comes from.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Its revision (`hotconf.dev/revision`; known through the API source).
+    pub fn revision(&self) -> Option<i64> {
+        self.revision
+    }
+
+    /// Its hash (SHA-256 of the canonical JSON, as the operator computes it).
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The projected value of a key: `values.<key>` (then a dotted path into `values`, then
+    /// into the document) for a RuntimeConfig document; a dotted path otherwise.
+    pub fn projected(&self, key: &str) -> Option<&Value> {
+        if self.kind == Kind::RuntimeConfig {
+            let values = &self.value["values"];
+            if let Some(v) = values.get(key).or_else(|| path(values, key)) {
+                return Some(v);
+            }
+        }
+        path(&self.value, key)
+    }
+
+    // The value `get` would use, with where it came from.
+    pub(super) fn resolve(&self, key: &str) -> Option<(Value, &'static str, Option<String>)> {
+        if let Some(text) = (self.settings.env)(&env_var(key)) {
+            return Some((env_value(&text), "environment", Some(text)));
+        }
+        if let Some(v) = self.projected(key) {
+            return Some((v.clone(), "document", None));
+        }
+        self.settings
+            .defaults
+            .get(key)
+            .map(|v| (v.clone(), "default", None))
+    }
+
+    /// The value of `key` (environment override, then projected value, then default) as `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, ClientError> {
+        let Some((value, from, env_text)) = self.resolve(key) else {
+            return Err(ClientError::Missing {
+                key: key.to_string(),
+                env: env_var(key),
+            });
+        };
+        match serde_json::from_value(value) {
+            Ok(v) => Ok(v),
+            // `HOTCONF_NAME=007` is the string "007" when a string is asked for.
+            Err(e) => match env_text {
+                Some(text) => serde_json::from_value(Value::String(text)).map_err(|_| e),
+                None => Err(e),
+            },
+        }
+        .map_err(|source| ClientError::Type {
+            key: key.to_string(),
+            from,
+            source,
+        })
+    }
+
+    /// Whether a feature flag is on for a subject (SPEC.md §3: deny, enabled, allow, then the
+    /// FNV-1a rollout bucket). An unknown flag is off.
+    pub fn is_enabled(&self, flag: &str, subject: &str) -> bool {
+        self.value
+            .get("featureFlags")
+            .and_then(|f| f.get(flag))
+            .is_some_and(|f| crate::feature_flags::is_enabled(flag, f, subject))
+    }
+
+    /// The maintenance switch, with `until` applied at the current time.
+    pub fn maintenance(&self) -> Maintenance {
+        self.maintenance_at(Utc::now())
+    }
+
+    /// The maintenance switch at time `now`.
+    pub fn maintenance_at(&self, now: DateTime<Utc>) -> Maintenance {
+        let m = &self.value["maintenance"];
+        let until = m["until"]
+            .as_str()
+            .and_then(|u| DateTime::parse_from_rfc3339(u).ok())
+            .map(|u| u.with_timezone(&Utc));
+        Maintenance {
+            enabled: m["enabled"].as_bool().unwrap_or(false) && until.is_none_or(|u| now < u),
+            reason: m["reason"].as_str().unwrap_or_default().to_string(),
+            until,
+        }
+    }
+
+    /// The resource budget of a PoolBudget document.
+    pub fn budget(&self) -> Result<Budget, ClientError> {
+        self.pool_part("metrics")
+    }
+
+    /// The pool settings of a PoolBudget document.
+    pub fn pools(&self) -> Result<Pools, ClientError> {
+        self.pool_part("pools")
+    }
+
+    fn pool_part<T: DeserializeOwned>(&self, part: &str) -> Result<T, ClientError> {
+        if self.kind != Kind::PoolBudget {
+            return Err(ClientError::NotPoolBudget);
+        }
+        serde_json::from_value(self.value[part].clone()).map_err(|source| ClientError::Type {
+            key: part.to_string(),
+            from: "document",
+            source,
+        })
+    }
+
+    /// The pressure level for a utilization (0..1), from the budget's backpressure
+    /// thresholds (the defaults 0.70 / 0.85 / 0.95 for another document).
+    pub fn pressure_level(&self, utilization: f64) -> PressureLevel {
+        self.budget()
+            .map(|b| b.backpressure)
+            .unwrap_or_default()
+            .level(utilization)
+    }
+}

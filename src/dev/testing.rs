@@ -1,0 +1,246 @@
+//! Helpers for the integration tests and benchmarks (the `testing` feature; not in the shipped
+//! binary): users and namespaces, processes run as a user, the audit log, and an application
+//! stand-in for agent tests.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+
+use super::control_plane::{ADMIN_USER, ControlPlane, Result, io, random_token};
+use super::process::Process;
+use crate::Error;
+
+impl ControlPlane {
+    /// The write requests of `user` logged since the start, as
+    /// (verb, resource, namespace, name, response code).
+    pub fn audit_writes(&self, user: &str) -> Vec<AuditEntry> {
+        let text = fs::read_to_string(self.audit_log_path()).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user)
+            .map(|e| {
+                let s = |p: &str| {
+                    e.pointer(p)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                };
+                AuditEntry {
+                    verb: s("/verb"),
+                    resource: s("/objectRef/resource"),
+                    subresource: s("/objectRef/subresource"),
+                    namespace: s("/objectRef/namespace"),
+                    name: s("/objectRef/name"),
+                    code: e
+                        .pointer("/responseStatus/code")
+                        .and_then(|v| v.as_i64())
+                        .unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    /// Starts `program` under a supervisor (like the control plane's own processes), with
+    /// `KUBECONFIG` pointing at a kubeconfig for `user` (a token user, or a ServiceAccount
+    /// `system:serviceaccount:NS:NAME` impersonated by the admin), its output appended to `log`.
+    pub fn spawn(
+        &self,
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        user: &str,
+        log: &Path,
+    ) -> Result<Process> {
+        let kubeconfig = if user == ADMIN_USER {
+            self.kubeconfig_path.clone()
+        } else if let Some(sa) = user.strip_prefix("system:serviceaccount:") {
+            let ns = sa.split(':').next().unwrap_or_default();
+            let ns_group = format!("system:serviceaccounts:{ns}");
+            self.kubeconfig_impersonating(
+                user,
+                &["system:serviceaccounts", &ns_group, "system:authenticated"],
+            )?
+        } else {
+            self.kubeconfig_for(user)?
+        };
+        Process::spawn(
+            name,
+            program,
+            args,
+            &[("KUBECONFIG", kubeconfig.as_os_str())],
+            log,
+        )
+    }
+
+    /// A client of the CRD server itself (not through kube-apiserver), as the admin.
+    pub async fn crd_server_client(&self) -> Result<Option<Client>> {
+        match &self.crd_server {
+            Some(crd) => Ok(Some(Client::try_from(
+                self.config_for(&crd.url, ADMIN_USER).await?,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A client authenticated as `user` (one of [`Options::users`]).
+    pub async fn client_as(&self, user: &str) -> Result<Client> {
+        let mut config = self.config().await?;
+        let token = self.token_for(user).ok_or_else(|| Error::Crd {
+            path: self.kubeconfig_path.clone(),
+            message: format!("no token for user {user}"),
+        })?;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+        Ok(Client::try_from(config)?)
+    }
+
+    /// Writes a kubeconfig in which the admin impersonates `user` (e.g. a ServiceAccount,
+    /// `system:serviceaccount:NS:NAME`), so RBAC judges every request as that user's.
+    pub fn kubeconfig_impersonating(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let text = io(
+            "reading the kubeconfig",
+            fs::read_to_string(&self.kubeconfig_path),
+        )?;
+        let mut config: serde_yaml::Value =
+            serde_yaml::from_str(&text).expect("our own kubeconfig parses");
+        let auth = &mut config["users"][0]["user"];
+        auth["as"] = user.into();
+        auth["as-groups"] = groups
+            .iter()
+            .map(|g| serde_yaml::Value::from(*g))
+            .collect::<Vec<_>>()
+            .into();
+        let safe: String = user
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = self.dir.join(format!("kubeconfig-as-{safe}"));
+        io(
+            "writing an impersonating kubeconfig",
+            fs::write(&path, serde_yaml::to_string(&config).expect("YAML")),
+        )?;
+        Ok(path)
+    }
+
+    /// Creates a namespace named `<prefix>-<random>` and returns its name.
+    pub async fn namespace(&self, prefix: &str) -> Result<String> {
+        let client = self.client().await?;
+        let name = format!(
+            "{}-{}",
+            prefix.to_lowercase().replace('_', "-"),
+            random_token().get(..6).unwrap_or("x")
+        );
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client)
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(name)
+    }
+
+    /// The process ids of the running components (etcd, kube-apiserver, ...), for tests that
+    /// check clean-up.
+    pub fn component_pids(&self) -> Vec<u32> {
+        self.processes.iter().filter_map(Process::pid).collect()
+    }
+}
+
+/// An application stand-in for agent tests and benchmarks: an HTTP reload endpoint on
+/// 127.0.0.1 that reads the file named in the agent's `{"revision","hash","file"}` POST and
+/// answers 500 when the file contains `refuse_marker` (counting it in `refusals`), 200 otherwise.
+/// Returns its port; it serves until the runtime ends.
+pub async fn reload_stand_in(
+    refuse_marker: &'static str,
+    refusals: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = io(
+        "binding the reload stand-in",
+        tokio::net::TcpListener::bind("127.0.0.1:0").await,
+    )?;
+    let port = io("reading its port", listener.local_addr())?.port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let refusals = refusals.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break body[..len].to_string();
+                    }
+                };
+                let handed: serde_json::Value =
+                    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+                let file = handed["file"].as_str().unwrap_or_default();
+                let refuse = fs::read_to_string(file)
+                    .unwrap_or_default()
+                    .contains(refuse_marker);
+                if refuse {
+                    refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let status = if refuse {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// One write request from the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// create, update, patch, delete, ...
+    pub verb: String,
+    /// e.g. `configmaps`, `runtimeconfigs`, `events`.
+    pub resource: String,
+    /// e.g. `status`.
+    pub subresource: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+    /// The HTTP status code of the answer.
+    pub code: i64,
+}
