@@ -21,17 +21,7 @@ async fn fresh_plane(name: &str) -> &'static ControlPlane {
     })
     .await
     .expect("control plane");
-    let version = plane.crd_version().to_string();
-    let minor: u32 = version
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        minor >= 25,
-        "custom resources are served with Kubernetes {version} semantics; these tests need a \
-         current server (the 1.36 CRD server, or KUBEBUILDER_ASSETS with kube-apiserver >= 1.25)"
-    );
+    common::assert_current_semantics(&plane);
     // Each test owns its plane for the life of the test binary.
     Box::leak(Box::new(plane))
 }
@@ -86,16 +76,7 @@ async fn wait_served(env: &TestEnv) {
 
 /// The CEL rules are kept in the stored schema (a server before 1.25 drops them).
 fn assert_rules_kept(env: &TestEnv) {
-    let stored: serde_json::Value = serde_json::from_str(&ok(&env.kubectl_raw(&[
-        "get",
-        "crd",
-        "poolbudgets.hotconf.dev",
-        "-o",
-        "json",
-    ])))
-    .unwrap();
-    let database = &stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        ["properties"]["pools"]["properties"]["database"];
+    let database = common::stored_database_schema(env);
     assert!(
         database["x-kubernetes-validations"]
             .as_array()

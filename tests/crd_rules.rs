@@ -218,20 +218,6 @@ async fn differential(env: &TestEnv, cases: Vec<(String, Value)>) -> (usize, usi
     (cases.len(), refused)
 }
 
-fn assert_current_semantics(env: &TestEnv) {
-    let version = env.plane.crd_version();
-    let minor: u32 = version
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        minor >= 25,
-        "custom resources are served with Kubernetes {version} semantics, which do not enforce \
-         CEL rules; these tests need the 1.36 CRD server (unset HOTCONF_CRD_SERVER=none)"
-    );
-}
-
 fn object(kind: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "hotconf.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec})
 }
@@ -405,7 +391,7 @@ fn matches_pattern(pattern: &str, field: &str) -> bool {
 #[tokio::test]
 async fn every_cel_rule_compiles_and_fires_on_its_field() {
     let env = TestEnv::new("cel").await;
-    assert_current_semantics(&env);
+    common::assert_current_semantics(env.plane);
     let mut fired: Vec<(String, String, String)> = Vec::new();
     for (i, (kind, spec, field)) in cel_cases().into_iter().enumerate() {
         let case = object(kind, &format!("case-{i}"), spec.clone());
@@ -479,7 +465,7 @@ fn fixture_cases() -> Vec<(String, Value)> {
 #[tokio::test]
 async fn fixtures_and_the_invalid_example_agree_with_the_server() {
     let env = TestEnv::new("diff-fixtures").await;
-    assert_current_semantics(&env);
+    common::assert_current_semantics(env.plane);
     let (cases, refused) = differential(&env, fixture_cases()).await;
     assert!(
         refused >= 3,
@@ -777,7 +763,7 @@ fn generated(count: usize) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn generated_specs_agree_with_the_server() {
     let env = TestEnv::new("diff-generated").await;
-    assert_current_semantics(&env);
+    common::assert_current_semantics(env.plane);
     let (cases, refused) = differential(&env, generated(300)).await;
     // A generator that only made valid (or only invalid) specs would prove little.
     assert!(

@@ -75,16 +75,7 @@ async fn the_crds_install_without_server_side_apply_and_lose_their_rules() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stored: serde_json::Value = serde_json::from_str(&env.kubectl(&[
-        "get",
-        "crd",
-        "poolbudgets.hotconf.dev",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
-    let database = &stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        ["properties"]["pools"]["properties"]["database"];
+    let database = common::stored_database_schema(&env);
     assert!(
         database["properties"]["minConnections"].is_object(),
         "{database}"

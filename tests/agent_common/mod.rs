@@ -3,6 +3,12 @@
 //! `hotconf agent` binary under a supervisor.
 #![allow(dead_code)]
 
+// The same file as `common`'s: a test binary that loads both gets two copies, which is fine.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/http.rs"]
+mod http;
+pub use http::{http_get, sample};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -170,24 +176,6 @@ pub fn verify(text: &str) -> Result<(u64, String), String> {
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-/// GET `path` from `addr` (plain HTTP/1.0); the body.
-pub async fn http_get(addr: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// The value of a sample (`name{labels}`) in a Prometheus text exposition.
-pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Reads one metric from the agent's admin server.

@@ -2,6 +2,10 @@
 //! a fresh client per test, and the control-plane logs printed when a test fails.
 #![allow(dead_code)]
 
+#[path = "http.rs"]
+mod http;
+pub use http::{http_get, sample};
+
 use std::path::PathBuf;
 
 use hotconf::dev::control_plane::{ControlPlane, Options};
@@ -199,26 +203,6 @@ fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::from_second(secs as i64).unwrap()
 }
 
-/// GET `path` from a loopback port (plain HTTP/1.0); the body, when something answered.
-pub async fn http_get(port: u16, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.ok()?;
-    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// The value of one sample (`name{labels}`) in a Prometheus text exposition.
-pub fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// How the operator tells its own status writes from everyone else's, and who changed a spec,
 /// on whatever server the test runs against: a RuntimeConfig changed by two field managers in
 /// turn records each as `changedBy` (never `hotconf`, whose status entry is in managedFields too),
@@ -326,7 +310,7 @@ pub async fn echo_detection_and_changed_by(env: &TestEnv, expect_subresource: bo
             .count()
     };
     let reconciled = |port: u16| async move {
-        http_get(port, "/metrics")
+        http_get(&format!("127.0.0.1:{port}"), "/metrics")
             .await
             .and_then(|m| {
                 sample(
@@ -362,5 +346,37 @@ pub async fn echo_detection_and_changed_by(env: &TestEnv, expect_subresource: bo
     assert_eq!(
         after.metadata.resource_version,
         second.metadata.resource_version
+    );
+}
+
+/// The schema of `spec.pools.database` in the PoolBudget CRD as the server stores it.
+pub fn stored_database_schema(env: &TestEnv) -> serde_json::Value {
+    let stored: serde_json::Value = serde_json::from_str(&env.kubectl(&[
+        "get",
+        "crd",
+        "poolbudgets.hotconf.dev",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["pools"]["properties"]["database"]
+        .clone()
+}
+
+/// Panics unless custom resources get the semantics of Kubernetes 1.25 or newer (CEL rules
+/// enforced): the 1.36 CRD server, or a modern kube-apiserver from `KUBEBUILDER_ASSETS`.
+pub fn assert_current_semantics(plane: &ControlPlane) {
+    let version = plane.crd_version();
+    let minor: u32 = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        minor >= 25,
+        "custom resources are served with Kubernetes {version} semantics, which do not enforce \
+         CEL rules; these tests need the 1.36 CRD server (unset HOTCONF_CRD_SERVER=none) or \
+         KUBEBUILDER_ASSETS with a kube-apiserver of 1.25 or newer"
     );
 }
