@@ -19,7 +19,7 @@ struct AdminState {
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Process {
+        .map_err(|source| Error::Serve {
             what: format!("binding the admin server to {addr}"),
             source,
         })?;
@@ -42,7 +42,7 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|source| Error::Process {
+        .map_err(|source| Error::Serve {
             what: "serving the admin endpoints".into(),
             source,
         })

@@ -3,6 +3,24 @@
 
 use std::time::Duration;
 
+/// Why a text is not a duration (the rule it breaks, for a message such as "must be a duration
+/// such as 30s: <this>").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(String);
+
+impl From<String> for DurationError {
+    fn from(reason: String) -> Self {
+        DurationError(reason)
+    }
+}
+
+impl From<&str> for DurationError {
+    fn from(reason: &str) -> Self {
+        DurationError(reason.to_string())
+    }
+}
+
 const UNITS_HINT: &str = "use ns, us, µs, ms, s, m or h";
 
 /// Nanoseconds per unit. `µs` is U+00B5 MICRO SIGN, as in the CRD's duration pattern.
@@ -26,7 +44,7 @@ const MAX_FRACTION_DIGITS: usize = 20;
 /// `1.5h`; units ns, us, µs, ms, s, m, h; no sign, not empty. The grammar is the CRD's
 /// [`crate::crd::DURATION_PATTERN`], so a bare `0` (which Go accepts) needs a unit here, and
 /// the result is at most Go's limit of about 292 years.
-pub fn parse(s: &str) -> Result<Duration, String> {
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
     if s.is_empty() {
         return Err("empty".into());
     }
@@ -55,10 +73,10 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
         if unit.is_empty() {
-            return Err(format!("missing unit ({UNITS_HINT})"));
+            return Err(format!("missing unit ({UNITS_HINT})").into());
         }
         let Some(&(_, scale)) = UNITS.iter().find(|(name, _)| *name == unit) else {
-            return Err(format!("unknown unit {unit:?} ({UNITS_HINT})"));
+            return Err(format!("unknown unit {unit:?} ({UNITS_HINT})").into());
         };
         let mut whole: u128 = 0;
         for digit in int_part.bytes() {
@@ -133,7 +151,7 @@ mod tests {
             ("99999999999999999999999999999999999999999h", "too large"),
         ];
         for (text, reason) in cases {
-            let error = parse(text).expect_err(text);
+            let error = parse(text).expect_err(text).to_string();
             assert!(
                 error.contains(reason),
                 "{text:?}: {error:?} should say {reason:?}"

@@ -76,7 +76,7 @@ impl Election {
             .with_field_manager(format!("hotconf-lease-{identity}"))
             .build()
             .await
-            .map_err(|e| Error::Leader(e.to_string()))?;
+            .map_err(Error::Leader)?;
         let (rx, handle) = manager.watch().await;
         tracing::info!(lease = %args.lease_name, %namespace, %identity, "leader election started");
         Ok(Election {

@@ -113,7 +113,7 @@ pub struct AgentArgs {
     pub pod_namespace: Option<String>,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, crate::duration::DurationError> {
     crate::duration::parse(text)
 }
 

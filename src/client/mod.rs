@@ -19,6 +19,11 @@
 //! RuntimeConfig document, a dotted path into a PoolBudget document), then a default the
 //! application passed with [`Options::default_value`] (the projected document already carries
 //! the schema's defaults; these cover keys the schema does not declare).
+//!
+//! Errors are the client's own [`ClientError`], not the operator's [`crate::Error`]: an
+//! application links this module to read its configuration and meets none of the operator's
+//! failures (API writes, leader election, webhooks), while the operator never meets a missing
+//! key; each variant keeps its cause as a `#[source]` where there is one.
 
 mod budget;
 mod document;

@@ -39,7 +39,7 @@ pub struct RollbackArgs {
     pub cluster: ClusterArgs,
 }
 
-fn parse_timeout(text: &str) -> Result<Duration, String> {
+fn parse_timeout(text: &str) -> Result<Duration, crate::duration::DurationError> {
     if text == "0" {
         return Ok(Duration::ZERO);
     }

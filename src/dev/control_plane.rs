@@ -25,12 +25,12 @@ pub use super::assets::{ASSETS_VERSION, asset_dir, cache_root};
 use super::assets::{binary_version, minor};
 use super::crd_server;
 use super::crds::install_crds;
+use super::error::Error;
 use super::pki::write_certificates;
 pub use super::process::Process;
 use super::process::{REAPER, Supervised};
 #[cfg(any(test, feature = "testing"))]
 pub use super::testing::{AuditEntry, reload_stand_in};
-use crate::Error;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client, Config,

@@ -32,7 +32,7 @@ use kube::{
 };
 
 use super::control_plane::{CRD_SERVER_USER, ControlPlane, CrdServer, free_port};
-use crate::Error;
+use super::error::Error;
 
 /// The Service (in `kube-system`) the APIServices point at: `ExternalName` localhost, so the
 /// aggregator dials the CRD server on loopback without a kube-proxy.

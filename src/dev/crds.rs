@@ -14,7 +14,7 @@ use kube::{
 };
 
 use super::control_plane::io;
-use crate::Error;
+use super::error::Error;
 
 type Result<T, E = Error> = std::result::Result<T, E>;
 

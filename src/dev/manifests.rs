@@ -9,7 +9,7 @@ use kube::{
     discovery::{Discovery, Scope},
 };
 
-use crate::Error;
+use super::error::Error;
 
 /// One YAML document of a manifest file.
 #[derive(Clone, Debug)]

@@ -13,6 +13,7 @@ mod assets;
 pub mod control_plane;
 mod crd_server;
 mod crds;
+mod error;
 pub mod manifests;
 mod pki;
 mod process;
@@ -20,6 +21,7 @@ mod process;
 mod testing;
 
 pub use crds::install_crds;
+pub use error::Error;
 
 use control_plane::{ControlPlane, Options};
 

@@ -6,7 +6,7 @@ use std::{fs, io::Write as _, path::Path};
 
 use super::control_plane::io;
 use super::crd_server;
-use crate::Error;
+use super::error::Error;
 
 // A CA and a serving certificate for 127.0.0.1/localhost, the service-account key pair, and what
 // the aggregation of the CRD server needs.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::control_plane::io;
-use crate::Error;
+use super::error::Error;
 
 pub(super) struct Supervised {
     pub(super) name: &'static str,

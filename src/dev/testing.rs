@@ -14,8 +14,8 @@ use kube::{
 };
 
 use super::control_plane::{ADMIN_USER, ControlPlane, Result, io, random_token};
+use super::error::Error;
 use super::process::Process;
-use crate::Error;
 
 impl ControlPlane {
     /// The write requests of `user` logged since the start, as

@@ -341,9 +341,10 @@ impl SelfManaged {
             }
             return Ok(material);
         }
-        Err(Error::Webhook(
-            "the webhook certificate Secret kept changing under us".into(),
-        ))
+        Err(Error::Webhook {
+            what: "the webhook certificate Secret kept changing under us".into(),
+            source: None,
+        })
     }
 
     /// Sets `caBundle` on every webhook of the named configurations (only where it differs).

@@ -92,7 +92,7 @@ pub struct WebhookArgs {
     pub webhook_check_interval: Duration,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
+fn duration(s: &str) -> Result<Duration, crate::duration::DurationError> {
     crate::duration::parse(s)
 }
 
@@ -106,12 +106,12 @@ impl CertSlot {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(cert_pem.as_bytes())
                 .collect::<Result<_, _>>()
-                .map_err(|e| Error::Webhook(format!("reading the serving certificate: {e}")))?;
+                .map_err(|e| Error::webhook("reading the serving certificate", e))?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| Error::Webhook(format!("reading the serving key: {e}")))?;
+            .map_err(|e| Error::webhook("reading the serving key", e))?;
         let provider = rustls::crypto::ring::default_provider();
         let certified = CertifiedKey::from_der(certs, key, &provider)
-            .map_err(|e| Error::Webhook(format!("the serving certificate and key: {e}")))?;
+            .map_err(|e| Error::webhook("the serving certificate and key", e))?;
         *self.0.write().expect("lock") = Some(Arc::new(certified));
         Ok(())
     }
@@ -240,14 +240,14 @@ pub async fn run(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| Error::Webhook(e.to_string()))?
+    .map_err(|e| Error::webhook("choosing the TLS protocol versions", e))?
     .with_no_client_auth()
     .with_cert_resolver(slot);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind(args.webhook_addr)
         .await
-        .map_err(|source| Error::Process {
+        .map_err(|source| Error::Serve {
             what: format!("binding the webhook server to {}", args.webhook_addr),
             source,
         })?;
