@@ -255,6 +255,27 @@ struct Good {
     hash: String,
 }
 
+/// A checked document, ready to hand off.
+struct Ready {
+    hash: String,
+    bytes: String,
+}
+
+/// What became of one snapshot.
+enum Fate {
+    /// It did not pass the checks (why).
+    Refused(String),
+    /// The output file could not be written (why); the previous one stays.
+    WriteFailed(String),
+    /// Handed off: written (unless `unchanged` at start-up), and the application notified or
+    /// not (why).
+    Applied {
+        hash: String,
+        unchanged: bool,
+        notified: Result<(), String>,
+    },
+}
+
 struct Agent {
     arbiter: Arbiter,
     notifier: Notifier,
@@ -329,19 +350,25 @@ impl Agent {
         }
     }
 
+    /// One snapshot through the pipeline, each stage once: check it, hand it off (write, then
+    /// notify), then record and report what became of it.
     async fn handle(&mut self, snapshot: Snapshot) {
+        let fate = match self.check(&snapshot) {
+            Ok(ready) => self.hand_off(&snapshot, ready).await,
+            Err(reason) => Fate::Refused(reason),
+        };
+        self.record(&snapshot, fate);
+    }
+
+    /// The check stage: the text parses, its hash matches the annotation; the bytes to write
+    /// (with `${VAR}` expanded when asked).
+    fn check(&self, snapshot: &Snapshot) -> Result<Ready, String> {
         let format = snapshot.format();
-        let text = match &snapshot.text {
-            Ok(text) => text.clone(),
-            Err(problem) => return self.refuse(&snapshot, problem),
-        };
-        let checked = match check::check(&text, format, snapshot.hash.as_deref()) {
-            Ok(c) => c,
-            Err(reason) => return self.refuse(&snapshot, &reason),
-        };
+        let text = snapshot.text.as_ref().map_err(Clone::clone)?;
+        let checked = check::check(text, format, snapshot.hash.as_deref())?;
         let lookup = |name: &str| std::env::var(name).ok();
         let (bytes, missing) = check::output(
-            &text,
+            text,
             &checked,
             format,
             self.expand_env.then_some(&lookup as check::Lookup<'_>),
@@ -349,33 +376,35 @@ impl Agent {
         if !missing.is_empty() {
             tracing::warn!(variables = ?missing, "unset environment variables without a default expand to nothing");
         }
+        Ok(Ready {
+            hash: checked.hash,
+            bytes,
+        })
+    }
 
-        // At start-up, an output file that already holds this document (an agent restart)
-        // is left alone and the application is not notified again.
+    /// The hand-off stage: writes the output file atomically (at start-up, an output file that
+    /// already holds this document, after an agent restart, is left alone and the application
+    /// is not notified again), then notifies the application.
+    async fn hand_off(&mut self, snapshot: &Snapshot, ready: Ready) -> Fate {
         let first = std::mem::replace(&mut self.first, false);
         let mut unchanged = false;
         if let Some(path) = &self.output {
-            unchanged = first && std::fs::read(path).is_ok_and(|b| b == bytes.as_bytes());
+            unchanged = first && std::fs::read(path).is_ok_and(|b| b == ready.bytes.as_bytes());
             if !unchanged {
                 let path = path.clone();
-                let data = bytes.clone().into_bytes();
+                let data = ready.bytes.into_bytes();
                 let written =
                     tokio::task::spawn_blocking(move || handoff::write_atomic(&path, &data))
                         .await
                         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 if let Err(e) = written {
-                    let reason = format!("writing {}: {e}", self.output_display());
-                    tracing::error!(error = %reason, "hand-off failed; the previous file stays");
-                    self.metrics.count(Outcome::WriteFailed);
-                    self.arbiter.handled(&snapshot, false);
-                    self.report(Some(reason), snapshot.revision);
-                    return;
+                    return Fate::WriteFailed(format!("writing {}: {e}", self.output_display()));
                 }
             }
         }
         let handed = Handed {
             revision: snapshot.revision,
-            hash: checked.hash.clone(),
+            hash: ready.hash.clone(),
             file: self.output.clone(),
         };
         let notified = if unchanged || self.notifier.is_empty() {
@@ -383,40 +412,85 @@ impl Agent {
         } else {
             self.notifier.notify(&handed).await
         };
-        let latency = snapshot.seen_at.elapsed();
-        self.arbiter.handled(&snapshot, true);
-        self.last_good = Some(Good {
-            owner: snapshot.owner.clone(),
-            revision: snapshot.revision,
-            hash: checked.hash.clone(),
-        });
-        self.metrics.set_revision(snapshot.revision);
-        self.metrics.set_ready();
-        match notified {
-            Ok(()) => {
-                if !unchanged {
-                    self.metrics.count(Outcome::Success);
-                    self.metrics.observe_latency(latency);
-                }
-                tracing::info!(
-                    source = snapshot.origin.as_str(),
+        Fate::Applied {
+            hash: ready.hash,
+            unchanged,
+            notified,
+        }
+    }
+
+    /// The report stage: tells the arbiter, counts, logs, keeps the last good document, and
+    /// writes the Pod annotation.
+    fn record(&mut self, snapshot: &Snapshot, fate: Fate) {
+        let source = snapshot.origin.as_str();
+        match fate {
+            Fate::Refused(reason) => {
+                let what = match snapshot.revision {
+                    Some(r) => format!("revision {r}"),
+                    None => format!("the new {source} content"),
+                };
+                tracing::warn!(
+                    source,
                     revision = ?snapshot.revision,
-                    hash = %checked.hash,
-                    latency_ms = latency.as_secs_f64() * 1000.0,
-                    unchanged,
-                    "applied"
+                    key = %snapshot.key,
+                    reason = %reason,
+                    "refused a new document; the last good one stays"
                 );
-                self.report(None, None);
+                self.metrics.count(Outcome::Refused);
+                self.arbiter.handled(snapshot, false);
+                self.report_for(
+                    Some(format!("{what} refused: {reason}")),
+                    snapshot.revision,
+                    &snapshot.owner,
+                );
             }
-            Err(e) => {
-                tracing::error!(
-                    source = snapshot.origin.as_str(),
-                    revision = ?snapshot.revision,
-                    error = %e,
-                    "written, but notifying the application failed"
-                );
-                self.metrics.count(Outcome::NotifyFailed);
-                self.report(Some(format!("reload failed: {e}")), snapshot.revision);
+            Fate::WriteFailed(reason) => {
+                tracing::error!(error = %reason, "hand-off failed; the previous file stays");
+                self.metrics.count(Outcome::WriteFailed);
+                self.arbiter.handled(snapshot, false);
+                self.report(Some(reason), snapshot.revision);
+            }
+            Fate::Applied {
+                hash,
+                unchanged,
+                notified,
+            } => {
+                let latency = snapshot.seen_at.elapsed();
+                self.arbiter.handled(snapshot, true);
+                self.last_good = Some(Good {
+                    owner: snapshot.owner.clone(),
+                    revision: snapshot.revision,
+                    hash: hash.clone(),
+                });
+                self.metrics.set_revision(snapshot.revision);
+                self.metrics.set_ready();
+                match notified {
+                    Ok(()) => {
+                        if !unchanged {
+                            self.metrics.count(Outcome::Success);
+                            self.metrics.observe_latency(latency);
+                        }
+                        tracing::info!(
+                            source,
+                            revision = ?snapshot.revision,
+                            hash = %hash,
+                            latency_ms = latency.as_secs_f64() * 1000.0,
+                            unchanged,
+                            "applied"
+                        );
+                        self.report(None, None);
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            source,
+                            revision = ?snapshot.revision,
+                            error = %e,
+                            "written, but notifying the application failed"
+                        );
+                        self.metrics.count(Outcome::NotifyFailed);
+                        self.report(Some(format!("reload failed: {e}")), snapshot.revision);
+                    }
+                }
             }
         }
     }
@@ -426,27 +500,6 @@ impl Agent {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default()
-    }
-
-    fn refuse(&mut self, snapshot: &Snapshot, reason: &str) {
-        let what = match snapshot.revision {
-            Some(r) => format!("revision {r}"),
-            None => format!("the new {} content", snapshot.origin.as_str()),
-        };
-        tracing::warn!(
-            source = snapshot.origin.as_str(),
-            revision = ?snapshot.revision,
-            key = %snapshot.key,
-            reason = %reason,
-            "refused a new document; the last good one stays"
-        );
-        self.metrics.count(Outcome::Refused);
-        self.arbiter.handled(snapshot, false);
-        self.report_for(
-            Some(format!("{what} refused: {reason}")),
-            snapshot.revision,
-            &snapshot.owner,
-        );
     }
 
     // `failed`: the revision the error is about, so the operator counts it against the right one.
