@@ -29,9 +29,18 @@ pub struct Checked {
     pub verified: bool,
 }
 
+/// Why a document is refused (a sentence for the log and the Pod annotation).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
 /// Checks `text` in `format` against the `hotconf.dev/hash` annotation, when there is one.
 /// The error says why the document is refused.
-pub fn check(text: &str, format: Format, expected_hash: Option<&str>) -> Result<Checked, String> {
+pub fn check(text: &str, format: Format, expected_hash: Option<&str>) -> Result<Checked, Refusal> {
+    check_text(text, format, expected_hash).map_err(Refusal)
+}
+
+fn check_text(text: &str, format: Format, expected_hash: Option<&str>) -> Result<Checked, String> {
     match format {
         Format::Yaml | Format::Json => {
             if text.trim().is_empty() {
@@ -268,14 +277,22 @@ mod tests {
     #[test]
     fn bad_documents_are_refused_with_a_reason() {
         let doc = json!({"values": {"a": 1}});
-        let err = check(&yaml(&doc), Format::Yaml, Some("0000")).unwrap_err();
+        let err = check(&yaml(&doc), Format::Yaml, Some("0000"))
+            .unwrap_err()
+            .0;
         assert!(err.starts_with("hash mismatch"), "{err}");
-        let err = check("values: [1, 2\n", Format::Yaml, None).unwrap_err();
+        let err = check("values: [1, 2\n", Format::Yaml, None).unwrap_err().0;
         assert!(err.contains("does not parse"), "{err}");
-        assert!(check("", Format::Yaml, None).unwrap_err().contains("empty"));
+        assert!(
+            check("", Format::Yaml, None)
+                .unwrap_err()
+                .0
+                .contains("empty")
+        );
         assert!(
             check("- a\n- b\n", Format::Yaml, None)
                 .unwrap_err()
+                .0
                 .contains("not a mapping")
         );
         assert!(check("{\"a\": ", Format::Json, None).is_err());
@@ -284,7 +301,7 @@ mod tests {
     #[test]
     fn env_and_properties_get_a_syntax_check() {
         assert!(check("A=1\n# c\n\nexport B=\"x y\"\n", Format::Env, None).is_ok());
-        let err = check("A=1\nnot a line\n", Format::Env, None).unwrap_err();
+        let err = check("A=1\nnot a line\n", Format::Env, None).unwrap_err().0;
         assert!(err.starts_with("line 2"), "{err}");
         let ok = check("a.b=1\n", Format::Properties, Some("abc")).unwrap();
         assert_eq!(ok.hash, "abc");

@@ -57,8 +57,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A signal name or number that names no signal.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownSignal(String);
+
+/// A notification that failed (every one that did, named).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotifyError(String);
+
 /// Parses a signal name: `HUP`, `SIGHUP`, `hup` or a number.
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
+pub fn parse_signal(text: &str) -> Result<Signal, UnknownSignal> {
+    signal_named(text).map_err(UnknownSignal)
+}
+
+fn signal_named(text: &str) -> Result<Signal, String> {
     let t = text.trim();
     if let Ok(n) = t.parse::<i32>() {
         return Signal::try_from(n).map_err(|e| format!("signal {t}: {e}"));
@@ -140,7 +154,7 @@ impl Notifier {
     }
 
     /// Sends every configured notification; the error names each one that failed.
-    pub async fn notify(&self, handed: &Handed) -> Result<(), String> {
+    pub async fn notify(&self, handed: &Handed) -> Result<(), NotifyError> {
         let mut failures = Vec::new();
         if let Some(url) = &self.reload_url
             && let Err(e) = self.post(url, handed).await
@@ -160,7 +174,7 @@ impl Notifier {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(failures.join("; "))
+            Err(NotifyError(failures.join("; ")))
         }
     }
 

@@ -272,7 +272,7 @@ enum Fate {
     Applied {
         hash: String,
         unchanged: bool,
-        notified: Result<(), String>,
+        notified: Result<(), handoff::NotifyError>,
     },
 }
 
@@ -365,7 +365,7 @@ impl Agent {
     fn check(&self, snapshot: &Snapshot) -> Result<Ready, String> {
         let format = snapshot.format();
         let text = snapshot.text.as_ref().map_err(Clone::clone)?;
-        let checked = check::check(text, format, snapshot.hash.as_deref())?;
+        let checked = check::check(text, format, snapshot.hash.as_deref()).map_err(|r| r.0)?;
         let lookup = |name: &str| std::env::var(name).ok();
         let (bytes, missing) = check::output(
             text,

@@ -367,7 +367,7 @@ fn load(snapshot: &Snapshot, settings: &Arc<Settings>) -> Result<Document, Strin
             snapshot.key
         ));
     }
-    let checked = check::check(text, format, snapshot.hash.as_deref())?;
+    let checked = check::check(text, format, snapshot.hash.as_deref()).map_err(|r| r.0)?;
     let value = checked
         .document
         .expect("YAML and JSON documents are parsed");

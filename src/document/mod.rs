@@ -350,19 +350,28 @@ pub fn render(document: &Value, format: Format) -> String {
     }
 }
 
+/// Why a projected document does not parse back.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Not JSON.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// Not YAML.
+    #[error("{0}")]
+    Yaml(#[from] serde_yaml::Error),
+    /// Properties and env documents lose their types.
+    #[error("{0} documents cannot be parsed back into typed values")]
+    NotReversible(&'static str),
+}
+
 /// Parses a document rendered as YAML or JSON back into its value (the other formats are not
 /// reversible: they lose types).
-pub fn parse(text: &str, format: Format) -> Result<Value, String> {
+pub fn parse(text: &str, format: Format) -> Result<Value, ParseError> {
     match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| e.to_string()),
-        Format::Yaml => serde_yaml::from_str(text).map_err(|e| e.to_string()),
-        Format::Properties | Format::Env => Err(format!(
-            "{} documents cannot be parsed back into typed values",
-            match format {
-                Format::Properties => "properties",
-                _ => "env",
-            }
-        )),
+        Format::Json => Ok(serde_json::from_str(text)?),
+        Format::Yaml => Ok(serde_yaml::from_str(text)?),
+        Format::Properties => Err(ParseError::NotReversible("properties")),
+        Format::Env => Err(ParseError::NotReversible("env")),
     }
 }
 
