@@ -261,6 +261,28 @@ struct Ready {
     bytes: String,
 }
 
+/// The check stage: the text parses, its hash matches the annotation; the bytes to write
+/// (with `${VAR}` expanded from the environment when `expand_env`).
+fn prepare(snapshot: &Snapshot, expand_env: bool) -> Result<Ready, String> {
+    let format = snapshot.format();
+    let text = snapshot.text.as_ref().map_err(Clone::clone)?;
+    let checked = check::check(text, format, snapshot.hash.as_deref()).map_err(|r| r.0)?;
+    let lookup = |name: &str| std::env::var(name).ok();
+    let (bytes, missing) = check::output(
+        text,
+        &checked,
+        format,
+        expand_env.then_some(&lookup as check::Lookup<'_>),
+    );
+    if !missing.is_empty() {
+        tracing::warn!(variables = ?missing, "unset environment variables without a default expand to nothing");
+    }
+    Ok(Ready {
+        hash: checked.hash,
+        bytes,
+    })
+}
+
 /// What became of one snapshot.
 enum Fate {
     /// It did not pass the checks (why).
@@ -353,33 +375,11 @@ impl Agent {
     /// One snapshot through the pipeline, each stage once: check it, hand it off (write, then
     /// notify), then record and report what became of it.
     async fn handle(&mut self, snapshot: Snapshot) {
-        let fate = match self.check(&snapshot) {
+        let fate = match prepare(&snapshot, self.expand_env) {
             Ok(ready) => self.hand_off(&snapshot, ready).await,
             Err(reason) => Fate::Refused(reason),
         };
         self.record(&snapshot, fate);
-    }
-
-    /// The check stage: the text parses, its hash matches the annotation; the bytes to write
-    /// (with `${VAR}` expanded when asked).
-    fn check(&self, snapshot: &Snapshot) -> Result<Ready, String> {
-        let format = snapshot.format();
-        let text = snapshot.text.as_ref().map_err(Clone::clone)?;
-        let checked = check::check(text, format, snapshot.hash.as_deref()).map_err(|r| r.0)?;
-        let lookup = |name: &str| std::env::var(name).ok();
-        let (bytes, missing) = check::output(
-            text,
-            &checked,
-            format,
-            self.expand_env.then_some(&lookup as check::Lookup<'_>),
-        );
-        if !missing.is_empty() {
-            tracing::warn!(variables = ?missing, "unset environment variables without a default expand to nothing");
-        }
-        Ok(Ready {
-            hash: checked.hash,
-            bytes,
-        })
     }
 
     /// The hand-off stage: writes the output file atomically (at start-up, an output file that
@@ -527,5 +527,39 @@ impl Agent {
             failed_revision: error.as_ref().and(failed),
             error,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use source::Origin;
+
+    fn snapshot(text: Result<&str, &str>, hash: Option<&str>) -> Snapshot {
+        let mut s = Snapshot::new(
+            Origin::Api,
+            "config.yaml",
+            text.map(str::to_owned).map_err(str::to_owned),
+        );
+        s.hash = hash.map(str::to_owned);
+        s
+    }
+
+    #[test]
+    fn the_check_stage_passes_good_documents_and_says_why_it_refuses_others() {
+        let good = "a: 1\n";
+        let hash = crate::document::hash(&serde_json::json!({"a": 1}));
+        let ready = prepare(&snapshot(Ok(good), Some(&hash)), false).unwrap();
+        assert_eq!(
+            (ready.hash.as_str(), ready.bytes.as_str()),
+            (hash.as_str(), good)
+        );
+
+        let refused = prepare(&snapshot(Ok(good), Some("sha256:other")), false);
+        assert!(refused.err().unwrap().starts_with("hash mismatch"));
+        let unreadable = prepare(&snapshot(Err("no data key config.yaml"), None), false);
+        assert_eq!(unreadable.err().as_deref(), Some("no data key config.yaml"));
+        let broken = prepare(&snapshot(Ok("a: [1\n"), None), false);
+        assert!(broken.err().unwrap().contains("does not parse"));
     }
 }

@@ -1,7 +1,10 @@
 //! Credential detection (SPEC.md §5.1): keys and literal values that look like secrets, which
 //! belong in a Secret referenced through `valuesFrom[].secretKeyRef`.
 
-use super::*;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::Value;
 
 pub(super) const MOVE_TO_SECRET: &str =
     "put it in a Secret and reference it with valuesFrom.secretKeyRef instead of a literal";

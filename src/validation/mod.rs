@@ -11,20 +11,14 @@
 //! `spec.revisionHistoryLimit`, and the size helpers. Durations are parsed by
 //! [`crate::duration`].
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::LazyLock;
 
 use regex::Regex;
-use serde_json::{Number, Value};
+use serde_json::Value;
 
-use crate::crd::{
-    Backpressure, CachePool, DatabasePool, FeatureFlag, HttpPool, MAX_HISTORY_LIMIT, Maintenance,
-    Metrics, ParamType, Parameter, PoolBudgetSpec, Pools, RedisPool, RestartTarget,
-    RuntimeConfigSpec, Target, limits,
-};
+use crate::crd::{MAX_HISTORY_LIMIT, Target};
 
 mod credentials;
 mod patterns;

@@ -1,6 +1,9 @@
 //! Schema `pattern`s, compiled once per process and kept in a bounded cache.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use regex::Regex;
 
 /// At most this many distinct schema `pattern`s stay compiled in [`PATTERNS`].
 pub(super) const PATTERN_CACHE_CAPACITY: usize = 256;

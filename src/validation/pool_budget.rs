@@ -2,6 +2,15 @@
 //! values (defaults filled in).
 
 use super::*;
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::crd::{
+    Backpressure, CachePool, DatabasePool, HttpPool, Metrics, PoolBudgetSpec, Pools, RedisPool,
+};
+
 use crate::crd::{IntRange, bounds};
 
 /// All errors of a PoolBudget spec: the ranges of SPEC.md §4, and the cross-field rules on the

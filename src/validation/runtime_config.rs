@@ -2,6 +2,17 @@
 //! `valuesFrom`, feature flags, maintenance and the size bounds of `crd::limits`.
 
 use super::*;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json::{Number, Value};
+
+use crate::crd::{
+    FeatureFlag, Maintenance, ParamType, Parameter, RestartTarget, RuntimeConfigSpec, limits,
+};
 
 /// All errors of a RuntimeConfig spec.
 ///

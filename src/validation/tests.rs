@@ -1,6 +1,16 @@
 //! Tests of every validation rule, with the fixtures they share.
 
 use super::*;
+use std::sync::Arc;
+
+use regex::Regex;
+use serde_json::Value;
+
+use crate::crd::{
+    Backpressure, CachePool, DatabasePool, FeatureFlag, HttpPool, Metrics, ParamType, Parameter,
+    PoolBudgetSpec, Pools, RedisPool, RuntimeConfigSpec, Target,
+};
+
 use proptest::prelude::*;
 use serde_json::json;
 
