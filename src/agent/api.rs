@@ -11,7 +11,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use tokio::sync::watch;
 
-use super::source::{Origin, Owner, Snapshot, default_key};
+use super::source::{Origin, Owner, Snapshot, Unreadable, default_key};
 use crate::crd::names;
 
 const HISTORY: usize = 64;
@@ -81,7 +81,11 @@ pub fn snapshot_of(cm: &ConfigMap, key: Option<&str>) -> Snapshot {
             keys()
         )),
     };
-    let mut snapshot = Snapshot::new(Origin::Api, chosen.unwrap_or_default(), text);
+    let mut snapshot = Snapshot::new(
+        Origin::Api,
+        chosen.unwrap_or_default(),
+        text.map_err(Unreadable),
+    );
     let annotations = cm.annotations();
     snapshot.revision = annotations
         .get(names::REVISION)
@@ -194,13 +198,13 @@ mod tests {
     fn snapshot_carries_annotations_and_owner() {
         let s = snapshot_of(&cm(&[("config.yaml", "a: 1\n"), ("values.a", "1")]), None);
         assert_eq!(s.key, "config.yaml");
-        assert_eq!(s.text.as_deref(), Ok("a: 1\n"));
+        assert_eq!(s.text.as_deref().ok(), Some("a: 1\n"));
         assert_eq!(s.revision, Some(4));
         assert_eq!(s.hash.as_deref(), Some("abc"));
         assert_eq!(s.owner.kind.as_deref(), Some("RuntimeConfig"));
         assert_eq!(s.owner.name.as_deref(), Some("lazy"));
         let missing = snapshot_of(&cm(&[("config.yaml", "a: 1\n")]), Some("app.json"));
-        assert!(missing.text.unwrap_err().contains("no data key app.json"));
+        assert!(missing.text.unwrap_err().0.contains("no data key app.json"));
     }
 
     #[test]

@@ -265,7 +265,7 @@ struct Ready {
 /// (with `${VAR}` expanded from the environment when `expand_env`).
 fn prepare(snapshot: &Snapshot, expand_env: bool) -> Result<Ready, String> {
     let format = snapshot.format();
-    let text = snapshot.text.as_ref().map_err(Clone::clone)?;
+    let text = snapshot.text.as_ref().map_err(|u| u.0.clone())?;
     let checked = check::check(text, format, snapshot.hash.as_deref()).map_err(|r| r.0)?;
     let lookup = |name: &str| std::env::var(name).ok();
     let (bytes, missing) = check::output(
@@ -539,7 +539,8 @@ mod tests {
         let mut s = Snapshot::new(
             Origin::Api,
             "config.yaml",
-            text.map(str::to_owned).map_err(str::to_owned),
+            text.map(str::to_owned)
+                .map_err(|e| source::Unreadable(e.to_owned())),
         );
         s.hash = hash.map(str::to_owned);
         s

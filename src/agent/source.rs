@@ -35,6 +35,11 @@ pub struct Owner {
     pub name: Option<String>,
 }
 
+/// Why a source could not produce a document's text (e.g. the ConfigMap has no such key).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(pub String);
+
 /// One version of the data key, as a source saw it.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -44,7 +49,7 @@ pub struct Snapshot {
     pub key: String,
     /// The whole text of the key, or why the source could not produce it (e.g. the ConfigMap
     /// has no such key); a problem is refused like a document that does not parse.
-    pub text: Result<String, String>,
+    pub text: Result<String, Unreadable>,
     /// SHA-256 (hex) of the text: the identity of this content, the same through every source.
     pub identity: String,
     /// The `hotconf.dev/revision` annotation (API source only).
@@ -60,7 +65,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// A snapshot of `text` read from `key`.
-    pub fn new(origin: Origin, key: impl Into<String>, text: Result<String, String>) -> Self {
+    pub fn new(origin: Origin, key: impl Into<String>, text: Result<String, Unreadable>) -> Self {
         let identity = match &text {
             Ok(t) => sha256_hex(t.as_bytes()),
             Err(e) => sha256_hex(format!("error\0{e}").as_bytes()),
@@ -157,7 +162,7 @@ mod tests {
         let a = Snapshot::new(Origin::Volume, "config.yaml", Ok("a: 1\n".into()));
         let b = Snapshot::new(Origin::Api, "config.yaml", Ok("a: 1\n".into()));
         assert_eq!(a.identity, b.identity);
-        let c = Snapshot::new(Origin::Api, "config.yaml", Err("no key".into()));
+        let c = Snapshot::new(Origin::Api, "config.yaml", Err(Unreadable("no key".into())));
         assert_ne!(a.identity, c.identity);
     }
 }

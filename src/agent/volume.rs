@@ -21,7 +21,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::source::{Origin, Snapshot, default_key};
+use super::source::{Origin, Snapshot, Unreadable, default_key};
 
 /// How long a burst of events may last before the directory is read anyway.
 pub const MAX_DELAY: Duration = Duration::from_millis(50);
@@ -274,7 +274,7 @@ impl VolumeSource {
                 return;
             }
         };
-        let mut snapshot = Snapshot::new(Origin::Volume, key, text);
+        let mut snapshot = Snapshot::new(Origin::Volume, key, text.map_err(Unreadable));
         if last.as_deref() == Some(snapshot.identity.as_str()) {
             return;
         }

@@ -359,7 +359,7 @@ fn document(
 
 // Checks a snapshot as the agent does and makes a document of it.
 fn load(snapshot: &Snapshot, settings: &Arc<Settings>) -> Result<Document, String> {
-    let text = snapshot.text.as_ref().map_err(Clone::clone)?;
+    let text = snapshot.text.as_ref().map_err(|u| u.0.clone())?;
     let format = snapshot.format();
     if !matches!(format, Format::Yaml | Format::Json) {
         return Err(format!(
