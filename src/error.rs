@@ -46,6 +46,9 @@ pub enum Error {
     /// A certificate could not be generated.
     #[error("generating certificates: {0}")]
     Cert(#[from] rcgen::Error),
+    /// Consumers cannot be counted before the pod watch has synced.
+    #[error(transparent)]
+    PodsNotSynced(#[from] crate::controller::PodsNotSynced),
 }
 
 impl Error {
@@ -59,6 +62,7 @@ impl Error {
             Error::Serve { .. } => "serve",
             Error::Cert(_) => "certificate",
             Error::CrdsMissing(_) => "crds_missing",
+            Error::PodsNotSynced(_) => "pods_not_synced",
         }
     }
 

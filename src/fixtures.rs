@@ -127,6 +127,7 @@ impl RuntimeConfig {
                 max_failures: Some(max_failures.into()),
                 progress_deadline_seconds: None,
             }),
+            health_window_seconds: None,
         });
         self
     }
@@ -272,18 +273,11 @@ impl Observed {
         }
     }
 
-    /// Deployment `name` as its controller reports it: its template stamped for `revision`
-    /// (`None`: never stamped) and observed.
+    /// Deployment `name` of one replica as its controller reports it: its template stamped for
+    /// `revision` (`None`: never stamped), and its rollout finished.
     pub fn with_workload(mut self, name: &str, revision: Option<i64>) -> Self {
-        let generation = 10 + revision.unwrap_or(0);
         self.workloads.retain(|w| w.name != name);
-        self.workloads.push(Workload {
-            kind: WorkloadKind::Deployment,
-            name: name.into(),
-            generation,
-            observed_generation: generation,
-            restart_revision: revision,
-        });
+        self.workloads.push(Workload::test(name, revision));
         self
     }
 
@@ -294,7 +288,30 @@ impl Observed {
             revision,
             error: failed.map(|r| format!("revision {r} refused")),
             failed_revision: failed,
+            ..Consumer::default()
         });
         self
+    }
+}
+
+impl Workload {
+    /// Deployment `name` of one replica, stamped for `revision`, its rollout finished.
+    pub fn test(name: &str, revision: Option<i64>) -> Workload {
+        let generation = 10 + revision.unwrap_or(0);
+        Workload {
+            kind: WorkloadKind::Deployment,
+            name: name.into(),
+            generation,
+            observed_generation: generation,
+            restart_revision: revision,
+            counts: crate::rollout::RolloutCounts {
+                desired: 1,
+                current: 1,
+                updated: 1,
+                available: 1,
+                revisions_match: true,
+                ..Default::default()
+            },
+        }
     }
 }

@@ -23,6 +23,10 @@ pub struct OperatorArgs {
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "HOTCONF_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
+    /// Watch pods for `spec.rollout.consumerSelector` (consumer status and health-gated
+    /// rollback; needs list/watch on pods). `false` ignores consumer selectors.
+    #[arg(long, env = "HOTCONF_CONSUMERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub consumers: bool,
     /// Leader election.
     #[command(flatten)]
     pub leader: LeaderArgs,
@@ -44,6 +48,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty())
             .collect(),
+        consumers: args.consumers,
     };
     controller::check_crds(&client).await?;
 

@@ -387,7 +387,8 @@ async fn consumers_that_reject_a_revision_roll_it_back() {
         ("True", "AutoRolledBack")
     );
     assert!(
-        rolled.message.contains("failed to apply revision 3"),
+        rolled.message.contains("consumers failed revision 3 (")
+            && rolled.message.contains(" reload refused; maxFailures 1)"),
         "{}",
         rolled.message
     );

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt as _, future::BoxFuture};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::{
@@ -32,7 +32,7 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -48,12 +48,15 @@ use crate::reconcile::{self, Observed, Plan};
 use crate::rollout;
 
 mod feed;
+mod pods;
 pub(crate) mod read;
 mod write;
 
 use feed::{CacheFeed, namespace_of, projected_changes};
 pub(crate) use read::resolve_secrets;
-use read::{consumers, workload_resource, workloads};
+use pods::PodCache;
+pub use pods::PodsNotSynced;
+use read::{workload_resource, workloads};
 pub use write::RESTART_REVISION;
 use write::{execute, set_status};
 
@@ -72,6 +75,8 @@ pub struct Context {
     written: Mutex<HashMap<String, (String, ConfigStatus)>>,
     // Failures in a row per object, for the retry delay.
     backoff: Backoff,
+    // The consumer pods (none when consumer tracking is off).
+    pods: Option<Arc<PodCache>>,
 }
 
 impl Context {
@@ -80,6 +85,15 @@ impl Context {
         client: Client,
         metrics: Arc<OperatorMetrics>,
         is_leader: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Self::with_pods(client, metrics, is_leader, None)
+    }
+
+    fn with_pods(
+        client: Client,
+        metrics: Arc<OperatorMetrics>,
+        is_leader: watch::Receiver<bool>,
+        pods: Option<Arc<PodCache>>,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "hotconf".into(),
@@ -92,6 +106,7 @@ impl Context {
             is_leader,
             written: Mutex::new(HashMap::new()),
             backoff: Backoff::default(),
+            pods,
         })
     }
 
@@ -111,11 +126,23 @@ pub struct Runtime {
     pub ready: Arc<AtomicBool>,
 }
 
-/// Which namespaces the operator watches: all, or a list.
-#[derive(Clone, Debug, Default)]
+/// What the operator watches: all namespaces or a list, and whether the consumer pods.
+#[derive(Clone, Debug)]
 pub struct Scope {
     /// Empty: all namespaces.
     pub namespaces: Vec<String>,
+    /// Watch pods for `spec.rollout.consumerSelector` (consumer status, health-gated
+    /// rollback). Off, consumer selectors are ignored (the chart's `rbac.consumers=false`).
+    pub consumers: bool,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            namespaces: Vec::new(),
+            consumers: true,
+        }
+    }
 }
 
 impl Scope {
@@ -154,13 +181,25 @@ pub async fn run(
     runtime: Runtime,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
-    let ctx = Context::new(
+    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut runs: Vec<BoxFuture<'static, ()>> = Vec::new();
+    let pods = scope.consumers.then(|| {
+        let (cache, watch) = PodCache::start(pods::pod_apis(&client, &scope.namespaces));
+        let stopped = stop(&tx);
+        runs.push(Box::pin(async move {
+            tokio::select! {
+                () = watch => {}
+                () = stopped => {}
+            }
+        }));
+        cache
+    });
+    let ctx = Context::with_pods(
         client.clone(),
         runtime.metrics.clone(),
         runtime.is_leader.clone(),
+        pods,
     );
-    let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let mut runs: Vec<BoxFuture<'static, ()>> = Vec::new();
     let mut synced = Vec::new();
     for api in scope.apis::<RuntimeConfig>(&client) {
         let (run, ready) = controller_for(api, client.clone(), ctx.clone(), stop(&tx));
@@ -265,6 +304,7 @@ fn controller_for<K: ConfigResource>(
             }
         }
     });
+    let pod_store = store.clone();
     let mut controller = Controller::for_stream(objects, store.clone())
         .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
         .owns_stream(projected_changes(cms, owned.clone()))
@@ -283,6 +323,30 @@ fn controller_for<K: ConfigResource>(
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
         });
+    }
+    if let Some(pods) = &ctx.pods {
+        // A consumer pod's change reconciles the CRs that select it.
+        let store = pod_store;
+        let changes = pods.changes().flat_map(move |change| {
+            let refs: Vec<ObjectRef<K>> = store
+                .state()
+                .into_iter()
+                .filter(|o| {
+                    let Some(selector) = o.rollout().and_then(|r| r.consumer_selector.as_ref())
+                    else {
+                        return false;
+                    };
+                    // A receiver that fell behind reconciles every CR with a selector.
+                    change.as_ref().is_none_or(|c| {
+                        o.namespace().as_deref() == Some(c.namespace.as_str())
+                            && c.labels.iter().any(|l| pods::selects(selector, l))
+                    })
+                })
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect();
+            futures::stream::iter(refs)
+        });
+        controller = controller.reconcile_on(changes);
     }
     let metrics = ctx.metrics.clone();
     let run = controller
@@ -404,9 +468,12 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
         secrets: resolve_secrets(&obj, &secrets).await?,
         now: chrono::Utc::now(),
         workloads: workloads(client, &ns, obj.restart_targets()).await?,
-        consumers: match obj.rollout().and_then(|r| r.consumer_selector.as_ref()) {
-            Some(selector) => Some(consumers(client, &ns, selector).await?),
-            None => None,
+        consumers: match (
+            obj.rollout().and_then(|r| r.consumer_selector.as_ref()),
+            &ctx.pods,
+        ) {
+            (Some(selector), Some(pods)) => Some(pods.select(&ns, selector)?),
+            _ => None,
         },
     };
     let plan = reconcile::plan(&obj, &observed);

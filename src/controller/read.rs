@@ -88,51 +88,13 @@ pub(super) async fn workloads(
             if out.iter().any(|w| w.kind == target.kind && w.name == name) {
                 continue;
             }
-            let restart_revision = o
-                .data
-                .pointer("/spec/template/metadata/annotations")
-                .and_then(|a| a.get(RESTART_REVISION))
-                .and_then(Value::as_str)
-                .and_then(|r| r.parse().ok());
-            out.push(rollout::Workload {
-                kind: target.kind,
-                name,
-                generation: o.metadata.generation.unwrap_or(0),
-                observed_generation: o
-                    .data
-                    .pointer("/status/observedGeneration")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0),
-                restart_revision,
+            let object = serde_json::json!({
+                "metadata": {"name": name, "generation": o.metadata.generation},
+                "spec": o.data.get("spec"),
+                "status": o.data.get("status"),
             });
+            out.push(rollout::Workload::parse(target.kind, &object, RESTART_REVISION));
         }
     }
     Ok(out)
-}
-
-/// The consumer pods' reports (metadata only).
-pub(super) async fn consumers(
-    client: &Client,
-    ns: &str,
-    selector: &BTreeMap<String, String>,
-) -> Result<Vec<rollout::Consumer>, Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let pods = api
-        .list_metadata(&ListParams::default().labels(&label_selector(selector)))
-        .await?;
-    Ok(pods
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| {
-            rollout::Consumer::from_annotation(
-                &p.name_any(),
-                p.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(names::APPLIED))
-                    .map(String::as_str),
-            )
-        })
-        .collect())
 }

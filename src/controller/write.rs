@@ -4,7 +4,7 @@
 use super::*;
 
 /// The pod-template annotation that restarts a workload.
-pub const RESTART_REVISION: &str = "hotconf.dev/restart-revision";
+pub use crate::crd::names::RESTART_REVISION;
 
 // Stamps the pod template, and only it, by server-side apply: the workload's controller rolls it.
 pub(super) async fn restart(

@@ -44,6 +44,9 @@ pub mod names {
     pub const CHANGED_BY: &str = "hotconf.dev/changed-by";
     /// Annotation the agent writes on its Pod.
     pub const APPLIED: &str = "hotconf.dev/applied";
+    /// Pod-template annotation the operator stamps on restart targets: the revision whose
+    /// restart-only keys the new pods start with.
+    pub const RESTART_REVISION: &str = "hotconf.dev/restart-revision";
 }
 
 /// The size bounds of a spec: the CRD schema declares them (the API server needs them to cost
@@ -334,10 +337,15 @@ pub struct RestartTarget {
 #[serde(rename_all = "camelCase")]
 pub struct RestartPolicy {
     /// How many targets restart at once (default: all); the next wave starts once the previous
-    /// one's rollouts have been observed by their controllers.
+    /// one's rollouts have finished (by the rule of `kubectl rollout status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_concurrent: Option<i32>,
+    /// A target whose rollout has not finished this long after it was stamped halts the round
+    /// (`RestartStalled`); a Deployment's own `ProgressDeadlineExceeded` halts it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: Option<i64>,
 }
 
 /// Consumer tracking and automatic rollback (`spec.rollout`).
@@ -350,6 +358,11 @@ pub struct Rollout {
     /// Roll back automatically when consumers reject a revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_rollback: Option<AutoRollback>,
+    /// How long after applying a revision a consumer pod that goes NotReady, restarts a
+    /// container or crash-loops counts as a failure of that revision (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub health_window_seconds: Option<i64>,
 }
 
 /// When to roll back by itself.

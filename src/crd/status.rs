@@ -184,8 +184,15 @@ pub struct TargetStatus {
     pub kind: String,
     /// The workload's name.
     pub name: String,
-    /// Pending, Restarting, or Done (its controller observed the new template).
+    /// Pending, Restarting, Done (its rollout finished) or Stalled (it did not finish: the
+    /// round is halted).
     pub state: String,
+    /// When its template was stamped for this round (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// How far its rollout is, or why it stalled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the consumers report.
@@ -200,9 +207,24 @@ pub struct ConsumerStatus {
     pub updated: i64,
     /// Pods that reported an error instead.
     pub failed: i64,
-    /// Some of the pods not updated yet (at most five).
+    /// Some of the pods not updated yet, the furthest behind first (at most five).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub slowest: Vec<String>,
+    /// The pods that failed `revision` and why (at most ten, by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<ConsumerFailure>,
+}
+
+/// A consumer pod that failed a revision.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerFailure {
+    /// The pod's name.
+    pub pod: String,
+    /// `ReloadRefused`, `NotReady`, `CrashLooping` or `Restarted`.
+    pub reason: String,
+    /// What was seen.
+    pub message: String,
 }
 
 /// A condition in the standard `metav1.Condition` shape.

@@ -8,6 +8,7 @@ use super::rollback::Rollback;
 use super::{Context, Draft, now_string, warning};
 use crate::crd::{Condition, ConfigStatus};
 use crate::kinds::ConfigResource;
+use crate::rollout;
 
 /// What the earlier steps decided, as the conditions read it.
 pub(crate) struct Outcome<'a> {
@@ -99,6 +100,15 @@ pub(crate) fn decide_conditions<K: ConfigResource>(
                 "RestartPending",
                 "NoRestartNeeded",
                 "no restart-only key is waiting for a restart",
+            )
+        } else if let Some(why) = status.restart.as_ref().and_then(rollout::waves::stalled) {
+            cond_true(
+                "RestartPending",
+                "RestartStalled",
+                &format!(
+                    "the restart round is halted at {why}; changed keys still need a restart: {}",
+                    status.pending_restart.join(", ")
+                ),
             )
         } else {
             cond_true(

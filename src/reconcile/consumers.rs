@@ -1,13 +1,31 @@
-//! Step 5: the consumers of what is projected after this reconcile: how many applied it, the
-//! `Progressing` condition, and how soon to look again (consumer reports arrive on Pods, which
-//! are polled: often while a revision rolls out, and now and then afterwards for new pods and
-//! late reports).
+//! Step 5: the consumers of what is projected after this reconcile: how many applied it and
+//! how many failed it (by their agents' reports and their health), the `Progressing`
+//! condition, and when to look again. Pod changes trigger reconciles through the controller's
+//! pod watch; a look is scheduled only for what can change without one (a health window
+//! ending).
+
+use chrono::{DateTime, Utc};
 
 use super::conditions::{cond_false, cond_true};
-use super::{CONSUMER_RESYNC, Context, Draft, PROGRESS_POLL, sooner};
-use crate::crd::Condition;
+use super::{Context, Draft, sooner};
+use crate::crd::{Condition, RestartStatus};
 use crate::kinds::ConfigResource;
-use crate::rollout;
+use crate::rollout::{self, Judging};
+
+/// How the consumers of `revision` are judged: the CR's health window, and the restart round
+/// in progress (while it rolls `revision` out, only the new template's pods are judged by
+/// their health).
+pub(crate) fn judging<K: ConfigResource>(
+    cx: &Context<'_, K>,
+    revision: i64,
+    restart: Option<&RestartStatus>,
+) -> Judging {
+    let window = cx.obj.rollout().and_then(|r| r.health_window_seconds);
+    Judging {
+        restart_round: restart.map(|r| r.revision),
+        ..Judging::new(revision, window, cx.now)
+    }
+}
 
 /// Counts the consumers into `status.consumers` and returns the `Progressing` condition (none
 /// without a consumer selector or a projected revision).
@@ -20,7 +38,8 @@ pub(crate) fn decide_consumers<K: ConfigResource>(
         status.consumers = None;
         return None;
     };
-    let counted = rollout::consumer_status(current, consumers);
+    let judging = judging(cx, current, status.restart.as_ref());
+    let counted = rollout::consumer_status(&judging, consumers);
     let done = counted.updated == counted.selected;
     let message = format!(
         "{}/{} consumers applied revision {current}{}",
@@ -32,18 +51,46 @@ pub(crate) fn decide_consumers<K: ConfigResource>(
             String::new()
         }
     );
-    let poll = if done && counted.selected > 0 {
-        CONSUMER_RESYNC
-    } else {
-        PROGRESS_POLL
-    };
-    draft.plan.requeue_after = sooner(draft.plan.requeue_after, poll);
+    if let Some(at) = consumers
+        .iter()
+        .filter_map(|c| c.judged_again_at(&judging))
+        .min()
+    {
+        draft.plan.requeue_after = sooner(draft.plan.requeue_after, until(cx.now, at));
+    }
+    // `autoRollback.progressDeadlineSeconds` passes by the clock alone.
+    if let Some(deadline) = cx
+        .obj
+        .rollout()
+        .and_then(|r| r.auto_rollback.as_ref())
+        .filter(|a| a.enabled)
+        .and_then(|a| a.progress_deadline_seconds)
+        && !done
+        && let Some(created) = status
+            .history
+            .iter()
+            .find(|s| s.revision == current)
+            .and_then(|s| DateTime::parse_from_rfc3339(&s.created_at).ok())
+    {
+        let at = created.with_timezone(&Utc) + chrono::Duration::seconds(deadline + 1);
+        if at > cx.now {
+            draft.plan.requeue_after = sooner(draft.plan.requeue_after, until(cx.now, at));
+        }
+    }
     status.consumers = Some(counted);
     Some(if done {
         cond_false("Progressing", "RolloutComplete", &message)
     } else {
         cond_true("Progressing", "RolloutInProgress", &message)
     })
+}
+
+// From `now` until `at` (at least a second).
+fn until(now: DateTime<Utc>, at: DateTime<Utc>) -> std::time::Duration {
+    (at - now)
+        .to_std()
+        .unwrap_or_default()
+        .max(std::time::Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -84,12 +131,12 @@ mod tests {
             (counted.selected, counted.updated, counted.failed),
             (3, 1, 1)
         );
-        assert_eq!(draft.plan.requeue_after, Some(PROGRESS_POLL));
+        // Pod changes trigger reconciles; nothing to look at by the clock.
+        assert_eq!(draft.plan.requeue_after, None);
 
         let done = Observed::test().with_consumer("web-0", Some(2), None);
-        let (condition, draft) = decide(&done, Some(2));
+        let (condition, _) = decide(&done, Some(2));
         assert_eq!(condition.unwrap().reason, "RolloutComplete");
-        assert_eq!(draft.plan.requeue_after, Some(CONSUMER_RESYNC));
 
         // Nothing projected yet: no condition, no count.
         let (condition, draft) = decide(&observed, None);

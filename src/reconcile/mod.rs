@@ -109,10 +109,9 @@ pub fn needs_secret<K: ConfigResource>(obj: &K) -> bool {
                 .is_some_and(|p| p.secret.is_some()))
 }
 
-// How often restarts and consumers are checked while they are in progress.
+// How often restart targets are looked at while a round is in progress (workloads are read,
+// not watched).
 const PROGRESS_POLL: Duration = Duration::from_secs(2);
-// How often settled consumers are looked at again.
-const CONSUMER_RESYNC: Duration = Duration::from_secs(10);
 
 fn sooner(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
@@ -321,13 +320,7 @@ mod tests {
 
     /// The deployment controller's part: `web` observed its template stamped for `revision`.
     fn rolled(observed: &mut Observed, revision: i64) {
-        observed.workloads = vec![Workload {
-            kind: WorkloadKind::Deployment,
-            name: "web".into(),
-            generation: revision + 10,
-            observed_generation: revision + 10,
-            restart_revision: Some(revision),
-        }];
+        observed.workloads = vec![Workload::test("web", Some(revision))];
     }
 
     /// A RuntimeConfig with a restart-only `workers` (default 4), and `timeout` when asked,

@@ -4,14 +4,15 @@
 //! targets, `pendingRestart` just lists what the latest revision changed.
 
 use super::project::Projection;
-use super::{Context, Draft, PROGRESS_POLL, sooner};
+use super::{Context, Draft, PROGRESS_POLL, sooner, warning};
 use crate::document;
 use crate::kinds::ConfigResource;
 use crate::rollout;
 
 /// Starts a restart round when the projected document changed restart-only keys, moves a round
-/// in progress on by waves (the targets' controllers having observed the previous ones), and
-/// plans the stamps of the pod templates to patch.
+/// in progress on by waves (the previous targets' rollouts having finished), halts it when a
+/// target stalls (a Warning `RestartStalled`), and plans the stamps of the pod templates to
+/// patch.
 pub(crate) fn decide_restarts<K: ConfigResource>(
     cx: &Context<'_, K>,
     draft: &mut Draft,
@@ -43,6 +44,7 @@ pub(crate) fn decide_restarts<K: ConfigResource>(
         started,
         &cx.observed.workloads,
         obj.restart_policy(),
+        cx.now,
     );
     if let Some(r) = &step.status {
         draft.plan.restart = step
@@ -51,6 +53,16 @@ pub(crate) fn decide_restarts<K: ConfigResource>(
             .map(|(k, n)| (*k, n.clone(), r.revision))
             .collect();
         draft.plan.requeue_after = sooner(draft.plan.requeue_after, PROGRESS_POLL);
+        for why in &step.newly_stalled {
+            draft.events.push(warning(
+                "RestartStalled",
+                "Restart",
+                format!(
+                    "the restart round for revision {} is halted: {why}",
+                    r.revision
+                ),
+            ));
+        }
     }
     status.restart = step.status;
     status.pending_restart = step.pending;
@@ -72,6 +84,7 @@ mod tests {
             .with_restart_target("web-b");
         obj.spec.restart_policy = Some(crate::crd::RestartPolicy {
             max_concurrent: Some(1),
+            progress_deadline_seconds: None,
         });
         let mut observed = Observed::test()
             .with_workload("web-a", None)

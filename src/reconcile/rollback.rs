@@ -182,9 +182,10 @@ fn auto_rollback<K: ConfigResource>(
     else {
         return None;
     };
+    let judging = super::consumers::judging(cx, current, cx.prev.restart.as_ref());
     let status = &mut draft.status;
-    rollout::record_applied(&mut status.history, consumers);
-    let counted = rollout::consumer_status(current, consumers);
+    rollout::record_applied(&mut status.history, consumers, &judging);
+    let counted = rollout::consumer_status(&judging, consumers);
     if *decision != RollbackDecision::None || status.latest_revision != Some(current) {
         return None;
     }

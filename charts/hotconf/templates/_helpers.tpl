@@ -76,9 +76,10 @@ true
   verbs: ["get", "list", "patch"]
 {{- end }}
 {{- if .Values.rbac.consumers }}
-# Consumer status: the agents' hotconf.dev/applied annotations on the selected pods.
+# Consumer status: the agents' hotconf.dev/applied annotations and the health of the selected
+# pods, from a watch.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["get", "list", "watch"]
 {{- end }}
 {{- end }}
