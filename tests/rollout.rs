@@ -1,17 +1,24 @@
-//! Beyond the ConfigMap: restarts for restart-only keys (in waves), consumer status from real
-//! agent processes, and automatic rollback when the consumers reject a revision or miss the
-//! deadline.
+//! Beyond the ConfigMap, with pods that really roll (the pod simulator, real agents):
+//! restarts for restart-only keys in waves gated on finished rollouts, a stalled round, consumer
+//! status, and automatic rollback when consumers reject a revision, crash-loop after applying
+//! it, or miss the deadline.
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{TestEnv, eventually, free_port, hotconf_bin};
+use chrono::{DateTime, Utc};
+use common::{TestEnv, eventually, free_port, hotconf_bin, sim};
 use hotconf::crd::{ConfigStatus, RuntimeConfig};
-use k8s_openapi::api::apps::v1::Deployment;
+use hotconf::dev::sim::{
+    FAULT, FAULT_ON_APPLIED_REVISION, FAULT_ON_RESTART_REVISION, PodEvent, PodEventKind,
+    Simulator,
+};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::{
@@ -19,46 +26,6 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-
-fn deployment(name: &str) -> Deployment {
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"tier": "web"}},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": "busybox", "args": ["sleep", "1d"]}]}
-            }
-        }
-    }))
-    .unwrap()
-}
-
-fn stamp(d: &Deployment) -> Option<String> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get("hotconf.dev/restart-revision")
-        .cloned()
-}
-
-/// What the deployment controller would do: observe the current generation.
-async fn observe(api: &Api<Deployment>, name: &str) {
-    let d = api.get(name).await.unwrap();
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"observedGeneration": d.metadata.generation}})),
-    )
-    .await
-    .unwrap();
-}
 
 async fn status(env: &TestEnv, name: &str) -> ConfigStatus {
     Api::<RuntimeConfig>::namespaced(env.client.clone(), &env.ns)
@@ -83,102 +50,200 @@ async fn until<T>(
     eventually(90, what, || async move { f(&status(env, name).await) }).await
 }
 
-#[tokio::test]
-async fn restart_only_keys_restart_their_targets_in_waves() {
+const WEB: [&str; 3] = ["web-a", "web-b", "web-c"];
+
+/// The CR of the restart tests: restart-only `workers`, hot `timeout`, the `tier: web`
+/// Deployments restarted one at a time.
+const APP: &str = "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app}\nspec:\n  schema:\n    workers: {type: integer, default: 4, requiresRestart: true}\n    timeout: {type: integer, default: 30}\n  restartTargets:\n  - {kind: Deployment, selector: {tier: web}}\n  restartPolicy: {maxConcurrent: 1}\n";
+
+async fn set_values(env: &TestEnv, values: Value) {
+    Api::<RuntimeConfig>::namespaced(env.client.clone(), &env.ns)
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"values": values}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Every Deployment of `names` has finished rolling out `stamp` (kubectl's rule) with its pods
+/// Ready.
+async fn rolled_out(env: &TestEnv, names: &[&str], stamp: Option<&str>) {
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
+    eventually(120, &format!("{names:?} rolled out at {stamp:?}"), || async {
+        for name in names {
+            let d = deployments.get(name).await.ok()?;
+            let s = d.status.clone()?;
+            let want = d.spec.as_ref()?.replicas;
+            let done = s.observed_generation >= d.metadata.generation
+                && s.updated_replicas == want
+                && s.available_replicas == want
+                && s.replicas == want;
+            if !done || sim::stamp(env, name).await.as_deref() != stamp {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+/// When each target's pods were being replaced: from the creation of its first pod not in
+/// `before` to the deletion of its last pod in `before`.
+fn replacement_spans(
+    history: &[PodEvent],
+    before: &HashSet<String>,
+    targets: &[&str],
+) -> Vec<(String, DateTime<Utc>, DateTime<Utc>)> {
+    let mut spans: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let of = |e: &&PodEvent| e.name.starts_with(&format!("{t}-"));
+            let first_new = history
+                .iter()
+                .filter(of)
+                .filter(|e| e.kind == PodEventKind::Seen && !before.contains(&e.uid))
+                .map(|e| e.at)
+                .min()
+                .unwrap_or_else(|| panic!("{t} got no new pods: {history:?}"));
+            let last_old = history
+                .iter()
+                .filter(of)
+                .filter(|e| e.kind == PodEventKind::Deleted && before.contains(&e.uid))
+                .map(|e| e.at)
+                .max()
+                .unwrap_or_else(|| panic!("no old pod of {t} was deleted: {history:?}"));
+            (t.to_string(), first_new, last_old)
+        })
+        .collect();
+    spans.sort_by_key(|s| s.1);
+    spans
+}
+
+/// Restarts `WEB` for `revision` (a new spec or a rollback) and proves the waves: at no moment
+/// were the pods of two targets being replaced, and the round ended only once every new pod was
+/// Ready.
+async fn restart_round(
+    env: &TestEnv,
+    sim: &Simulator,
+    change: impl std::future::Future<Output = ()>,
+    revision: i64,
+) {
+    let before: HashSet<String> = sim::pods(env, "tier=web")
+        .await
+        .iter()
+        .filter_map(|p| p.uid())
+        .collect();
+    assert_eq!(before.len(), 9, "three Deployments of three");
+    change.await;
+    let started = until(env, "app", "the restart round", |s| {
+        s.restart
+            .as_ref()
+            .filter(|r| r.revision == revision)
+            .map(|_| s.clone())
+    })
+    .await;
+    assert_eq!(started.pending_restart, vec!["values.workers"]);
+    assert_eq!(
+        condition(&started, "RestartPending").unwrap().reason,
+        "RestartKeysChanged"
+    );
+    // The first moment the round is over, every new pod is Ready and no old pod is left.
+    let done = until(env, "app", "the round done", |s| {
+        (s.restart.is_none() && s.current_revision == Some(revision)).then(|| s.clone())
+    })
+    .await;
+    let done_at = Utc::now();
+    assert_eq!(condition(&done, "RestartPending").unwrap().status, "False");
+    let now_pods = sim::pods(env, "tier=web").await;
+    assert_eq!(now_pods.len(), 9, "{now_pods:?}");
+    for p in &now_pods {
+        assert!(!before.contains(&p.uid().unwrap()), "{} is an old pod", p.name_any());
+        assert!(sim::ready(p), "{} is not Ready", p.name_any());
+        assert_eq!(
+            p.annotations().get("hotconf.dev/restart-revision"),
+            Some(&revision.to_string())
+        );
+    }
+    let history = sim.history();
+    for p in &now_pods {
+        let ready_at = history
+            .iter()
+            .filter(|e| e.uid == p.uid().unwrap() && e.kind == PodEventKind::Ready)
+            .map(|e| e.at)
+            .min()
+            .expect("a Ready event");
+        assert!(ready_at <= done_at, "{} was Ready only after the round ended", p.name_any());
+    }
+    let spans = replacement_spans(&history, &before, &WEB);
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].1 >= pair[0].2,
+            "{} was being replaced before {} was done: {spans:?}",
+            pair[1].0,
+            pair[0].0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_roll_one_target_at_a_time_and_wait_for_finished_rollouts() {
     let env = TestEnv::new("restarts").await;
     let _operator = env.start_operator();
+    let sim = sim::simulator(&env, |_| {}).await;
+    for name in WEB {
+        sim::create(
+            &env,
+            &sim::plain_deployment(name, 3, json!({"tier": "web"}), json!({})),
+        )
+        .await;
+    }
+    // Pods carry the tier too, for the test's own selection.
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
-    for name in ["web-a", "web-b"] {
+    for name in WEB {
         deployments
-            .create(&PostParams::default(), &deployment(name))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"template": {"metadata": {"labels": {"tier": "web"}}}}})),
+            )
             .await
             .unwrap();
-        observe(&deployments, name).await;
     }
-    let before: Vec<Deployment> = futures::future::join_all(["web-a", "web-b"].map(|n| {
-        let d = deployments.clone();
-        async move { d.get(n).await.unwrap() }
-    }))
-    .await;
-    env.apply_yaml(
-        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app}\nspec:\n  schema:\n    workers: {type: integer, default: 4, requiresRestart: true}\n    timeout: {type: integer, default: 30}\n  restartTargets:\n  - {kind: Deployment, selector: {tier: web}}\n  restartPolicy: {maxConcurrent: 1}\n",
-    );
+    rolled_out(&env, &WEB, None).await;
+    env.apply_yaml(APP);
     until(&env, "app", "revision 1", |s| {
         (s.current_revision == Some(1)).then_some(())
     })
     .await;
-    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    let generations: Vec<Option<i64>> = futures::future::join_all(
+        WEB.map(|n| {
+            let d = deployments.clone();
+            async move { d.get(n).await.unwrap().metadata.generation }
+        }),
+    )
+    .await;
 
     // A hot-reloadable key restarts nothing.
-    rtcs.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"values": {"timeout": 60}}})),
-    )
-    .await
-    .unwrap();
-    until(&env, "app", "revision 2", |s| {
-        (s.current_revision == Some(2)).then_some(())
+    set_values(&env, json!({"timeout": 60})).await;
+    let s = until(&env, "app", "revision 2", |s| {
+        (s.current_revision == Some(2)).then(|| s.clone())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for (d, old) in ["web-a", "web-b"].iter().zip(&before) {
-        let now = deployments.get(d).await.unwrap();
+    assert!(s.restart.is_none() && s.pending_restart.is_empty());
+    for (name, generation) in WEB.iter().zip(&generations) {
         assert_eq!(
-            now.metadata.generation, old.metadata.generation,
-            "{d} untouched"
+            deployments.get(name).await.unwrap().metadata.generation,
+            *generation,
+            "{name} untouched"
         );
     }
 
-    // A restart-only key: one target at a time.
-    rtcs.patch(
-        "app",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"values": {"workers": 8}}})),
-    )
-    .await
-    .unwrap();
-    let pending = until(&env, "app", "restart of web-a", |s| {
-        (s.current_revision == Some(3) && !s.pending_restart.is_empty()).then(|| s.clone())
-    })
-    .await;
-    assert_eq!(pending.pending_restart, vec!["values.workers"]);
-    assert_eq!(
-        condition(&pending, "RestartPending").unwrap().status,
-        "True"
-    );
-    let a = eventually(30, "web-a stamped", || async {
-        let d = deployments.get("web-a").await.unwrap();
-        (stamp(&d).as_deref() == Some("3")).then_some(d)
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        stamp(&deployments.get("web-b").await.unwrap()),
-        None,
-        "web-b waits for web-a"
-    );
-    let s = status(&env, "app").await;
-    let states: Vec<(String, String)> = s
-        .restart
-        .unwrap()
-        .targets
-        .into_iter()
-        .map(|t| (t.name, t.state))
-        .collect();
-    assert_eq!(
-        states,
-        vec![
-            ("web-a".into(), "Restarting".into()),
-            ("web-b".into(), "Pending".into())
-        ]
-    );
+    // A restart-only key: one target at a time, each through a finished rollout.
+    restart_round(&env, &sim, set_values(&env, json!({"workers": 8})), 3).await;
     // Only the template annotation changed, and it is the operator's alone.
-    let mut a_spec = serde_json::to_value(a.spec.clone().unwrap()).unwrap();
-    a_spec["template"]["metadata"]["annotations"] = Value::Null;
-    let mut old_spec = serde_json::to_value(before[0].spec.clone().unwrap()).unwrap();
-    old_spec["template"]["metadata"]["annotations"] = Value::Null;
-    assert_eq!(a_spec, old_spec);
+    let a = deployments.get("web-a").await.unwrap();
     let managed: Vec<String> = a
         .metadata
         .managed_fields
@@ -188,63 +253,186 @@ async fn restart_only_keys_restart_their_targets_in_waves() {
         .map(|m| serde_json::to_string(&m.fields_v1).unwrap())
         .collect();
     assert_eq!(managed.len(), 1);
-    assert!(
-        managed[0].contains("hotconf.dev/restart-revision"),
-        "{managed:?}"
-    );
+    assert!(managed[0].contains("hotconf.dev/restart-revision"), "{managed:?}");
     assert!(!managed[0].contains("containers"), "{managed:?}");
 
-    observe(&deployments, "web-a").await;
-    eventually(30, "web-b stamped after web-a was observed", || async {
-        (stamp(&deployments.get("web-b").await.unwrap()).as_deref() == Some("3")).then_some(())
-    })
-    .await;
-    observe(&deployments, "web-b").await;
-    let done = until(&env, "app", "restarts done", |s| {
-        (s.pending_restart.is_empty() && s.restart.is_none()).then(|| s.clone())
-    })
-    .await;
-    assert_eq!(condition(&done, "RestartPending").unwrap().status, "False");
-
     // A rollback to revision 2 brings workers back to 4: the targets restart for it, in waves.
-    env.kubectl(&["annotate", "rtc/app", "hotconf.dev/rollback-to=2"]);
-    let back = until(&env, "app", "the rollback's restart", |s| {
-        (s.current_revision == Some(2) && s.restart.is_some()).then(|| s.clone())
-    })
-    .await;
-    assert_eq!(back.pending_restart, vec!["values.workers"]);
-    assert_eq!(back.restart.unwrap().revision, 2);
-    eventually(30, "web-a stamped for the rollback", || async {
-        (stamp(&deployments.get("web-a").await.unwrap()).as_deref() == Some("2")).then_some(())
-    })
-    .await;
-    assert_eq!(
-        stamp(&deployments.get("web-b").await.unwrap()).as_deref(),
-        Some("3"),
-        "web-b waits for web-a"
+    let rollback = async {
+        env.kubectl(&["annotate", "rtc/app", "hotconf.dev/rollback-to=2"]);
+    };
+    restart_round(&env, &sim, rollback, 2).await;
+    rolled_out(&env, &WEB, Some("2")).await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_whose_new_pods_never_become_ready_halts_the_round() {
+    let env = TestEnv::new("stalled").await;
+    let _operator = env.start_operator();
+    let sim = sim::simulator(&env, |_| {}).await;
+    // web-a's pods started for revision 2 never become Ready; it gives up after 5 s.
+    let mut a = sim::plain_deployment(
+        "web-a",
+        2,
+        json!({"tier": "web"}),
+        json!({FAULT: "never-ready", FAULT_ON_RESTART_REVISION: "2"}),
     );
-    observe(&deployments, "web-a").await;
-    eventually(30, "web-b stamped for the rollback", || async {
-        (stamp(&deployments.get("web-b").await.unwrap()).as_deref() == Some("2")).then_some(())
-    })
-    .await;
-    observe(&deployments, "web-b").await;
-    until(&env, "app", "the rollback's restarts done", |s| {
-        (s.pending_restart.is_empty() && s.restart.is_none()).then_some(())
+    a.spec.as_mut().unwrap().progress_deadline_seconds = Some(5);
+    sim::create(&env, &a).await;
+    for name in ["web-b", "web-c"] {
+        sim::create(&env, &sim::plain_deployment(name, 2, json!({"tier": "web"}), json!({}))).await;
+    }
+    rolled_out(&env, &WEB, None).await;
+    env.apply_yaml(APP);
+    until(&env, "app", "revision 1", |s| {
+        (s.current_revision == Some(1)).then_some(())
     })
     .await;
 
-    // Releasing it projects revision 3 again, and its workers need one more restart.
-    env.kubectl(&["annotate", "rtc/app", "hotconf.dev/rollback-to-"]);
-    until(&env, "app", "the release's restart", |s| {
-        (s.current_revision == Some(3) && s.restart.as_ref().is_some_and(|r| r.revision == 3))
-            .then_some(())
+    set_values(&env, json!({"workers": 8})).await;
+    let stalled = until(&env, "app", "the round stalled", |s| {
+        let r = s.restart.as_ref()?;
+        r.targets
+            .iter()
+            .any(|t| t.state == "Stalled")
+            .then(|| s.clone())
     })
     .await;
-    eventually(30, "web-a stamped for the release", || async {
-        (stamp(&deployments.get("web-a").await.unwrap()).as_deref() == Some("3")).then_some(())
+    let round = stalled.restart.clone().unwrap();
+    let states: Vec<(&str, &str)> = round
+        .targets
+        .iter()
+        .map(|t| (t.name.as_str(), t.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![("web-a", "Stalled"), ("web-b", "Pending"), ("web-c", "Pending")]
+    );
+    let why = round.targets[0].message.clone().unwrap_or_default();
+    assert!(why.contains("ProgressDeadlineExceeded"), "{why}");
+    let pending = condition(&stalled, "RestartPending").unwrap();
+    assert_eq!(
+        (pending.status.as_str(), pending.reason.as_str()),
+        ("True", "RestartStalled")
+    );
+    assert!(pending.message.contains("Deployment/web-a"), "{}", pending.message);
+    let notes = eventually(20, "the RestartStalled event", || async {
+        let notes = warning_events(&env, "RestartStalled").await;
+        (!notes.is_empty()).then_some(notes)
     })
     .await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("Deployment/web-a"), "{notes:?}");
+    for name in ["web-b", "web-c"] {
+        assert_eq!(sim::stamp(&env, name).await, None, "{name} is not stamped");
+    }
+
+    // A new revision starts a new round; its pods are fine, and it goes through all three.
+    // web-b and web-c never had a template for revision 2: no ReplicaSet of theirs has it.
+    set_values(&env, json!({"workers": 16})).await;
+    until(&env, "app", "the new round done", |s| {
+        (s.current_revision == Some(3) && s.restart.is_none()).then_some(())
+    })
+    .await;
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &env.ns);
+    for rs in replica_sets.list(&ListParams::default()).await.unwrap().items {
+        let stamp = rs
+            .spec
+            .and_then(|s| s.template)
+            .and_then(|t| t.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get("hotconf.dev/restart-revision").cloned());
+        let name = rs.metadata.name.unwrap_or_default();
+        if !name.starts_with("web-a-") {
+            assert_ne!(stamp.as_deref(), Some("2"), "{name} was stamped for revision 2");
+        }
+    }
+    rolled_out(&env, &WEB, Some("3")).await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_that_crash_loop_after_applying_a_revision_roll_it_back() {
+    let env = TestEnv::new("crashloop").await;
+    let _operator = env.start_operator();
+    let sim = sim::simulator(&env, |_| {}).await;
+    sim::agent_rbac(&env, "shop");
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: shop}\nspec:\n  values: {level: one}\n  target: {fileName: config.yaml}\n  rollout:\n    consumerSelector: {app: shop}\n    healthWindowSeconds: 60\n    autoRollback: {enabled: true, maxFailures: 1}\n",
+    );
+    // The app crashes (and keeps crashing) while its agent has revision 3 applied.
+    sim::create(
+        &env,
+        &sim::agent_deployment(
+            "shop",
+            3,
+            "shop",
+            sim::Source::ApiAndVolume,
+            json!({}),
+            json!({FAULT: "crash-loop", FAULT_ON_APPLIED_REVISION: "3"}),
+        ),
+    )
+    .await;
+    until(&env, "shop", "3/3 consumers on revision 1", all_on(1)).await;
+    set_level(&env, "two").await;
+    until(&env, "shop", "3/3 consumers on revision 2", all_on(2)).await;
+
+    set_level(&env, "three").await;
+    let crashing_seen = eventually(90, "a crash-looping pod", || async {
+        sim::pods(&env, "app=shop")
+            .await
+            .iter()
+            .any(sim::crash_looping)
+            .then(Instant::now)
+    })
+    .await;
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    eventually(60, "the rollback to be projected", || async {
+        let cm = cms.get("shop").await.ok()?;
+        (cm.annotations().get("hotconf.dev/revision")? == "2").then_some(())
+    })
+    .await;
+    let rollback_time = crashing_seen.elapsed();
+    // The agents re-apply revision 2, the pods recover and count as updated again.
+    let s = until(&env, "shop", "3/3 consumers back on revision 2", all_on(2)).await;
+    let consumers = s.consumers.clone().unwrap();
+    assert_eq!((consumers.failed, consumers.failures.len()), (0, 0));
+    let pin = s.rollback.clone().unwrap();
+    assert!(pin.automatic);
+    assert_eq!((pin.target_revision, s.latest_revision), (2, Some(3)));
+    let rolled = condition(&s, "RolledBack").unwrap();
+    assert_eq!(rolled.reason, "AutoRolledBack");
+    assert!(rolled.message.contains("crash-looping"), "{}", rolled.message);
+    let notes = eventually(20, "the AutoRolledBack event", || async {
+        let notes = warning_events(&env, "AutoRolledBack").await;
+        (!notes.is_empty()).then_some(notes)
+    })
+    .await;
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("crash-looping"), "{notes:?}");
+    let pods = eventually(60, "every pod Ready on revision 2", || async {
+        let pods = sim::pods(&env, "app=shop").await;
+        (pods.len() == 3 && pods.iter().all(|p| sim::ready(p) && sim::applied_cleanly(p, 2)))
+            .then_some(pods)
+    })
+    .await;
+    for p in &pods {
+        let text = std::fs::read_to_string(
+            sim.volume_dir(&env.ns, &p.name_any(), "app-config")
+                .unwrap()
+                .join("config.yaml"),
+        )
+        .unwrap();
+        assert!(text.contains("level: two"), "{text}");
+    }
+    // Revision 3 is in history, not applied by all.
+    let three = s.history.iter().find(|h| h.revision == 3).unwrap();
+    assert!(!three.applied_by_all);
+    println!(
+        "crash-loop rollback: {:.2}s from a crash-looping pod visible to revision 2 projected",
+        rollback_time.as_secs_f64()
+    );
+    sim.stop().await;
 }
 
 struct Consumers {

@@ -5,6 +5,8 @@
 #[path = "http.rs"]
 mod http;
 pub use http::{http_get, sample};
+#[path = "sim.rs"]
+pub mod sim;
 
 use std::path::PathBuf;
 
