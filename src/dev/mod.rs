@@ -17,6 +17,7 @@ mod error;
 pub mod manifests;
 mod pki;
 mod process;
+pub mod sim;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 
