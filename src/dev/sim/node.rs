@@ -46,6 +46,15 @@ pub(super) async fn register(client: &Client, name: &str, host_ip: &str) -> Resu
             &Patch::Apply(&node),
         )
         .await?;
+    // kube-apiserver's TaintNodesByCondition admission taints a new node not-ready until the
+    // node lifecycle controller (not run here) sees it Ready: the node has no taints.
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": null}})),
+        )
+        .await?;
     heartbeat(client, name, host_ip).await
 }
 
