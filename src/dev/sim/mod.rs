@@ -228,6 +228,8 @@ impl Simulator {
                 (root.clone(), Some(tempdir::TempRoot(root)))
             }
         };
+        // What a previous run left is of pods that are gone.
+        let _ = std::fs::remove_dir_all(root.join("pods"));
         for sub in ["pods", "logs", "kubeconfigs"] {
             super::control_plane::io(
                 "creating the simulator's directories",
