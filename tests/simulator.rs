@@ -30,6 +30,8 @@ async fn simulator(env: &TestEnv, tweak: impl FnOnce(&mut SimOptions)) -> Simula
         crash_period: Duration::from_secs(1),
         agent_binary: Some(hotconf_bin()),
         kubeconfig: Some(env.plane.kubeconfig_path().to_path_buf()),
+        // Kept beside the control-plane logs: the agents' logs are there.
+        root: Some(env.plane.log_dir().join(format!("sim-{}", env.ns))),
         ..SimOptions::default()
     };
     tweak(&mut options);
@@ -448,6 +450,15 @@ async fn configmap_volumes_have_the_kubelet_layout_and_follow_updates() {
     let env = TestEnv::new("sim-volume").await;
     let sim = simulator(&env, |_| {}).await;
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.client.clone(), &env.ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "creds"},
+                "stringData": {"password": "hunter2"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     cms.create(
         &PostParams::default(),
         &serde_json::from_value(json!({"metadata": {"name": "settings"},
@@ -466,6 +477,7 @@ async fn configmap_volumes_have_the_kubelet_layout_and_follow_updates() {
                 {"name": "some", "configMap": {"name": "settings",
                     "items": [{"key": "other", "path": "nested/other.txt"}]}},
                 {"name": "missing", "configMap": {"name": "nope", "optional": true}},
+                {"name": "creds", "secret": {"secretName": "creds"}},
                 {"name": "scratch", "emptyDir": {}}
             ]
         }
@@ -700,4 +712,61 @@ async fn an_agent_sidecar_runs_applies_and_goes_with_its_pod() {
     let _ = deployments
         .delete("lazy-loading", &DeleteParams::default())
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_fails_makes_the_stand_in_app_refuse_that_revision() {
+    let env = TestEnv::new("sim-reload").await;
+    let _operator = env.start_operator();
+    let sim = simulator(&env, |_| {}).await;
+    env.apply_yaml(SIDECAR);
+    set_value(&env, 30).await;
+    Api::<Deployment>::namespaced(env.client.clone(), &env.ns)
+        .create(
+            &PostParams::default(),
+            &sidecar_deployment(json!({FAULT: "reload-fails", FAULT_ON_APPLIED_REVISION: "2"})),
+        )
+        .await
+        .unwrap();
+    let applied_where = |what: &'static str, f: fn(&Value) -> bool| {
+        let env = &env;
+        async move {
+            eventually(90, what, || async {
+                pods(env, "lazy-loading")
+                    .await
+                    .into_iter()
+                    .find(|p| applied(p).is_some_and(|a| f(&a)))
+            })
+            .await
+        }
+    };
+    let pod = applied_where("revision 1 applied", |a| {
+        a["revision"] == 1 && a["error"].is_null()
+    })
+    .await;
+    set_value(&env, 45).await;
+    // The file is written; the agent reports the failed reload against revision 2.
+    applied_where("revision 2 refused by the app", |a| {
+        a["failedRevision"] == 2 && a["error"].as_str().is_some_and(|e| e.contains("500"))
+    })
+    .await;
+    let reloads = sim.reloads(&env.ns, &pod.name_any());
+    assert!(
+        reloads
+            .iter()
+            .any(|r| r.revision == Some(2) && r.status == 500),
+        "{reloads:?}"
+    );
+    assert!(
+        reloads
+            .iter()
+            .all(|r| r.revision != Some(1) || r.status == 204)
+    );
+    // Another revision reloads again.
+    set_value(&env, 60).await;
+    applied_where("revision 3 applied", |a| {
+        a["revision"] == 3 && a["error"].is_null()
+    })
+    .await;
+    sim.stop().await;
 }

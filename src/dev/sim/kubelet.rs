@@ -533,6 +533,8 @@ impl RunningAgent {
             .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v.as_str())))
             .collect();
         env.push(("KUBECONFIG", self.kubeconfig.as_os_str()));
+        // Its log is a file.
+        env.push(("NO_COLOR", std::ffi::OsStr::new("1")));
         self.started = Instant::now();
         self.seen_running = false;
         self.down_since = None;
