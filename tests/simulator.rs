@@ -32,7 +32,6 @@ async fn simulator(env: &TestEnv, tweak: impl FnOnce(&mut SimOptions)) -> Simula
         kubeconfig: Some(env.plane.kubeconfig_path().to_path_buf()),
         // Kept beside the control-plane logs: the agents' logs are there.
         root: Some(env.plane.log_dir().join(format!("sim-{}", env.ns))),
-        ..SimOptions::default()
     };
     tweak(&mut options);
     Simulator::start(env.client.clone(), options)
