@@ -48,6 +48,15 @@ pub const OPERATOR_USER: &str = "hotconf-operator";
 /// as, so that the audit log tells its requests apart too.
 pub const CRD_SERVER_USER: &str = "hotconf-crd-server";
 
+/// The kube-controller-manager controllers the harness runs: the garbage collector and the
+/// namespace controller, and the workload controllers, whose pods the pod simulator
+/// ([`super::sim`]) binds and runs (there is no scheduler and no kubelet). The ServiceAccount
+/// and token controllers are not run (nor is the `ServiceAccount` admission plugin): pods need
+/// no `default` ServiceAccount, and a simulated agent authenticates as its pod's ServiceAccount
+/// by impersonation.
+pub const CONTROLLERS: &str =
+    "garbagecollector,namespace,deployment,replicaset,statefulset,daemonset";
+
 /// Which server serves custom resources (and the CRD objects themselves).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum CrdServing {
@@ -81,7 +90,8 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// Where process logs go; `None`: `<dir>/logs`.
     pub log_dir: Option<PathBuf>,
-    /// Also run kube-controller-manager (garbage collector and namespace controllers).
+    /// Also run kube-controller-manager ([`CONTROLLERS`]: garbage collector, namespace, and the
+    /// Deployment, ReplicaSet, StatefulSet and DaemonSet controllers).
     pub controller_manager: bool,
     /// Extra users with a token each (user name → token is `token_for(name)`); each is in
     /// `system:authenticated` only, so RBAC decides what they may do.
@@ -262,7 +272,7 @@ impl ControlPlane {
     fn start_controller_manager(&mut self, binary: &Path) -> Result<()> {
         let mut args = vec![
             format!("--kubeconfig={}", self.kubeconfig_path.display()),
-            "--controllers=garbagecollector,namespace".into(),
+            format!("--controllers={}", CONTROLLERS),
             "--leader-elect=false".into(),
         ];
         // Removed in 1.24.
@@ -367,7 +377,8 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--api-audiences=https://kubernetes.default.svc".into(),
             "--allow-privileged=true".into(),
-            // No controller creates default ServiceAccounts, and no pod ever runs.
+            // No controller creates default ServiceAccounts or tokens: pods name any (or no)
+            // ServiceAccount, and the simulator's agents impersonate theirs.
             "--disable-admission-plugins=ServiceAccount".into(),
             "--endpoint-reconciler-type=none".into(),
             "--enable-priority-and-fairness=false".into(),

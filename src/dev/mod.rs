@@ -3,9 +3,10 @@
 //!
 //! The control plane itself ([`control_plane`], with the aggregated Kubernetes 1.36 CRD server
 //! of `crd_server`) is what the integration tests and benchmarks start too; [`manifests`]
-//! applies files of any kind, as `kubectl apply` would.
+//! applies files of any kind, as `kubectl apply` would; [`sim`] stands in for the kubelet and
+//! the scheduler, so workloads get live pods (with real agent processes in their sidecars).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 
@@ -17,6 +18,7 @@ mod error;
 pub mod manifests;
 mod pki;
 mod process;
+pub mod sim;
 #[cfg(any(test, feature = "testing"))]
 mod testing;
 
@@ -43,6 +45,20 @@ pub struct DevArgs {
     /// cache.
     #[arg(long, env = "KUBEBUILDER_ASSETS")]
     pub assets: Option<PathBuf>,
+    /// Do not run the pod simulator (workloads' pods then stay Pending).
+    #[arg(long, env = "HOTCONF_DEV_NO_SIMULATOR")]
+    pub no_simulator: bool,
+    /// The simulator's delay from binding a pod to Running.
+    #[arg(long, env = "HOTCONF_DEV_START_DELAY", default_value = "1s", value_parser = duration)]
+    pub start_delay: Duration,
+    /// The simulator's delay from a ConfigMap change to its volumes' update (the kubelet's is
+    /// 60 s and more).
+    #[arg(long, env = "HOTCONF_DEV_VOLUME_SYNC_DELAY", default_value = "60s", value_parser = duration)]
+    pub volume_sync_delay: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, crate::duration::DurationError> {
+    crate::duration::parse(text)
 }
 
 /// Starts the control plane under `args.dir`, installs CRDs, applies the examples and waits for
@@ -63,6 +79,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     .await
     .context("starting the local control plane")?;
     let client = plane.client().await?;
+    let simulator = if args.no_simulator {
+        None
+    } else {
+        let agent_binary = std::env::current_exe().ok();
+        let simulator = sim::Simulator::start(
+            client.clone(),
+            sim::SimOptions {
+                root: Some(plane.dir().join("sim")),
+                start_delay: args.start_delay,
+                volume_sync_delay: args.volume_sync_delay,
+                agent_binary,
+                kubeconfig: Some(plane.kubeconfig_path().to_path_buf()),
+                ..sim::SimOptions::default()
+            },
+        )
+        .await
+        .context("starting the pod simulator")?;
+        eprintln!(
+            "pod simulator: node {} runs every pod (agent sidecars as real `hotconf agent` processes; logs in {})",
+            simulator.node_name(),
+            simulator.root().join("logs").display()
+        );
+        Some(simulator)
+    };
     let examples: Vec<_> = args
         .examples
         .iter()
@@ -80,8 +120,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         ),
         None => format!("Kubernetes {}", plane.kube_version()),
     };
+    let pods = match &simulator {
+        Some(_) => {
+            "Pods are simulated (no kubelet): the examples' Deployment runs with a live hotconf agent,\nwhich reports on its Pod:\n\n    kubectl get pods -o custom-columns=NAME:.metadata.name,READY:.status.conditions[-1].status,APPLIED:.metadata.annotations.hotconf\\.dev/applied\n\n"
+        }
+        None => "No pod simulator (--no-simulator): workloads' pods stay Pending.\n\n",
+    };
     println!(
-        "\nThe control plane is up ({}: {serving}) and the operator runs below. In another shell:\n\n    export KUBECONFIG={}\n    kubectl get rtc,pb -A\n\nControl-plane logs: {}\nCtrl-C stops everything.\n",
+        "\nThe control plane is up ({}: {serving}) and the operator runs below. In another shell:\n\n    export KUBECONFIG={}\n    kubectl get rtc,pb -A\n\n{pods}Control-plane logs: {}\nCtrl-C stops everything.\n",
         plane.server(),
         plane.kubeconfig_path().display(),
         plane.log_dir().display()
@@ -100,6 +146,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         crate::shutdown::signal(),
     )
     .await;
+    if let Some(simulator) = simulator {
+        eprintln!("stopping the pod simulator and its agents");
+        simulator.stop().await;
+    }
     eprintln!("stopping the control plane");
     drop(plane);
     operator?;

@@ -106,19 +106,6 @@ impl ControlPlane {
     /// Writes a kubeconfig in which the admin impersonates `user` (e.g. a ServiceAccount,
     /// `system:serviceaccount:NS:NAME`), so RBAC judges every request as that user's.
     pub fn kubeconfig_impersonating(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
-        let text = io(
-            "reading the kubeconfig",
-            fs::read_to_string(&self.kubeconfig_path),
-        )?;
-        let mut config: serde_yaml::Value =
-            serde_yaml::from_str(&text).expect("our own kubeconfig parses");
-        let auth = &mut config["users"][0]["user"];
-        auth["as"] = user.into();
-        auth["as-groups"] = groups
-            .iter()
-            .map(|g| serde_yaml::Value::from(*g))
-            .collect::<Vec<_>>()
-            .into();
         let safe: String = user
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -126,7 +113,12 @@ impl ControlPlane {
         let path = self.dir.join(format!("kubeconfig-as-{safe}"));
         io(
             "writing an impersonating kubeconfig",
-            fs::write(&path, serde_yaml::to_string(&config).expect("YAML")),
+            super::sim::agents::impersonating_kubeconfig(
+                &self.kubeconfig_path,
+                user,
+                groups,
+                &path,
+            ),
         )?;
         Ok(path)
     }
