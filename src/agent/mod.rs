@@ -563,4 +563,35 @@ mod tests {
         let broken = prepare(&snapshot(Ok("a: [1\n"), None), false);
         assert!(broken.err().unwrap().contains("does not parse"));
     }
+
+    #[test]
+    fn a_volume_snapshot_is_checked_against_its_metadata_key() {
+        let doc = serde_json::json!({"values": {"a": 1}});
+        let text = crate::document::render(&doc, crate::crd::Format::Yaml);
+        let meta = |hash: &str| crate::projection::Meta {
+            kind: "RuntimeConfig".into(),
+            name: "lazy".into(),
+            revision: 5,
+            hash: hash.into(),
+            file_name: "config.yaml".into(),
+        };
+        let good = volume::snapshot_of(
+            "config.yaml".into(),
+            Ok(text.clone()),
+            Some(meta(&crate::document::hash(&doc))),
+        );
+        let ready = prepare(&good, false).unwrap();
+        assert_eq!(ready.hash, crate::document::hash(&doc));
+        assert_eq!(good.revision, Some(5));
+
+        // A document that does not match its metadata (half-synced, edited on the node) is
+        // refused as an API snapshot with the wrong annotation would be.
+        let tampered = volume::snapshot_of(
+            "config.yaml".into(),
+            Ok(text.replace("a: 1", "a: 2")),
+            Some(meta(&crate::document::hash(&doc))),
+        );
+        let refused = prepare(&tampered, false).err().unwrap();
+        assert!(refused.starts_with("hash mismatch"), "{refused}");
+    }
 }
