@@ -15,6 +15,10 @@
 //!   if it has not listed the ConfigMap within 3 s of start; content the API source showed
 //!   before its current state is never applied from the volume (it lags behind), so nothing
 //!   goes backwards. A rollback the operator projects is the API's current state and is applied.
+//! - The volume has no annotations: the revision, hash and owner come from the metadata key the
+//!   operator projects beside the document (`projection::META_KEY`), read from the same
+//!   `..data` directory, and the hash is checked as the annotation's is. Without that key (an
+//!   older operator) the revision is unknown.
 //! - Properties and env documents cannot be parsed back into typed values, so their hash cannot
 //!   be recomputed: they get a syntax check and the annotation is reported as their hash.
 //! - The reload POST carries `{"revision", "hash", "file"}` as JSON; `--exec` gets
