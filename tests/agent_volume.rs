@@ -464,7 +464,9 @@ async fn set_level(env: &TestEnv, level: &str) {
 
 /// A volume-only agent (no `--configmap`, and a Role that cannot read ConfigMaps at all)
 /// reports the revision and hash the operator projected, and the consumer selector counts it:
-/// through new revisions, a tampered document (refused: its hash does not match the metadata
+/// from a volume of an older operator (no metadata key: revision unknown) to the key
+/// appearing (the revision is reported, the application not notified again), through new
+/// revisions, a tampered document (refused: its hash does not match the metadata
 /// key, the last good file stays, the failure is counted against that revision) and a
 /// rollback (the metadata names the pinned revision with its own hash).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,7 +517,10 @@ spec:
     let tmp = tempfile::tempdir().unwrap();
     let mount = tmp.path().join("config");
     let output = tmp.path().join("app/config.yaml");
-    mount_config_map(&mount, &cm1);
+    let execs = tmp.path().join("execs");
+    let mut old = cm1.clone();
+    old.data.as_mut().unwrap().remove(META_KEY);
+    mount_config_map(&mount, &old);
     let kubeconfig = env.plane.kubeconfig_for("alice").unwrap();
     let _agent = spawn_agent(
         "volume-only-reports",
@@ -523,6 +528,7 @@ spec:
             format!("--watch-dir={}", mount.display()),
             format!("--output={}", output.display()),
             "--admin-addr=off".into(),
+            format!("--exec=echo \"$HOTCONF_REVISION\" >> {}", execs.display()),
             "--pod-name=vol-0".into(),
             format!("--pod-namespace={}", env.ns),
         ],
@@ -554,12 +560,33 @@ spec:
             a
         }
     };
+    let execs_run = || {
+        std::fs::read_to_string(&execs)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let unknown = eventually(
+        30,
+        "the Pod to report the document of unknown revision",
+        || async { applied(&env, "vol-0").await.filter(|a| a.hash.is_some()) },
+    )
+    .await;
+    assert_eq!(
+        (unknown.revision, unknown.hash.as_deref()),
+        (None, Some(hash1.as_str()))
+    );
+    assert_eq!(execs_run(), [""], "handed on once, revision unknown");
+
+    mount_config_map(&mount, &cm1);
     let a = on(1).await;
     assert_eq!(a.hash.as_deref(), Some(hash1.as_str()));
     assert_eq!(
         (a.kind.as_deref(), a.name.as_deref()),
         (Some("RuntimeConfig"), Some("vol"))
     );
+    assert_eq!(execs_run(), [""], "the same content is not handed on again");
     assert_eq!(
         std::fs::read_to_string(&output).unwrap(),
         cm1.data.as_ref().unwrap()["config.yaml"]
@@ -573,6 +600,7 @@ spec:
         a.hash.as_ref(),
         cm2.metadata.annotations.as_ref().unwrap().get(names::HASH)
     );
+    assert_eq!(execs_run(), ["", "2"]);
 
     // Revision 3 reaches the node with its document changed there: refused, the file stays.
     set_level(&env, "three").await;
@@ -635,4 +663,9 @@ spec:
     mount_config_map(&mount, &back);
     let a = on(1).await;
     assert_eq!(a.hash.as_deref(), Some(hash1.as_str()));
+    assert_eq!(
+        execs_run(),
+        ["", "2", "3", "1"],
+        "the tampered document never reached the app"
+    );
 }

@@ -27,7 +27,9 @@
 //!   counted (`notify_failed`) and reported in the annotation's `error`; the next new document
 //!   is handed on as usual.
 //! - At start, an output file that already holds the document (a restarted sidecar) is not
-//!   rewritten and the application is not notified again.
+//!   rewritten and the application is not notified again. Nor is it when the content handed on
+//!   last comes again under another revision (a rollback to an equal document, the metadata
+//!   key appearing after an operator upgrade): the new revision is only reported.
 
 pub mod api;
 pub mod arbiter;
@@ -238,6 +240,7 @@ pub async fn run_until(
         metrics,
         reporter,
         last_good: None,
+        settled: None,
         first: true,
     };
     tracing::info!(
@@ -310,6 +313,8 @@ struct Agent {
     metrics: Arc<Metrics>,
     reporter: Option<Reporter>,
     last_good: Option<Good>,
+    // The identity of the content the application has: written and notified (or found there).
+    settled: Option<String>,
     first: bool,
 }
 
@@ -386,14 +391,17 @@ impl Agent {
         self.record(&snapshot, fate);
     }
 
-    /// The hand-off stage: writes the output file atomically (at start-up, an output file that
-    /// already holds this document, after an agent restart, is left alone and the application
-    /// is not notified again), then notifies the application.
+    /// The hand-off stage: writes the output file atomically, then notifies the application.
+    /// An output file that already holds this document is left alone and the application is
+    /// not notified again: at start-up (after an agent restart), and when the application has
+    /// this very content already (it came again under another revision).
     async fn hand_off(&mut self, snapshot: &Snapshot, ready: Ready) -> Fate {
         let first = std::mem::replace(&mut self.first, false);
-        let mut unchanged = false;
+        let settled = self.settled.as_deref() == Some(snapshot.identity.as_str());
+        let mut unchanged = settled;
         if let Some(path) = &self.output {
-            unchanged = first && std::fs::read(path).is_ok_and(|b| b == ready.bytes.as_bytes());
+            unchanged = (first || settled)
+                && std::fs::read(path).is_ok_and(|b| b == ready.bytes.as_bytes());
             if !unchanged {
                 let path = path.clone();
                 let data = ready.bytes.into_bytes();
@@ -468,6 +476,7 @@ impl Agent {
                 });
                 self.metrics.set_revision(snapshot.revision);
                 self.metrics.set_ready();
+                self.settled = notified.is_ok().then(|| snapshot.identity.clone());
                 match notified {
                     Ok(()) => {
                         if !unchanged {

@@ -85,11 +85,22 @@ impl Snapshot {
         }
     }
 
+    /// The state of the source this snapshot is: its content and the revision it is said to
+    /// be. The same content under another revision (a rollback to an equal document, a
+    /// metadata key that appeared) is a new state: it is reported, but the application is not
+    /// handed the same content again.
+    pub fn state(&self) -> State {
+        (self.identity.clone(), self.revision)
+    }
+
     /// The document's format, from the data key's extension.
     pub fn format(&self) -> Format {
         format_for_key(&self.key)
     }
 }
+
+/// A snapshot's [`Snapshot::state`]: its identity and its revision.
+pub type State = (String, Option<i64>);
 
 /// The format a data key holds, from its extension (`.yaml`/`.yml`, `.json`, `.properties`,
 /// `.env`); anything else is read as YAML, the operator's default.

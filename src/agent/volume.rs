@@ -28,7 +28,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::source::{Origin, Owner, Snapshot, Unreadable, default_key};
+use super::source::{Origin, Owner, Snapshot, State, Unreadable, default_key};
 use crate::projection::{META_KEY, Meta};
 
 /// How long a burst of events may last before the directory is read anyway.
@@ -224,7 +224,7 @@ impl VolumeSource {
     pub async fn run(self, tx: watch::Sender<Option<Snapshot>>) {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut current: Option<Watch> = None;
-        let mut last: Option<String> = None;
+        let mut last: Option<State> = None;
         let mut waiting_logged = false;
         loop {
             if current.is_none() {
@@ -325,7 +325,7 @@ impl VolumeSource {
     fn publish(
         &self,
         tx: &watch::Sender<Option<Snapshot>>,
-        last: &mut Option<String>,
+        last: &mut Option<State>,
         seen_at: std::time::Instant,
     ) {
         let (key, text, meta) = match read(&self.dir, self.key.as_deref()) {
@@ -337,11 +337,12 @@ impl VolumeSource {
             }
         };
         let mut snapshot = snapshot_of(key, text, meta);
-        if last.as_deref() == Some(snapshot.identity.as_str()) {
+        // Unchanged content under a new revision is published too: it is reported.
+        if last.as_ref() == Some(&snapshot.state()) {
             return;
         }
         snapshot.seen_at = seen_at;
-        *last = Some(snapshot.identity.clone());
+        *last = Some(snapshot.state());
         tx.send_replace(Some(snapshot));
     }
 }
