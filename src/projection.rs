@@ -1,6 +1,12 @@
 //! The objects a CR is projected into: a ConfigMap with the document (and, with `flatten`, one
-//! key per value), and a Secret of the same name for sensitive values. Pure builders and the
-//! comparison that decides whether a write is needed.
+//! key per value) and the metadata key [`META_KEY`], and a Secret of the same name for sensitive
+//! values. Pure builders and the comparison that decides whether a write is needed.
+//!
+//! The metadata key exists for agents that read only the mounted volume: the kubelet mounts a
+//! ConfigMap's data keys, not its annotations, so the revision and hash the annotations carry
+//! are written into the data as well. The kubelet swaps all keys of one ConfigMap version at
+//! once (one `..data` symlink), so a reader that resolves `..data` once reads a document and
+//! the metadata that describes it, never a mix of two versions.
 
 use std::collections::BTreeMap;
 
@@ -8,10 +14,63 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::crd::{Format, Target, names};
 use crate::document;
+
+/// The data key of the projected ConfigMap that holds [`Meta`] as JSON. The leading dot keeps
+/// it apart from every flattened key (those start with a top-level document key such as
+/// `values`) and hides it from an application that reads every visible file of the mounted
+/// directory; `spec.target.fileName` may not take this name (validation refuses it).
+pub const META_KEY: &str = ".hotconf.json";
+
+/// What the metadata key says about the document the same ConfigMap carries: the
+/// `hotconf.dev/revision` and `hotconf.dev/hash` annotations, and the owning CR, in a form a
+/// mounted volume holds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    /// The owning CR's kind.
+    pub kind: String,
+    /// The owning CR's name (exact, unlike the label, which is cut at 63 characters).
+    pub name: String,
+    /// The revision projected (a rollback projects the pinned revision's number).
+    pub revision: i64,
+    /// The SHA-256 of the effective document, as in `hotconf.dev/hash`.
+    pub hash: String,
+    /// The data key holding the whole document this metadata describes.
+    pub file_name: String,
+}
+
+impl Meta {
+    /// The metadata of a projection.
+    pub fn of(target: &ResolvedTarget, stamp: &Stamp) -> Self {
+        Meta {
+            kind: stamp.kind.to_string(),
+            name: stamp.owner_name.clone(),
+            revision: stamp.revision,
+            hash: stamp.hash.clone(),
+            file_name: target.file_name.clone(),
+        }
+    }
+
+    /// The text of the metadata key: one line of JSON, fields in a fixed order, so the same
+    /// projection always gives the same bytes (and a reconcile that changes nothing writes
+    /// nothing).
+    pub fn to_text(&self) -> String {
+        let mut text = serde_json::to_string(self).expect("the metadata serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Reads the text of the metadata key (unknown fields are ignored, so a newer operator may
+    /// add some).
+    pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
 
 /// The resolved `spec.target` of an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,13 +147,14 @@ fn meta(target: &ResolvedTarget, stamp: &Stamp) -> ObjectMeta {
     }
 }
 
-/// The ConfigMap data for a document: the whole document under `file_name` and, with
-/// `flatten`, one key per leaf (dotted path; a path that is not a valid key is left out).
+/// The ConfigMap data of a document: the whole document under `file_name` and, with
+/// `flatten`, one key per leaf (dotted path; a path that is not a valid key is left out). The
+/// metadata key, which needs the revision, is added by [`config_map`].
 pub fn config_map_data(document: &Value, target: &ResolvedTarget) -> BTreeMap<String, String> {
     let mut data = BTreeMap::new();
     if target.flatten {
         for (k, v) in document::flatten(document) {
-            if is_valid_data_key(&k) && k != target.file_name {
+            if is_valid_data_key(&k) && k != target.file_name && k != META_KEY {
                 data.insert(k, v);
             }
         }
@@ -106,22 +166,25 @@ pub fn config_map_data(document: &Value, target: &ResolvedTarget) -> BTreeMap<St
     data
 }
 
-/// A ConfigMap data key: `[-._a-zA-Z0-9]+`, at most 253 characters, not `.` or `..`.
+/// A ConfigMap data key: `[-._a-zA-Z0-9]+`, at most 253 characters, not `.` and not starting
+/// with `..` (the kubelet's own names in a mounted volume).
 pub fn is_valid_data_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 253
         && key != "."
-        && key != ".."
+        && !key.starts_with("..")
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// The desired ConfigMap.
+/// The desired ConfigMap: the document's keys and the metadata key.
 pub fn config_map(document: &Value, target: &ResolvedTarget, stamp: &Stamp) -> ConfigMap {
+    let mut data = config_map_data(document, target);
+    data.insert(META_KEY.to_string(), Meta::of(target, stamp).to_text());
     ConfigMap {
         metadata: meta(target, stamp),
-        data: Some(config_map_data(document, target)),
+        data: Some(data),
         ..Default::default()
     }
 }
@@ -264,6 +327,60 @@ mod tests {
             .unwrap()
             .insert(names::REVISION.into(), "4".into());
         assert!(!config_map_matches(&cm, &restamped));
+    }
+
+    #[test]
+    fn the_metadata_key_says_which_revision_and_hash_the_document_is() {
+        let target = ResolvedTarget::resolve(None, "lazy");
+        let doc = json!({"values": {"a": 1}});
+        let cm = config_map(&doc, &target, &stamp());
+        let data = cm.data.as_ref().unwrap();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            [META_KEY, "config.yaml"],
+            "the document and its metadata"
+        );
+        assert_eq!(
+            data[META_KEY],
+            "{\"kind\":\"RuntimeConfig\",\"name\":\"lazy\",\"revision\":3,\"hash\":\"abc\",\
+             \"fileName\":\"config.yaml\"}\n"
+        );
+        assert_eq!(
+            Meta::parse(&data[META_KEY]).unwrap(),
+            Meta::of(&target, &stamp())
+        );
+        assert!(!config_map_data(&doc, &target).contains_key(META_KEY));
+
+        // Same stamp, same bytes: nothing to write. Another revision: the data differs too.
+        assert!(config_map_matches(
+            &config_map(&doc, &target, &stamp()),
+            &cm
+        ));
+        let next = Stamp {
+            revision: 4,
+            hash: "def".into(),
+            ..stamp()
+        };
+        let moved = config_map(&doc, &target, &next);
+        assert!(!config_map_matches(&cm, &moved));
+        assert_eq!(
+            moved.data.unwrap()[META_KEY],
+            Meta::of(&target, &next).to_text()
+        );
+    }
+
+    #[test]
+    fn flattened_keys_never_take_the_metadata_key() {
+        let target = ResolvedTarget {
+            flatten: true,
+            ..ResolvedTarget::resolve(None, "lazy")
+        };
+        let doc = json!({".hotconf": {"json": "mine"}, "values": {"a": 1}});
+        let data = config_map(&doc, &target, &stamp()).data.unwrap();
+        assert_eq!(Meta::parse(&data[META_KEY]).unwrap().revision, 3);
+        assert_eq!(data["values.a"], "1");
+        assert!(!is_valid_data_key("..data") && !is_valid_data_key(".."));
+        assert!(is_valid_data_key(META_KEY));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The agent's volume source, end to end with the real `hotconf agent` binary: a directory
 //! driven exactly as the kubelet drives a ConfigMap volume (timestamped directory, `..data_tmp`
 //! symlink renamed over `..data`, old directory removed), the output file and a reload endpoint
-//! on 127.0.0.1 as the application would see them.
+//! on 127.0.0.1 as the application would see them. Against the real control plane and
+//! operator: a volume-only agent learns the revision and hash from the projected ConfigMap's
+//! metadata key, reports them on its Pod and is counted in `.status.consumers`.
 
 mod agent_common;
+mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -12,7 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_common::{ReloadServer, doc, free_addr, metric, spawn_agent, verify, wait_for};
+use common::{TestEnv, eventually};
+use hotconf::agent::report::Applied;
 use hotconf::agent::volume::kubelet_write;
+use hotconf::crd::{ConsumerStatus, RuntimeConfig, names};
+use hotconf::projection::{META_KEY, Meta};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 
 static STAMP: AtomicU64 = AtomicU64::new(0);
 
@@ -399,4 +409,263 @@ async fn signal_exec_and_env_expansion() {
     // The hash handed on is the source document's, not the expanded one's.
     let source = hotconf::document::parse(&text(2), hotconf::crd::Format::Yaml).unwrap();
     assert_eq!(lines(&execs)[1], hotconf::document::hash(&source));
+}
+
+/// What the kubelet does with a ConfigMap: every data key into one new timestamped directory,
+/// swapped in with `..data`.
+fn mount_config_map(dir: &Path, cm: &ConfigMap) {
+    let data = cm.data.clone().unwrap_or_default();
+    let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    kubelet_write(dir, &stamp(), &pairs).unwrap();
+}
+
+/// The projected ConfigMap once it carries `revision`.
+async fn projected(env: &TestEnv, name: &str, revision: i64) -> ConfigMap {
+    let api: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    eventually(60, &format!("revision {revision} projected"), || async {
+        api.get_opt(name).await.ok().flatten().filter(|cm| {
+            cm.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(names::REVISION))
+                == Some(&revision.to_string())
+        })
+    })
+    .await
+}
+
+async fn applied(env: &TestEnv, pod: &str) -> Option<Applied> {
+    let p = Api::<Pod>::namespaced(env.client.clone(), &env.ns)
+        .get(pod)
+        .await
+        .ok()?;
+    serde_json::from_str(p.metadata.annotations?.get(names::APPLIED)?).ok()
+}
+
+async fn consumers(env: &TestEnv, name: &str) -> Option<ConsumerStatus> {
+    Api::<RuntimeConfig>::namespaced(env.client.clone(), &env.ns)
+        .get(name)
+        .await
+        .ok()?
+        .status?
+        .consumers
+}
+
+async fn set_level(env: &TestEnv, level: &str) {
+    Api::<RuntimeConfig>::namespaced(env.client.clone(), &env.ns)
+        .patch(
+            "vol",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"values": {"level": level}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// A volume-only agent (no `--configmap`, and a Role that cannot read ConfigMaps at all)
+/// reports the revision and hash the operator projected, and the consumer selector counts it:
+/// from a volume of an older operator (no metadata key: revision unknown) to the key
+/// appearing (the revision is reported, the application not notified again), through new
+/// revisions, a tampered document (refused: its hash does not match the metadata
+/// key, the last good file stays, the failure is counted against that revision) and a
+/// rollback (the metadata names the pinned revision with its own hash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_only_agent_reports_what_it_applies_and_is_counted() {
+    let env = TestEnv::new("agent-vol").await;
+    let _operator = env.start_operator();
+    env.apply_yaml(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: hotconf-agent}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: hotconf-agent}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: hotconf-agent}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: vol-0, labels: {app: vol}}
+spec:
+  containers:
+  - {name: app, image: busybox}
+---
+apiVersion: hotconf.dev/v1alpha1
+kind: RuntimeConfig
+metadata: {name: vol}
+spec:
+  values: {level: one}
+  rollout:
+    consumerSelector: {app: vol}
+"#,
+    );
+    let cm1 = projected(&env, "vol", 1).await;
+    let meta1 = Meta::parse(&cm1.data.as_ref().unwrap()[META_KEY]).unwrap();
+    let hash1 = cm1.metadata.annotations.as_ref().unwrap()[names::HASH].clone();
+    assert_eq!((meta1.revision, meta1.hash.as_str()), (1, hash1.as_str()));
+    assert_eq!(
+        (meta1.kind.as_str(), meta1.name.as_str()),
+        ("RuntimeConfig", "vol")
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    let output = tmp.path().join("app/config.yaml");
+    let execs = tmp.path().join("execs");
+    let mut old = cm1.clone();
+    old.data.as_mut().unwrap().remove(META_KEY);
+    mount_config_map(&mount, &old);
+    let kubeconfig = env.plane.kubeconfig_for("alice").unwrap();
+    let _agent = spawn_agent(
+        "volume-only-reports",
+        &[
+            format!("--watch-dir={}", mount.display()),
+            format!("--output={}", output.display()),
+            "--admin-addr=off".into(),
+            format!("--exec=echo \"$HOTCONF_REVISION\" >> {}", execs.display()),
+            "--pod-name=vol-0".into(),
+            format!("--pod-namespace={}", env.ns),
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let on = |revision: i64| {
+        let env = &env;
+        async move {
+            let a = eventually(
+                30,
+                &format!("the Pod to report revision {revision}"),
+                || async {
+                    applied(env, "vol-0")
+                        .await
+                        .filter(|a| a.revision == Some(revision) && a.error.is_none())
+                },
+            )
+            .await;
+            eventually(
+                60,
+                &format!("the consumer counted on revision {revision}"),
+                || async {
+                    consumers(env, "vol")
+                        .await
+                        .filter(|c| c.revision == revision && c.selected == 1 && c.updated == 1)
+                },
+            )
+            .await;
+            a
+        }
+    };
+    let execs_run = || {
+        std::fs::read_to_string(&execs)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let unknown = eventually(
+        30,
+        "the Pod to report the document of unknown revision",
+        || async { applied(&env, "vol-0").await.filter(|a| a.hash.is_some()) },
+    )
+    .await;
+    assert_eq!(
+        (unknown.revision, unknown.hash.as_deref()),
+        (None, Some(hash1.as_str()))
+    );
+    assert_eq!(execs_run(), [""], "handed on once, revision unknown");
+
+    mount_config_map(&mount, &cm1);
+    let a = on(1).await;
+    assert_eq!(a.hash.as_deref(), Some(hash1.as_str()));
+    assert_eq!(
+        (a.kind.as_deref(), a.name.as_deref()),
+        (Some("RuntimeConfig"), Some("vol"))
+    );
+    assert_eq!(execs_run(), [""], "the same content is not handed on again");
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        cm1.data.as_ref().unwrap()["config.yaml"]
+    );
+
+    set_level(&env, "two").await;
+    let cm2 = projected(&env, "vol", 2).await;
+    mount_config_map(&mount, &cm2);
+    let a = on(2).await;
+    assert_eq!(
+        a.hash.as_ref(),
+        cm2.metadata.annotations.as_ref().unwrap().get(names::HASH)
+    );
+    assert_eq!(execs_run(), ["", "2"]);
+
+    // Revision 3 reaches the node with its document changed there: refused, the file stays.
+    set_level(&env, "three").await;
+    let cm3 = projected(&env, "vol", 3).await;
+    let good2 = std::fs::read(&output).unwrap();
+    let mut tampered = cm3.clone();
+    let data = tampered.data.as_mut().unwrap();
+    let text = data["config.yaml"].replace("three", "tampered");
+    data.insert("config.yaml".into(), text);
+    mount_config_map(&mount, &tampered);
+    let refused = eventually(30, "the Pod to report the refusal", || async {
+        applied(&env, "vol-0").await.filter(|a| a.error.is_some())
+    })
+    .await;
+    let error = refused.error.unwrap();
+    assert!(
+        error.contains("revision 3 refused: hash mismatch"),
+        "{error}"
+    );
+    assert_eq!(
+        (refused.revision, refused.failed_revision),
+        (Some(2), Some(3))
+    );
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        good2,
+        "the last good file stays"
+    );
+    eventually(
+        60,
+        "the consumer counted as failed on revision 3",
+        || async {
+            consumers(&env, "vol")
+                .await
+                .filter(|c| c.revision == 3 && c.failed == 1 && c.updated == 0)
+        },
+    )
+    .await;
+    // The kubelet catches up with the real content.
+    mount_config_map(&mount, &cm3);
+    on(3).await;
+
+    // A rollback to revision 1 projects revision 1's document and metadata.
+    Api::<RuntimeConfig>::namespaced(env.client.clone(), &env.ns)
+        .patch(
+            "vol",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {names::ROLLBACK_TO: "1"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let back = projected(&env, "vol", 1).await;
+    assert_eq!(
+        Meta::parse(&back.data.as_ref().unwrap()[META_KEY]).unwrap(),
+        meta1,
+        "revision 1 with revision 1's hash"
+    );
+    mount_config_map(&mount, &back);
+    let a = on(1).await;
+    assert_eq!(a.hash.as_deref(), Some(hash1.as_str()));
+    assert_eq!(
+        execs_run(),
+        ["", "2", "3", "1"],
+        "the tampered document never reached the app"
+    );
 }

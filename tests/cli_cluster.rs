@@ -138,7 +138,18 @@ async fn render_equals_what_the_operator_projects() {
             continue;
         }
         let cm = cms.get(name).await.unwrap();
-        let projected = cm.data.clone().unwrap();
+        let mut projected = cm.data.clone().unwrap();
+        // The metadata key names the revision, which only the operator assigns: render leaves
+        // it out, as it leaves out the revision annotation.
+        assert!(
+            projected
+                .remove(hotconf::projection::META_KEY)
+                .is_some_and(|m| m.contains(&format!(
+                    "\"revision\":{}",
+                    cm.annotations()[names::REVISION]
+                ))),
+            "{name}: the metadata key"
+        );
         let mut offline: std::collections::BTreeMap<String, String> =
             serde_json::from_value(doc["data"].clone()).unwrap();
         let labels: std::collections::BTreeMap<String, String> =

@@ -10,6 +10,7 @@ use common::{TestEnv, eventually, repo};
 use hotconf::crd::{ConfigStatus, Format, PoolBudget, RuntimeConfig, names};
 use hotconf::document::{self, ResolvedSecret};
 use hotconf::kinds::ConfigResource;
+use hotconf::projection;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::{
@@ -116,6 +117,12 @@ fn assert_stamped<K: ConfigResource>(cm: &ConfigMap, owner: &K, revision: i64, h
     assert_eq!(labels[names::OWNER_NAME], owner.name_any());
     assert_eq!(cm.annotations()[names::REVISION], revision.to_string());
     assert_eq!(cm.annotations()[names::HASH], hash);
+    // The same identity in the data, for agents that only see the mounted volume.
+    let meta = cm.data.as_ref().unwrap()[projection::META_KEY].as_str();
+    let meta = projection::Meta::parse(meta).unwrap();
+    assert_eq!((meta.revision, meta.hash.as_str()), (revision, hash));
+    assert_eq!((meta.kind.as_str(), meta.name), (K::KIND, owner.name_any()));
+    assert!(cm.data.as_ref().unwrap().contains_key(&meta.file_name));
     assert!(
         cm.metadata
             .managed_fields

@@ -37,7 +37,7 @@ pub struct ApiState {
     pub health: ApiHealth,
     /// The ConfigMap's current content.
     pub latest: Option<Snapshot>,
-    /// The identities (and revisions) of the contents seen, oldest first (bounded).
+    /// The states (identity and revision) seen, oldest first (bounded).
     pub history: VecDeque<(String, Option<i64>)>,
     /// The owning CR, from the ConfigMap's labels.
     pub owner: Owner,
@@ -46,9 +46,8 @@ pub struct ApiState {
 impl ApiState {
     /// Records a new state of the ConfigMap.
     pub fn observe(&mut self, snapshot: Snapshot) {
-        if self.history.back().map(|(id, _)| id) != Some(&snapshot.identity) {
-            self.history
-                .push_back((snapshot.identity.clone(), snapshot.revision));
+        if self.history.back() != Some(&snapshot.state()) {
+            self.history.push_back(snapshot.state());
             while self.history.len() > HISTORY {
                 self.history.pop_front();
             }
@@ -131,7 +130,7 @@ impl ApiSource {
                     let snapshot = snapshot_of(&cm, self.key.as_deref());
                     tx.send_if_modified(|s| {
                         let changed =
-                            s.latest.as_ref().map(|l| &l.identity) != Some(&snapshot.identity);
+                            s.latest.as_ref().map(Snapshot::state) != Some(snapshot.state());
                         let healed = s.health != ApiHealth::Synced;
                         s.health = ApiHealth::Synced;
                         if changed {

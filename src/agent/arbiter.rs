@@ -5,13 +5,13 @@
 //! kubelet refreshes a volume 60–120 s later. The volume is used only when there is no API
 //! source, when the API source is failing, or when it has not synced within a grace period after
 //! start. Nothing ever goes backwards: content the API source showed before its current state is
-//! stale and never applied from the volume; content that was applied or refused is not handled
-//! twice.
+//! stale and never applied from the volume; a state (content and revision) that was applied or
+//! refused is not handled twice.
 
 use std::time::{Duration, Instant};
 
 use super::api::{ApiHealth, ApiState};
-use super::source::{Origin, Snapshot};
+use super::source::{Origin, Snapshot, State};
 
 /// How long the volume waits for a starting API source before it is used on its own.
 pub const API_GRACE: Duration = Duration::from_secs(3);
@@ -19,9 +19,9 @@ pub const API_GRACE: Duration = Duration::from_secs(3);
 /// The agent's memory of what it handed on and what each source showed it last.
 #[derive(Debug)]
 pub struct Arbiter {
-    applied: Option<String>,
-    handled_api: Option<String>,
-    handled_volume: Option<String>,
+    applied: Option<State>,
+    handled_api: Option<State>,
+    handled_volume: Option<State>,
     grace_until: Instant,
 }
 
@@ -40,7 +40,7 @@ impl Arbiter {
     /// state is handled once; the same content coming back later, after other content, is a
     /// new state and is handled again.
     pub fn handled(&mut self, snapshot: &Snapshot, applied: bool) {
-        let id = Some(snapshot.identity.clone());
+        let id = Some(snapshot.state());
         match snapshot.origin {
             Origin::Api => self.handled_api = id.clone(),
             Origin::Volume => self.handled_volume = id.clone(),
@@ -52,7 +52,7 @@ impl Arbiter {
 
     /// The identity of the content handed on last.
     pub fn current(&self) -> Option<&str> {
-        self.applied.as_deref()
+        self.applied.as_ref().map(|(id, _)| id.as_str())
     }
 
     /// Whether the volume may be used now.
@@ -72,24 +72,28 @@ impl Arbiter {
     /// The snapshot to hand on next, if any. The API source's latest state comes first; a
     /// volume snapshot is picked only when the volume may be used and its content is not one
     /// the API source has shown (that content is either the API's own latest, handled above,
-    /// or older than it).
+    /// or older than it; a volume that names its revision is compared by content and revision).
     pub fn pick(
         &self,
         volume: Option<&Snapshot>,
         api: &ApiState,
         now: Instant,
     ) -> Option<Snapshot> {
-        if let Some(latest) = &api.latest
-            && self.handled_api.as_ref() != Some(&latest.identity)
-            && self.applied.as_ref() != Some(&latest.identity)
-        {
-            return Some(latest.clone());
+        if let Some(latest) = &api.latest {
+            let state = Some(latest.state());
+            if self.handled_api != state && self.applied != state {
+                return Some(latest.clone());
+            }
         }
         let volume = volume?;
-        if self.handled_volume.as_ref() == Some(&volume.identity)
-            || self.applied.as_ref() == Some(&volume.identity)
+        let state = Some(volume.state());
+        if self.handled_volume == state
+            || self.applied == state
             || !self.volume_allowed(api, now)
-            || api.history.iter().any(|(id, _)| *id == volume.identity)
+            || api.history.iter().any(|(id, revision)| {
+                *id == volume.identity
+                    && (volume.revision.is_none() || *revision == volume.revision)
+            })
         {
             return None;
         }
@@ -144,6 +148,25 @@ mod tests {
     }
 
     #[test]
+    fn the_same_content_under_a_new_revision_is_a_new_state() {
+        let t0 = Instant::now();
+        let mut a = Arbiter::new(t0);
+        let none = ApiState::default();
+        // An old ConfigMap without the metadata key, then the operator adds it.
+        let unknown = snap(Origin::Volume, "a: 1\n", None);
+        a.handled(&a.pick(Some(&unknown), &none, t0).unwrap(), true);
+        let known = snap(Origin::Volume, "a: 1\n", Some(3));
+        let picked = a.pick(Some(&known), &none, t0).expect("a new state");
+        assert_eq!(picked.revision, Some(3));
+        a.handled(&picked, true);
+        assert!(a.pick(Some(&known), &none, t0).is_none(), "handled once");
+        assert_eq!(a.current(), Some(known.identity.as_str()));
+        // Through the API: a rollback to a revision with the same document.
+        let state = api(ApiHealth::Synced, &[("a: 1\n", 3), ("a: 1\n", 1)]);
+        assert_eq!(a.pick(None, &state, t0).unwrap().revision, Some(1));
+    }
+
+    #[test]
     fn api_is_primary_and_volume_waits_for_the_grace_period() {
         let t0 = Instant::now();
         let a = Arbiter::new(t0);
@@ -178,9 +201,14 @@ mod tests {
             a.pick(Some(&new), &state, t0).unwrap().origin,
             Origin::Volume
         );
-        // Same content as the API's latest: already applied.
+        // Same content as the API's latest: already applied (with or without its revision).
         let same = snap(Origin::Volume, "a: 2\n", None);
         assert!(a.pick(Some(&same), &state, t0).is_none());
+        let same = snap(Origin::Volume, "a: 2\n", Some(2));
+        assert!(a.pick(Some(&same), &state, t0).is_none());
+        // The kubelet still shows revision 1, and says so: stale too.
+        let old = snap(Origin::Volume, "a: 1\n", Some(1));
+        assert!(a.pick(Some(&old), &state, t0).is_none());
         // While the API is healthy the volume is not consulted.
         state.health = ApiHealth::Synced;
         assert!(a.pick(Some(&new), &state, t0).is_none());

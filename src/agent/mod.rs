@@ -15,6 +15,10 @@
 //!   if it has not listed the ConfigMap within 3 s of start; content the API source showed
 //!   before its current state is never applied from the volume (it lags behind), so nothing
 //!   goes backwards. A rollback the operator projects is the API's current state and is applied.
+//! - The volume has no annotations: the revision, hash and owner come from the metadata key the
+//!   operator projects beside the document (`projection::META_KEY`), read from the same
+//!   `..data` directory, and the hash is checked as the annotation's is. Without that key (an
+//!   older operator) the revision is unknown.
 //! - Properties and env documents cannot be parsed back into typed values, so their hash cannot
 //!   be recomputed: they get a syntax check and the annotation is reported as their hash.
 //! - The reload POST carries `{"revision", "hash", "file"}` as JSON; `--exec` gets
@@ -23,7 +27,9 @@
 //!   counted (`notify_failed`) and reported in the annotation's `error`; the next new document
 //!   is handed on as usual.
 //! - At start, an output file that already holds the document (a restarted sidecar) is not
-//!   rewritten and the application is not notified again.
+//!   rewritten and the application is not notified again. Nor is it when the content handed on
+//!   last comes again under another revision (a rollback to an equal document, the metadata
+//!   key appearing after an operator upgrade): the new revision is only reported.
 
 pub mod api;
 pub mod arbiter;
@@ -234,6 +240,7 @@ pub async fn run_until(
         metrics,
         reporter,
         last_good: None,
+        settled: None,
         first: true,
     };
     tracing::info!(
@@ -306,6 +313,8 @@ struct Agent {
     metrics: Arc<Metrics>,
     reporter: Option<Reporter>,
     last_good: Option<Good>,
+    // The identity of the content the application has: written and notified (or found there).
+    settled: Option<String>,
     first: bool,
 }
 
@@ -382,14 +391,17 @@ impl Agent {
         self.record(&snapshot, fate);
     }
 
-    /// The hand-off stage: writes the output file atomically (at start-up, an output file that
-    /// already holds this document, after an agent restart, is left alone and the application
-    /// is not notified again), then notifies the application.
+    /// The hand-off stage: writes the output file atomically, then notifies the application.
+    /// An output file that already holds this document is left alone and the application is
+    /// not notified again: at start-up (after an agent restart), and when the application has
+    /// this very content already (it came again under another revision).
     async fn hand_off(&mut self, snapshot: &Snapshot, ready: Ready) -> Fate {
         let first = std::mem::replace(&mut self.first, false);
-        let mut unchanged = false;
+        let settled = self.settled.as_deref() == Some(snapshot.identity.as_str());
+        let mut unchanged = settled;
         if let Some(path) = &self.output {
-            unchanged = first && std::fs::read(path).is_ok_and(|b| b == ready.bytes.as_bytes());
+            unchanged = (first || settled)
+                && std::fs::read(path).is_ok_and(|b| b == ready.bytes.as_bytes());
             if !unchanged {
                 let path = path.clone();
                 let data = ready.bytes.into_bytes();
@@ -464,6 +476,7 @@ impl Agent {
                 });
                 self.metrics.set_revision(snapshot.revision);
                 self.metrics.set_ready();
+                self.settled = notified.is_ok().then(|| snapshot.identity.clone());
                 match notified {
                     Ok(()) => {
                         if !unchanged {
@@ -562,5 +575,36 @@ mod tests {
         assert_eq!(unreadable.err().as_deref(), Some("no data key config.yaml"));
         let broken = prepare(&snapshot(Ok("a: [1\n"), None), false);
         assert!(broken.err().unwrap().contains("does not parse"));
+    }
+
+    #[test]
+    fn a_volume_snapshot_is_checked_against_its_metadata_key() {
+        let doc = serde_json::json!({"values": {"a": 1}});
+        let text = crate::document::render(&doc, crate::crd::Format::Yaml);
+        let meta = |hash: &str| crate::projection::Meta {
+            kind: "RuntimeConfig".into(),
+            name: "lazy".into(),
+            revision: 5,
+            hash: hash.into(),
+            file_name: "config.yaml".into(),
+        };
+        let good = volume::snapshot_of(
+            "config.yaml".into(),
+            Ok(text.clone()),
+            Some(meta(&crate::document::hash(&doc))),
+        );
+        let ready = prepare(&good, false).unwrap();
+        assert_eq!(ready.hash, crate::document::hash(&doc));
+        assert_eq!(good.revision, Some(5));
+
+        // A document that does not match its metadata (half-synced, edited on the node) is
+        // refused as an API snapshot with the wrong annotation would be.
+        let tampered = volume::snapshot_of(
+            "config.yaml".into(),
+            Ok(text.replace("a: 1", "a: 2")),
+            Some(meta(&crate::document::hash(&doc))),
+        );
+        let refused = prepare(&tampered, false).err().unwrap();
+        assert!(refused.starts_with("hash mismatch"), "{refused}");
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::crd::Format;
+use crate::projection::META_KEY;
 
 /// Where a snapshot came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,11 +53,13 @@ pub struct Snapshot {
     pub text: Result<String, Unreadable>,
     /// SHA-256 (hex) of the text: the identity of this content, the same through every source.
     pub identity: String,
-    /// The `hotconf.dev/revision` annotation (API source only).
+    /// The revision: the `hotconf.dev/revision` annotation (API source), or the metadata key
+    /// beside the document (volume source; unknown without one).
     pub revision: Option<i64>,
-    /// The `hotconf.dev/hash` annotation (API source only).
+    /// The document's hash as the operator computed it: the `hotconf.dev/hash` annotation, or
+    /// the metadata key's `hash`. The check stage compares the content with it.
     pub hash: Option<String>,
-    /// The owning CR (API source only).
+    /// The owning CR: the ConfigMap's labels, or the metadata key's `kind` and `name`.
     pub owner: Owner,
     /// When the source first noticed the change (start of an inotify burst, arrival of a watch
     /// event): the start of the source→applied latency.
@@ -82,11 +85,22 @@ impl Snapshot {
         }
     }
 
+    /// The state of the source this snapshot is: its content and the revision it is said to
+    /// be. The same content under another revision (a rollback to an equal document, a
+    /// metadata key that appeared) is a new state: it is reported, but the application is not
+    /// handed the same content again.
+    pub fn state(&self) -> State {
+        (self.identity.clone(), self.revision)
+    }
+
     /// The document's format, from the data key's extension.
     pub fn format(&self) -> Format {
         format_for_key(&self.key)
     }
 }
+
+/// A snapshot's [`Snapshot::state`]: its identity and its revision.
+pub type State = (String, Option<i64>);
 
 /// The format a data key holds, from its extension (`.yaml`/`.yml`, `.json`, `.properties`,
 /// `.env`); anything else is read as YAML, the operator's default.
@@ -104,8 +118,9 @@ pub fn format_for_key(key: &str) -> Format {
 
 /// Which data key holds the document when `--file` is not given: the only key; else
 /// `config.yaml`; else the first of `config.json`, `config.properties`, `config.env` present.
+/// The metadata key ([`META_KEY`]) is not a candidate: it describes the document.
 pub fn default_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let keys: Vec<&str> = keys.into_iter().collect();
+    let keys: Vec<&str> = keys.into_iter().filter(|k| *k != META_KEY).collect();
     if let [only] = keys.as_slice() {
         return Some((*only).to_string());
     }
@@ -154,6 +169,12 @@ mod tests {
             Some("config.env")
         );
         assert_eq!(default_key(["a", "b"]), None);
+        assert_eq!(
+            default_key([META_KEY, "app.json"]).as_deref(),
+            Some("app.json"),
+            "the metadata key is not the only key's rival"
+        );
+        assert_eq!(default_key([META_KEY]), None);
         assert_eq!(default_key([]), None);
     }
 

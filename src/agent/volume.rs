@@ -8,6 +8,13 @@
 //! once and reading the key inside that timestamped directory, which never changes once it is
 //! in place: a read sees one whole version, never a mix.
 //!
+//! The volume holds data keys only, not the ConfigMap's annotations, so the operator also
+//! projects the revision and hash as the data key [`META_KEY`]. It is read from the same
+//! timestamped directory as the document (one resolution of `..data` for both): a document
+//! is never paired with the metadata of another version. A volume without that key (a
+//! ConfigMap projected by an older operator, or not by hotconf) is read as before: revision
+//! unknown, nothing to compare the hash with.
+//!
 //! A burst of events (one swap makes about five) is debounced briefly, content that did not
 //! change is not reported, and when the directory itself is removed or replaced the watch is
 //! set up again on the new one.
@@ -21,7 +28,8 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::source::{Origin, Snapshot, Unreadable, default_key};
+use super::source::{Origin, Owner, Snapshot, State, Unreadable, default_key};
+use crate::projection::{META_KEY, Meta};
 
 /// How long a burst of events may last before the directory is read anyway.
 pub const MAX_DELAY: Duration = Duration::from_millis(50);
@@ -37,8 +45,10 @@ pub enum Read {
     Found {
         /// The data key read.
         key: String,
-        /// Its text, or the problem.
+        /// Its text, or the problem (a metadata key that cannot be read is one too).
         text: Result<String, String>,
+        /// The metadata key of the same version, when the volume has one.
+        meta: Option<Meta>,
     },
     /// Nothing to read yet: the directory is missing, empty, or the kubelet is still creating
     /// it.
@@ -77,7 +87,7 @@ pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
         let keys: Vec<&str> = keys
             .iter()
             .map(String::as_str)
-            .filter(|k| !k.starts_with(".."))
+            .filter(|k| !k.starts_with("..") && *k != META_KEY)
             .collect();
         let Some(key) = key
             .map(str::to_string)
@@ -89,13 +99,27 @@ pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
                     "no data key chosen: pass --file (keys: {})",
                     keys.join(", ")
                 )),
+                meta: None,
             });
         };
         match std::fs::read(base.join(&key)) {
             Ok(bytes) => {
                 let text = String::from_utf8(bytes)
                     .map_err(|_| format!("data key {key} is not UTF-8 text"));
-                return Ok(Read::Found { key, text });
+                // Read after the document, from the same directory: if that directory is gone
+                // by now, the next one is read whole.
+                let meta = match read_meta(&base) {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Ok(Read::Found {
+                            key,
+                            text: Err(e.to_string()),
+                            meta: None,
+                        });
+                    }
+                };
+                return Ok(Read::Found { key, text, meta });
             }
             Err(e) if e.kind() == ErrorKind::NotFound && !base.exists() => continue,
             // `KEY -> ..data/KEY` while `..data` is gone: the mount is being removed (or set
@@ -110,12 +134,50 @@ pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
                         keys.join(", ")
                     )),
                     key,
+                    meta: None,
                 });
             }
             Err(e) => return Err(e),
         }
     }
     Ok(Read::NotReady)
+}
+
+/// The metadata key in `base` (`None`: there is none). `NotFound` means `base` itself is gone;
+/// any other error says why the metadata cannot be trusted.
+fn read_meta(base: &Path) -> std::io::Result<Option<Meta>> {
+    match std::fs::read_to_string(base.join(META_KEY)) {
+        Ok(text) => Meta::parse(&text).map(Some).map_err(|e| {
+            std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!("the metadata key {META_KEY} does not parse: {e}"),
+            )
+        }),
+        Err(e) if e.kind() == ErrorKind::NotFound && base.exists() => Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(e),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("reading the metadata key {META_KEY}: {e}"),
+        )),
+    }
+}
+
+/// The snapshot of what a read found. The metadata gives the owning CR, and, when it
+/// describes the key read (its `fileName`), the revision and the hash the check stage compares
+/// the document with, as the annotations do for the API source.
+pub fn snapshot_of(key: String, text: Result<String, String>, meta: Option<Meta>) -> Snapshot {
+    let mut snapshot = Snapshot::new(Origin::Volume, key, text.map_err(Unreadable));
+    if let Some(meta) = meta {
+        if meta.file_name == snapshot.key {
+            snapshot.revision = Some(meta.revision);
+            snapshot.hash = Some(meta.hash);
+        }
+        snapshot.owner = Owner {
+            kind: Some(meta.kind),
+            name: Some(meta.name),
+        };
+    }
+    snapshot
 }
 
 /// Whether `path` is a symlink into `..data`, the kubelet's per-key link.
@@ -162,7 +224,7 @@ impl VolumeSource {
     pub async fn run(self, tx: watch::Sender<Option<Snapshot>>) {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let mut current: Option<Watch> = None;
-        let mut last: Option<String> = None;
+        let mut last: Option<State> = None;
         let mut waiting_logged = false;
         loop {
             if current.is_none() {
@@ -263,23 +325,24 @@ impl VolumeSource {
     fn publish(
         &self,
         tx: &watch::Sender<Option<Snapshot>>,
-        last: &mut Option<String>,
+        last: &mut Option<State>,
         seen_at: std::time::Instant,
     ) {
-        let (key, text) = match read(&self.dir, self.key.as_deref()) {
-            Ok(Read::Found { key, text }) => (key, text),
+        let (key, text, meta) = match read(&self.dir, self.key.as_deref()) {
+            Ok(Read::Found { key, text, meta }) => (key, text, meta),
             Ok(Read::NotReady) => return,
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "reading the volume");
                 return;
             }
         };
-        let mut snapshot = Snapshot::new(Origin::Volume, key, text.map_err(Unreadable));
-        if last.as_deref() == Some(snapshot.identity.as_str()) {
+        let mut snapshot = snapshot_of(key, text, meta);
+        // Unchanged content under a new revision is published too: it is reported.
+        if last.as_ref() == Some(&snapshot.state()) {
             return;
         }
         snapshot.seen_at = seen_at;
-        *last = Some(snapshot.identity.clone());
+        *last = Some(snapshot.state());
         tx.send_replace(Some(snapshot));
     }
 }
@@ -334,6 +397,7 @@ mod tests {
         Read::Found {
             key: key.into(),
             text: Ok(text.into()),
+            meta: None,
         }
     }
 
@@ -355,6 +419,115 @@ mod tests {
             panic!("found")
         };
         assert!(text.unwrap_err().contains("no data key nope"));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    fn meta(revision: i64, hash: &str, file_name: &str) -> Meta {
+        Meta {
+            kind: "RuntimeConfig".into(),
+            name: "lazy".into(),
+            revision,
+            hash: hash.into(),
+            file_name: file_name.into(),
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let tmp = std::env::temp_dir().join(format!("hotconf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        tmp
+    }
+
+    #[test]
+    fn the_metadata_key_gives_the_volume_snapshot_its_revision_and_hash() {
+        let tmp = scratch("meta");
+        let m = meta(3, "abc", "app.json").to_text();
+        kubelet_write(&tmp, "1", &[("app.json", "{}"), (META_KEY, &m)]).unwrap();
+        // The metadata key is not a candidate for the default key: app.json is the only key.
+        let Read::Found { key, text, meta: m } = read(&tmp, None).unwrap() else {
+            panic!("found")
+        };
+        assert_eq!((key.as_str(), text.as_deref()), ("app.json", Ok("{}")));
+        assert_eq!(m, Some(meta(3, "abc", "app.json")));
+        let snapshot = snapshot_of(key, text, m);
+        assert_eq!(snapshot.revision, Some(3));
+        assert_eq!(snapshot.hash.as_deref(), Some("abc"));
+        assert_eq!(snapshot.owner.kind.as_deref(), Some("RuntimeConfig"));
+        assert_eq!(snapshot.owner.name.as_deref(), Some("lazy"));
+        assert_eq!(snapshot.origin, Origin::Volume);
+
+        // Metadata about another key names the CR but vouches for nothing else.
+        let other = snapshot_of(
+            "values.a".into(),
+            Ok("1".into()),
+            Some(meta(3, "abc", "app.json")),
+        );
+        assert_eq!((other.revision, other.hash), (None, None));
+        assert_eq!(other.owner.name.as_deref(), Some("lazy"));
+
+        // Unreadable metadata is a reason to refuse, not to guess.
+        kubelet_write(
+            &tmp,
+            "2",
+            &[("app.json", "{}"), (META_KEY, "{\"revision\":")],
+        )
+        .unwrap();
+        let Read::Found { text, meta, .. } = read(&tmp, None).unwrap() else {
+            panic!("found")
+        };
+        assert!(
+            text.unwrap_err()
+                .contains("metadata key .hotconf.json does not parse")
+        );
+        assert_eq!(meta, None);
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn a_volume_without_the_metadata_key_reads_as_before() {
+        let tmp = scratch("nometa");
+        kubelet_write(&tmp, "1", &[("config.yaml", "a: 1\n")]).unwrap();
+        assert_eq!(read(&tmp, None).unwrap(), found("config.yaml", "a: 1\n"));
+        let snapshot = snapshot_of("config.yaml".into(), Ok("a: 1\n".into()), None);
+        assert_eq!((snapshot.revision, snapshot.hash), (None, None));
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn document_and_metadata_come_from_the_same_version() {
+        use std::os::unix::fs::symlink;
+        let tmp = scratch("mixed");
+        let m1 = meta(1, "h1", "config.yaml").to_text();
+        let m2 = meta(2, "h2", "config.yaml").to_text();
+        kubelet_write(&tmp, "1", &[("config.yaml", "a: 1\n"), (META_KEY, &m1)]).unwrap();
+        kubelet_write(&tmp, "2", &[("config.yaml", "a: 2\n"), (META_KEY, &m2)]).unwrap();
+        let Read::Found { text, meta: m, .. } = read(&tmp, None).unwrap() else {
+            panic!("found")
+        };
+        assert_eq!(
+            (text.as_deref(), m),
+            (Ok("a: 2\n"), Some(meta(2, "h2", "config.yaml")))
+        );
+
+        // A volume caught between versions: `..data` already points at version 3 while the
+        // old directory is still there and the per-key link of the document still leads into
+        // it. Both keys are read through `..data`: version 3's document with version 3's
+        // metadata, never one version's document with the other's metadata.
+        let m3 = meta(3, "h3", "config.yaml").to_text();
+        std::fs::create_dir(tmp.join("..3")).unwrap();
+        std::fs::write(tmp.join("..3/config.yaml"), "a: 3\n").unwrap();
+        std::fs::write(tmp.join("..3").join(META_KEY), &m3).unwrap();
+        std::fs::remove_file(tmp.join("config.yaml")).unwrap();
+        symlink("..2/config.yaml", tmp.join("config.yaml")).unwrap();
+        symlink("..3", tmp.join("..data_tmp")).unwrap();
+        std::fs::rename(tmp.join("..data_tmp"), tmp.join("..data")).unwrap();
+        let Read::Found { text, meta: m, .. } = read(&tmp, None).unwrap() else {
+            panic!("found")
+        };
+        assert_eq!(
+            (text.as_deref(), m),
+            (Ok("a: 3\n"), Some(meta(3, "h3", "config.yaml")))
+        );
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 

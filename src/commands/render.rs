@@ -4,7 +4,8 @@
 //! The data comes from the operator's own code ([`ConfigResource::evaluate`] at the current
 //! time, [`projection::config_map_data`]), so the document key holds the same bytes the operator
 //! writes. What cannot be known offline is left out or marked:
-//! - `hotconf.dev/revision` is assigned by the operator: the annotation is left out.
+//! - `hotconf.dev/revision` is assigned by the operator: the annotation is left out, and so is
+//!   the data key `.hotconf.json` ([`projection::META_KEY`]) that repeats it for the agents.
 //! - Secret values are written as `<redacted>` (only their keys are shown).
 //! - A RuntimeConfig with `valuesFrom`: each reference's `fingerprint` is salted with the
 //!   Secret's uid in the cluster, so offline it is `null`. Such a document (and its hash) differs

@@ -208,6 +208,18 @@ mod tests {
         assert_eq!(draft.status.current_revision, Some(1));
         let data = draft.plan.config_map.unwrap().data.unwrap();
         assert!(data["config.yaml"].contains("v: 1"), "{data:?}");
+        // The metadata key names the pinned revision with its own hash, not the latest.
+        let meta = projection::Meta::parse(&data[projection::META_KEY]).unwrap();
+        let history = &obj.status.as_ref().unwrap().history;
+        let first = history.iter().find(|s| s.revision == 1).unwrap();
+        assert_eq!(
+            (meta.revision, meta.hash.as_str()),
+            (1, first.hash.as_str())
+        );
+        assert_ne!(
+            Some(&meta.hash),
+            obj.status.as_ref().unwrap().current_hash.as_ref()
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::crd::{MAX_HISTORY_LIMIT, Target};
+use crate::projection::META_KEY;
 
 mod credentials;
 mod patterns;
@@ -120,7 +121,7 @@ fn plain(value: &Value) -> String {
 const DNS_SUBDOMAIN_RULE: &str = "must be a DNS-1123 subdomain: lowercase alphanumerics, '-' or \
      '.', each dot-separated part starting and ending with an alphanumeric, at most 253 characters";
 const DATA_KEY_RULE: &str = "must consist of alphanumerics, '-', '_' or '.', be at most 253 \
-     characters, and not be \".\" or \"..\"";
+     characters, not be \".\" and not start with \"..\"";
 
 static DNS_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -136,7 +137,7 @@ fn is_dns_subdomain(name: &str) -> bool {
 
 /// A key Kubernetes accepts in a ConfigMap's or Secret's data.
 fn is_data_key(key: &str) -> bool {
-    key.len() <= 253 && key != "." && key != ".." && DATA_KEY.is_match(key)
+    key.len() <= 253 && key != "." && !key.starts_with("..") && DATA_KEY.is_match(key)
 }
 
 /// Rules of `spec.target` and `spec.revisionHistoryLimit` shared by both kinds.
@@ -165,11 +166,23 @@ pub fn validate_common(
                 .with_value(name.as_str()),
         );
     }
-    if let Some(file) = &target.file_name
-        && !is_data_key(file)
-    {
-        errors
-            .push(FieldError::new("spec.target.fileName", DATA_KEY_RULE).with_value(file.as_str()));
+    if let Some(file) = &target.file_name {
+        if !is_data_key(file) {
+            errors.push(
+                FieldError::new("spec.target.fileName", DATA_KEY_RULE).with_value(file.as_str()),
+            );
+        } else if file == META_KEY {
+            errors.push(
+                FieldError::new(
+                    "spec.target.fileName",
+                    format!(
+                        "must not be {META_KEY}: the projected ConfigMap holds the revision and \
+                         hash under that key for agents that read the mounted volume"
+                    ),
+                )
+                .with_value(file.as_str()),
+            );
+        }
     }
     errors
 }

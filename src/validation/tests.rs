@@ -1156,13 +1156,24 @@ fn file_name_is_a_data_key() {
     for name in ["config.yaml", ".env", "a-b_C.d", &"a".repeat(253)] {
         assert_valid(validate_common(Some(&target_file(name)), None));
     }
-    for name in [".", "..", "a/b", "", "ä", &"a".repeat(254)] {
+    for name in [".", "..", "..data", "a/b", "", "ä", &"a".repeat(254)] {
         assert_only(
             validate_common(Some(&target_file(name)), None),
             "spec.target.fileName",
             "alphanumerics, '-', '_' or '.'",
         );
     }
+}
+
+#[test]
+fn file_name_is_not_the_metadata_key() {
+    let error = assert_only(
+        validate_common(Some(&target_file(crate::projection::META_KEY)), None),
+        "spec.target.fileName",
+        "must not be .hotconf.json: the projected ConfigMap holds the revision and hash",
+    );
+    assert_eq!(error.value.as_deref(), Some("\".hotconf.json\""));
+    assert_valid(validate_common(Some(&target_file("hotconf.json")), None));
 }
 
 #[test]
