@@ -30,7 +30,14 @@ async fn every_pod_of_a_fleet_reports_the_new_revision() {
     ] {
         sim::create(
             &env,
-            &sim::agent_deployment(name, replicas, "fleet", source, json!({"tier": "fleet"}), json!({})),
+            &sim::agent_deployment(
+                name,
+                replicas,
+                "fleet",
+                source,
+                json!({"tier": "fleet"}),
+                json!({}),
+            ),
         )
         .await;
     }
@@ -39,12 +46,16 @@ async fn every_pod_of_a_fleet_reports_the_new_revision() {
     let counted = |revision: i64| {
         let rtcs = rtcs.clone();
         async move {
-            eventually(180, &format!("{total}/{total} consumers on revision {revision}"), || async {
-                let s = rtcs.get("fleet").await.ok()?.status?;
-                let c = s.consumers?;
-                (c.revision == revision && c.selected == total && c.updated == total)
-                    .then_some(c)
-            })
+            eventually(
+                180,
+                &format!("{total}/{total} consumers on revision {revision}"),
+                || async {
+                    let s = rtcs.get("fleet").await.ok()?.status?;
+                    let c = s.consumers?;
+                    (c.revision == revision && c.selected == total && c.updated == total)
+                        .then_some(c)
+                },
+            )
             .await
         }
     };
@@ -66,7 +77,10 @@ async fn every_pod_of_a_fleet_reports_the_new_revision() {
     for p in &pods {
         let applied = sim::applied(p).unwrap_or_default();
         assert_eq!(applied["revision"], 2, "{}: {applied}", p.name_any());
-        assert!(applied["hash"].as_str().is_some_and(|h| !h.is_empty()), "{applied}");
+        assert!(
+            applied["hash"].as_str().is_some_and(|h| !h.is_empty()),
+            "{applied}"
+        );
         let text = std::fs::read_to_string(
             sim.volume_dir(&env.ns, &p.name_any(), "app-config")
                 .unwrap()

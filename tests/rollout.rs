@@ -15,8 +15,7 @@ use chrono::{DateTime, Utc};
 use common::{TestEnv, eventually, free_port, hotconf_bin, sim};
 use hotconf::crd::{ConfigStatus, RuntimeConfig};
 use hotconf::dev::sim::{
-    FAULT, FAULT_ON_APPLIED_REVISION, FAULT_ON_RESTART_REVISION, PodEvent, PodEventKind,
-    Simulator,
+    FAULT, FAULT_ON_APPLIED_REVISION, FAULT_ON_RESTART_REVISION, PodEvent, PodEventKind, Simulator,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -71,21 +70,25 @@ async fn set_values(env: &TestEnv, values: Value) {
 /// Ready.
 async fn rolled_out(env: &TestEnv, names: &[&str], stamp: Option<&str>) {
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
-    eventually(120, &format!("{names:?} rolled out at {stamp:?}"), || async {
-        for name in names {
-            let d = deployments.get(name).await.ok()?;
-            let s = d.status.clone()?;
-            let want = d.spec.as_ref()?.replicas;
-            let done = s.observed_generation >= d.metadata.generation
-                && s.updated_replicas == want
-                && s.available_replicas == want
-                && s.replicas == want;
-            if !done || sim::stamp(env, name).await.as_deref() != stamp {
-                return None;
+    eventually(
+        120,
+        &format!("{names:?} rolled out at {stamp:?}"),
+        || async {
+            for name in names {
+                let d = deployments.get(name).await.ok()?;
+                let s = d.status.clone()?;
+                let want = d.spec.as_ref()?.replicas;
+                let done = s.observed_generation >= d.metadata.generation
+                    && s.updated_replicas == want
+                    && s.available_replicas == want
+                    && s.replicas == want;
+                if !done || sim::stamp(env, name).await.as_deref() != stamp {
+                    return None;
+                }
             }
-        }
-        Some(())
-    })
+            Some(())
+        },
+    )
     .await;
 }
 
@@ -159,7 +162,11 @@ async fn restart_round(
     let now_pods = sim::pods(env, "tier=web").await;
     assert_eq!(now_pods.len(), 9, "{now_pods:?}");
     for p in &now_pods {
-        assert!(!before.contains(&p.uid().unwrap()), "{} is an old pod", p.name_any());
+        assert!(
+            !before.contains(&p.uid().unwrap()),
+            "{} is an old pod",
+            p.name_any()
+        );
         assert!(sim::ready(p), "{} is not Ready", p.name_any());
         assert_eq!(
             p.annotations().get("hotconf.dev/restart-revision"),
@@ -174,7 +181,11 @@ async fn restart_round(
             .map(|e| e.at)
             .min()
             .expect("a Ready event");
-        assert!(ready_at <= done_at, "{} was Ready only after the round ended", p.name_any());
+        assert!(
+            ready_at <= done_at,
+            "{} was Ready only after the round ended",
+            p.name_any()
+        );
     }
     let spans = replacement_spans(&history, &before, &WEB);
     for pair in spans.windows(2) {
@@ -206,7 +217,9 @@ async fn restarts_roll_one_target_at_a_time_and_wait_for_finished_rollouts() {
             .patch(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"template": {"metadata": {"labels": {"tier": "web"}}}}})),
+                &Patch::Merge(
+                    json!({"spec": {"template": {"metadata": {"labels": {"tier": "web"}}}}}),
+                ),
             )
             .await
             .unwrap();
@@ -217,12 +230,10 @@ async fn restarts_roll_one_target_at_a_time_and_wait_for_finished_rollouts() {
         (s.current_revision == Some(1)).then_some(())
     })
     .await;
-    let generations: Vec<Option<i64>> = futures::future::join_all(
-        WEB.map(|n| {
-            let d = deployments.clone();
-            async move { d.get(n).await.unwrap().metadata.generation }
-        }),
-    )
+    let generations: Vec<Option<i64>> = futures::future::join_all(WEB.map(|n| {
+        let d = deployments.clone();
+        async move { d.get(n).await.unwrap().metadata.generation }
+    }))
     .await;
 
     // A hot-reloadable key restarts nothing.
@@ -253,7 +264,10 @@ async fn restarts_roll_one_target_at_a_time_and_wait_for_finished_rollouts() {
         .map(|m| serde_json::to_string(&m.fields_v1).unwrap())
         .collect();
     assert_eq!(managed.len(), 1);
-    assert!(managed[0].contains("hotconf.dev/restart-revision"), "{managed:?}");
+    assert!(
+        managed[0].contains("hotconf.dev/restart-revision"),
+        "{managed:?}"
+    );
     assert!(!managed[0].contains("containers"), "{managed:?}");
 
     // A rollback to revision 2 brings workers back to 4: the targets restart for it, in waves.
@@ -280,7 +294,11 @@ async fn a_target_whose_new_pods_never_become_ready_halts_the_round() {
     a.spec.as_mut().unwrap().progress_deadline_seconds = Some(5);
     sim::create(&env, &a).await;
     for name in ["web-b", "web-c"] {
-        sim::create(&env, &sim::plain_deployment(name, 2, json!({"tier": "web"}), json!({}))).await;
+        sim::create(
+            &env,
+            &sim::plain_deployment(name, 2, json!({"tier": "web"}), json!({})),
+        )
+        .await;
     }
     rolled_out(&env, &WEB, None).await;
     env.apply_yaml(APP);
@@ -306,7 +324,11 @@ async fn a_target_whose_new_pods_never_become_ready_halts_the_round() {
         .collect();
     assert_eq!(
         states,
-        vec![("web-a", "Stalled"), ("web-b", "Pending"), ("web-c", "Pending")]
+        vec![
+            ("web-a", "Stalled"),
+            ("web-b", "Pending"),
+            ("web-c", "Pending")
+        ]
     );
     let why = round.targets[0].message.clone().unwrap_or_default();
     assert!(why.contains("ProgressDeadlineExceeded"), "{why}");
@@ -315,7 +337,11 @@ async fn a_target_whose_new_pods_never_become_ready_halts_the_round() {
         (pending.status.as_str(), pending.reason.as_str()),
         ("True", "RestartStalled")
     );
-    assert!(pending.message.contains("Deployment/web-a"), "{}", pending.message);
+    assert!(
+        pending.message.contains("Deployment/web-a"),
+        "{}",
+        pending.message
+    );
     let notes = eventually(20, "the RestartStalled event", || async {
         let notes = warning_events(&env, "RestartStalled").await;
         (!notes.is_empty()).then_some(notes)
@@ -335,7 +361,12 @@ async fn a_target_whose_new_pods_never_become_ready_halts_the_round() {
     })
     .await;
     let replica_sets: Api<ReplicaSet> = Api::namespaced(env.client.clone(), &env.ns);
-    for rs in replica_sets.list(&ListParams::default()).await.unwrap().items {
+    for rs in replica_sets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+    {
         let stamp = rs
             .spec
             .and_then(|s| s.template)
@@ -344,7 +375,11 @@ async fn a_target_whose_new_pods_never_become_ready_halts_the_round() {
             .and_then(|a| a.get("hotconf.dev/restart-revision").cloned());
         let name = rs.metadata.name.unwrap_or_default();
         if !name.starts_with("web-a-") {
-            assert_ne!(stamp.as_deref(), Some("2"), "{name} was stamped for revision 2");
+            assert_ne!(
+                stamp.as_deref(),
+                Some("2"),
+                "{name} was stamped for revision 2"
+            );
         }
     }
     rolled_out(&env, &WEB, Some("3")).await;
@@ -402,7 +437,11 @@ async fn consumers_that_crash_loop_after_applying_a_revision_roll_it_back() {
     assert_eq!((pin.target_revision, s.latest_revision), (2, Some(3)));
     let rolled = condition(&s, "RolledBack").unwrap();
     assert_eq!(rolled.reason, "AutoRolledBack");
-    assert!(rolled.message.contains("crash-looping"), "{}", rolled.message);
+    assert!(
+        rolled.message.contains("crash-looping"),
+        "{}",
+        rolled.message
+    );
     let notes = eventually(20, "the AutoRolledBack event", || async {
         let notes = warning_events(&env, "AutoRolledBack").await;
         (!notes.is_empty()).then_some(notes)
@@ -412,8 +451,11 @@ async fn consumers_that_crash_loop_after_applying_a_revision_roll_it_back() {
     assert!(notes[0].contains("crash-looping"), "{notes:?}");
     let pods = eventually(60, "every pod Ready on revision 2", || async {
         let pods = sim::pods(&env, "app=shop").await;
-        (pods.len() == 3 && pods.iter().all(|p| sim::ready(p) && sim::applied_cleanly(p, 2)))
-            .then_some(pods)
+        (pods.len() == 3
+            && pods
+                .iter()
+                .all(|p| sim::ready(p) && sim::applied_cleanly(p, 2)))
+        .then_some(pods)
     })
     .await;
     for p in &pods {

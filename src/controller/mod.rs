@@ -53,9 +53,9 @@ pub(crate) mod read;
 mod write;
 
 use feed::{CacheFeed, namespace_of, projected_changes};
-pub(crate) use read::resolve_secrets;
 use pods::PodCache;
 pub use pods::PodsNotSynced;
+pub(crate) use read::resolve_secrets;
 use read::{workload_resource, workloads};
 pub use write::RESTART_REVISION;
 use write::{execute, set_status};

@@ -212,9 +212,7 @@ impl PodCache {
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Consumer>, PodsNotSynced> {
         if !*self.synced.borrow() {
-            return Err(PodsNotSynced(
-                self.last_error.read().expect("lock").clone(),
-            ));
+            return Err(PodsNotSynced(self.last_error.read().expect("lock").clone()));
         }
         let pods = self.pods.read().expect("lock");
         Ok(pods
@@ -241,7 +239,10 @@ impl PodCache {
 
 /// Whether `selector` (matchLabels) selects a pod with `labels`. An empty selector selects
 /// every pod, as a Kubernetes label selector does.
-pub(crate) fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -288,7 +289,10 @@ mod tests {
         let web = BTreeMap::from([("app".to_string(), "web".to_string())]);
         let selected = cache.select("shop", &web).unwrap();
         assert_eq!(selected.len(), 1);
-        assert_eq!((selected[0].pod.as_str(), selected[0].revision), ("web-1", Some(2)));
+        assert_eq!(
+            (selected[0].pod.as_str(), selected[0].revision),
+            ("web-1", Some(2))
+        );
         let first = changes.next().await.unwrap().unwrap();
         assert_eq!(first.namespace, "shop");
 
@@ -316,7 +320,10 @@ mod tests {
         let mut rx = cache.changes.subscribe();
         let mut found: Namespaces = HashMap::new();
         let b = pod("shop", "b", "web", Some(r#"{"revision":3}"#));
-        found.entry("shop".into()).or_default().insert("b".into(), CachedPod::of(&b));
+        found
+            .entry("shop".into())
+            .or_default()
+            .insert("b".into(), CachedPod::of(&b));
         cache.replace(None, found);
         let mut told = 0;
         while rx.try_recv().is_ok() {

@@ -93,7 +93,11 @@ pub(super) async fn workloads(
                 "spec": o.data.get("spec"),
                 "status": o.data.get("status"),
             });
-            out.push(rollout::Workload::parse(target.kind, &object, RESTART_REVISION));
+            out.push(rollout::Workload::parse(
+                target.kind,
+                &object,
+                RESTART_REVISION,
+            ));
         }
     }
     Ok(out)

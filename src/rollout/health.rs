@@ -112,7 +112,9 @@ impl Judging {
         Judging {
             revision,
             window: chrono::Duration::seconds(
-                window_seconds.unwrap_or(DEFAULT_HEALTH_WINDOW_SECONDS).max(1),
+                window_seconds
+                    .unwrap_or(DEFAULT_HEALTH_WINDOW_SECONDS)
+                    .max(1),
             ),
             now,
             restart_round: None,
@@ -227,11 +229,11 @@ impl Consumer {
             return None;
         }
         let at = self.applied_at?;
-        let in_window = |t: Option<DateTime<Utc>>| {
-            t.is_some_and(|t| t > at && t <= at + judging.window)
-        };
+        let in_window =
+            |t: Option<DateTime<Utc>>| t.is_some_and(|t| t > at && t <= at + judging.window);
         let seconds = |t: Option<DateTime<Utc>>| t.map_or(0, |t| (t - at).num_seconds());
-        if h.crash_looping && (in_window(h.ready_since) || in_window(h.last_restart) || started_for_it)
+        if h.crash_looping
+            && (in_window(h.ready_since) || in_window(h.last_restart) || started_for_it)
         {
             return Some(Failure {
                 reason: FailureReason::CrashLooping,
@@ -426,7 +428,10 @@ mod tests {
             "p",
             Some(r#"{"revision":1,"at":"t","error":"boom","failedRevision":2}"#),
         );
-        assert_eq!(consumer_status(&judging(3, 5), std::slice::from_ref(&stale)).failed, 0);
+        assert_eq!(
+            consumer_status(&judging(3, 5), std::slice::from_ref(&stale)).failed,
+            0
+        );
         assert_eq!(consumer_status(&judging(2, 5), &[stale]).failed, 1);
     }
 
@@ -441,11 +446,17 @@ mod tests {
         looping.health.ready = Some(false);
         looping.health.ready_since = Some(t(4));
         looping.health.last_restart = Some(t(15));
-        assert_eq!(looping.failure(&j).unwrap().reason, FailureReason::CrashLooping);
+        assert_eq!(
+            looping.failure(&j).unwrap().reason,
+            FailureReason::CrashLooping
+        );
 
         let mut restarted = consumer("restarted", 3, None);
         restarted.health.last_restart = Some(t(10));
-        assert_eq!(restarted.failure(&j).unwrap().reason, FailureReason::Restarted);
+        assert_eq!(
+            restarted.failure(&j).unwrap().reason,
+            FailureReason::Restarted
+        );
         // ... but not when the restart came before the application, or after the window.
         restarted.health.last_restart = Some(t(0));
         assert_eq!(restarted.failure(&j), None);
@@ -463,7 +474,10 @@ mod tests {
         unready.health.restart_revision = Some(3);
         assert_eq!(unready.failure(&j), None);
         assert_eq!(unready.judged_again_at(&j), Some(t(60)));
-        assert_eq!(unready.failure(&judging(3, 60)).unwrap().reason, FailureReason::NotReady);
+        assert_eq!(
+            unready.failure(&judging(3, 60)).unwrap().reason,
+            FailureReason::NotReady
+        );
 
         let s = consumer_status(&j, &[fine, looping.clone(), restarted]);
         assert_eq!((s.selected, s.updated, s.failed), (3, 2, 1));
@@ -487,12 +501,19 @@ mod tests {
         j.restart_round = Some(4);
         let mut old = consumer("old", 4, None);
         old.health.last_restart = Some(t(5));
-        assert_eq!(old.failure(&j), None, "an old pod's restart is not the revision's doing");
+        assert_eq!(
+            old.failure(&j),
+            None,
+            "an old pod's restart is not the revision's doing"
+        );
         old.health.restart_revision = Some(4);
         assert_eq!(old.failure(&j).unwrap().reason, FailureReason::Restarted);
         // A refused reload counts for every pod.
         let refused = consumer("refused", 4, Some("500"));
-        assert_eq!(refused.failure(&j).unwrap().reason, FailureReason::ReloadRefused);
+        assert_eq!(
+            refused.failure(&j).unwrap().reason,
+            FailureReason::ReloadRefused
+        );
     }
 
     #[test]
@@ -533,7 +554,11 @@ mod tests {
     fn applied_counts_are_recorded() {
         let mut history = vec![snap(1), snap(2)];
         let j = judging(2, 5);
-        record_applied(&mut history, &[consumer("a", 2, None), consumer("b", 2, None)], &j);
+        record_applied(
+            &mut history,
+            &[consumer("a", 2, None), consumer("b", 2, None)],
+            &j,
+        );
         assert_eq!(history[1].applied_by, Some(2));
         assert!(history[1].applied_by_all);
         assert!(!history[0].applied_by_all);

@@ -140,7 +140,9 @@ impl Workload {
     pub fn progress(&self) -> Progress {
         let c = &self.counts;
         if self.observed_generation < self.generation {
-            return Progress::Waiting("waiting for its controller to observe the new template".into());
+            return Progress::Waiting(
+                "waiting for its controller to observe the new template".into(),
+            );
         }
         if c.deadline_exceeded {
             return Progress::Failed(format!(
@@ -346,7 +348,10 @@ pub fn stalled(status: &RestartStatus) -> Option<String> {
 }
 
 /// When a target in flight reaches `progressDeadlineSeconds`, if one can.
-pub fn next_deadline(status: &RestartStatus, policy: Option<&RestartPolicy>) -> Option<DateTime<Utc>> {
+pub fn next_deadline(
+    status: &RestartStatus,
+    policy: Option<&RestartPolicy>,
+) -> Option<DateTime<Utc>> {
     let deadline = chrono::Duration::seconds(policy?.progress_deadline_seconds?);
     status
         .targets
@@ -408,24 +413,36 @@ mod tests {
             obj["status"] = status;
             Workload::parse(WorkloadKind::Deployment, &obj, "r")
         };
-        let done = d(json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}));
+        let done = d(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}),
+        );
         assert_eq!(done.progress(), Progress::Finished);
         assert_eq!(done.restart_revision, Some(4));
-        let unseen = d(json!({"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}));
+        let unseen = d(
+            json!({"observedGeneration": 1, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}),
+        );
         assert!(matches!(unseen.progress(), Progress::Waiting(_)));
-        let surging = d(json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 3}));
+        let surging = d(
+            json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 3}),
+        );
         assert_eq!(
             surging.progress(),
             Progress::Waiting("1 old pods are pending termination".into())
         );
-        let unready = d(json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 2}));
+        let unready = d(
+            json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 2}),
+        );
         assert_eq!(
             unready.progress(),
             Progress::Waiting("2 of 3 pods are available".into())
         );
-        let stuck = d(json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1,
-            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}));
-        assert!(matches!(stuck.progress(), Progress::Failed(m) if m.contains("ProgressDeadlineExceeded")));
+        let stuck = d(
+            json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}),
+        );
+        assert!(
+            matches!(stuck.progress(), Progress::Failed(m) if m.contains("ProgressDeadlineExceeded"))
+        );
 
         let s = |status: Value, strategy: Value| {
             let obj = json!({"metadata": {"name": "db", "generation": 3},
@@ -433,18 +450,29 @@ mod tests {
             Workload::parse(WorkloadKind::StatefulSet, &obj, "r")
         };
         let rolling_update = json!({"type": "RollingUpdate"});
-        let sts_done = s(json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 2,
-            "currentRevision": "db-2", "updateRevision": "db-2"}), rolling_update.clone());
+        let sts_done = s(
+            json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 2,
+            "currentRevision": "db-2", "updateRevision": "db-2"}),
+            rolling_update.clone(),
+        );
         assert_eq!(sts_done.progress(), Progress::Finished);
-        let sts_rolling = s(json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 2,
-            "currentRevision": "db-1", "updateRevision": "db-2"}), rolling_update);
-        assert!(matches!(sts_rolling.progress(), Progress::Waiting(_)));
-        let partitioned = s(json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 1,
+        let sts_rolling = s(
+            json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 2,
             "currentRevision": "db-1", "updateRevision": "db-2"}),
-            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 1}}));
+            rolling_update,
+        );
+        assert!(matches!(sts_rolling.progress(), Progress::Waiting(_)));
+        let partitioned = s(
+            json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 1,
+            "currentRevision": "db-1", "updateRevision": "db-2"}),
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 1}}),
+        );
         assert_eq!(partitioned.progress(), Progress::Finished);
-        let on_delete = s(json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 0,
-            "currentRevision": "db-1", "updateRevision": "db-2"}), json!({"type": "OnDelete"}));
+        let on_delete = s(
+            json!({"observedGeneration": 3, "readyReplicas": 2, "updatedReplicas": 0,
+            "currentRevision": "db-1", "updateRevision": "db-2"}),
+            json!({"type": "OnDelete"}),
+        );
         assert_eq!(on_delete.progress(), Progress::Finished);
 
         let ds = |status: Value| {
@@ -512,16 +540,27 @@ mod tests {
         let first = restart_step(None, Some((2, vec!["k".into()])), &ws, Some(&policy), now);
         let ws = vec![rolling(deploy("a", 2, 2, Some(2))), deploy("b", 1, 1, None)];
         let status = first.status.unwrap();
-        assert_eq!(next_deadline(&status, Some(&policy)), Some(
-            DateTime::parse_from_rfc3339(status.targets[0].since.as_deref().unwrap()).unwrap().with_timezone(&Utc) + chrono::Duration::seconds(30)
-        ));
+        assert_eq!(
+            next_deadline(&status, Some(&policy)),
+            Some(
+                DateTime::parse_from_rfc3339(status.targets[0].since.as_deref().unwrap())
+                    .unwrap()
+                    .with_timezone(&Utc)
+                    + chrono::Duration::seconds(30)
+            )
+        );
         let later = now + chrono::Duration::seconds(31);
         let stalled_step = restart_step(Some(&status), None, &ws, Some(&policy), later);
         assert!(stalled_step.patch.is_empty(), "b is never stamped");
         assert_eq!(stalled_step.newly_stalled.len(), 1);
         let round = stalled_step.status.unwrap();
         let why = stalled(&round).unwrap();
-        assert!(why.starts_with("Deployment/a: its rollout did not finish within progressDeadlineSeconds (30s)"), "{why}");
+        assert!(
+            why.starts_with(
+                "Deployment/a: its rollout did not finish within progressDeadlineSeconds (30s)"
+            ),
+            "{why}"
+        );
         assert_eq!(stalled_step.pending, vec!["k"]);
         // Still stalled later: no second Event.
         let again = restart_step(Some(&round), None, &ws, Some(&policy), later);
@@ -532,11 +571,18 @@ mod tests {
         let ws = vec![gave_up, deploy("b", 1, 1, None)];
         let own = restart_step(Some(&status), None, &ws, Some(&self::policy(1, None)), now);
         assert!(own.patch.is_empty());
-        assert!(stalled(own.status.as_ref().unwrap()).unwrap().contains("ProgressDeadlineExceeded"));
+        assert!(
+            stalled(own.status.as_ref().unwrap())
+                .unwrap()
+                .contains("ProgressDeadlineExceeded")
+        );
         // Once it finishes after all, the round goes on.
         let ws = vec![deploy("a", 2, 2, Some(2)), deploy("b", 1, 1, None)];
         let resumed = restart_step(Some(&round), None, &ws, Some(&policy), later);
-        assert_eq!(resumed.patch, vec![(WorkloadKind::Deployment, "b".to_string())]);
+        assert_eq!(
+            resumed.patch,
+            vec![(WorkloadKind::Deployment, "b".to_string())]
+        );
     }
 
     #[test]
@@ -554,10 +600,22 @@ mod tests {
         let now = Utc::now();
         let policy = policy(1, None);
         let ws = vec![deploy("a", 1, 1, None), deploy("b", 1, 1, None)];
-        let first = restart_step(None, Some((3, vec!["values.w".into()])), &ws, Some(&policy), now);
+        let first = restart_step(
+            None,
+            Some((3, vec!["values.w".into()])),
+            &ws,
+            Some(&policy),
+            now,
+        );
         // Revision 4 changes only hot keys while a restarts: the round for 3 goes on.
         let ws = vec![deploy("a", 2, 2, Some(3)), deploy("b", 1, 1, None)];
-        let hot = restart_step(first.status.as_ref(), Some((4, vec![])), &ws, Some(&policy), now);
+        let hot = restart_step(
+            first.status.as_ref(),
+            Some((4, vec![])),
+            &ws,
+            Some(&policy),
+            now,
+        );
         assert_eq!(hot.status.as_ref().unwrap().revision, 3);
         assert_eq!(hot.patch, vec![(WorkloadKind::Deployment, "b".to_string())]);
         assert_eq!(hot.pending, vec!["values.w"]);

@@ -126,7 +126,12 @@ pub fn agent_deployment(
 }
 
 /// A Deployment `name` of `replicas` plain pods (no agent) labelled `app: name` and `labels`.
-pub fn plain_deployment(name: &str, replicas: i32, labels: Value, annotations: Value) -> Deployment {
+pub fn plain_deployment(
+    name: &str,
+    replicas: i32,
+    labels: Value,
+    annotations: Value,
+) -> Deployment {
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": labels},
