@@ -92,17 +92,18 @@ async fn rolled_out(env: &TestEnv, names: &[&str], stamp: Option<&str>) {
     .await;
 }
 
-/// When each target's pods were being replaced: from the creation of its first pod not in
-/// `before` to the deletion of its last pod in `before`.
+/// When each target's pods were being replaced since `since`: from the creation of its first
+/// pod not in `before` to the deletion of its last pod in `before`.
 fn replacement_spans(
     history: &[PodEvent],
+    since: DateTime<Utc>,
     before: &HashSet<String>,
     targets: &[&str],
 ) -> Vec<(String, DateTime<Utc>, DateTime<Utc>)> {
     let mut spans: Vec<_> = targets
         .iter()
         .map(|t| {
-            let of = |e: &&PodEvent| e.name.starts_with(&format!("{t}-"));
+            let of = |e: &&PodEvent| e.at >= since && e.name.starts_with(&format!("{t}-"));
             let first_new = history
                 .iter()
                 .filter(of)
@@ -139,6 +140,7 @@ async fn restart_round(
         .filter_map(|p| p.uid())
         .collect();
     assert_eq!(before.len(), 9, "three Deployments of three");
+    let since = Utc::now();
     change.await;
     let started = until(env, "app", "the restart round", |s| {
         s.restart
@@ -187,7 +189,7 @@ async fn restart_round(
             p.name_any()
         );
     }
-    let spans = replacement_spans(&history, &before, &WEB);
+    let spans = replacement_spans(&history, since, &before, &WEB);
     for pair in spans.windows(2) {
         assert!(
             pair[1].1 >= pair[0].2,
@@ -210,20 +212,7 @@ async fn restarts_roll_one_target_at_a_time_and_wait_for_finished_rollouts() {
         )
         .await;
     }
-    // Pods carry the tier too, for the test's own selection.
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.ns);
-    for name in WEB {
-        deployments
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"spec": {"template": {"metadata": {"labels": {"tier": "web"}}}}}),
-                ),
-            )
-            .await
-            .unwrap();
-    }
     rolled_out(&env, &WEB, None).await;
     env.apply_yaml(APP);
     until(&env, "app", "revision 1", |s| {

@@ -353,9 +353,12 @@ pub fn describe_failures(status: &ConsumerStatus) -> String {
 
 /// Records in history how many consumers applied each revision they report. Only a clean
 /// application counts: a pod that got the file but whose app refused it, or that failed the
-/// revision judged by its health, is not running that revision.
+/// revision judged by its health, is not running that revision. A revision that every pod
+/// applied and that then hurts a pod within the health window loses `appliedByAll`: it is no
+/// known-good target for a later automatic rollback.
 pub fn record_applied(history: &mut [Snapshot], consumers: &[Consumer], judging: &Judging) {
     let selected = consumers.len() as i64;
+    let hurt = consumers.iter().any(|c| c.failure(judging).is_some());
     for snap in history.iter_mut() {
         let count = consumers
             .iter()
@@ -365,7 +368,9 @@ pub fn record_applied(history: &mut [Snapshot], consumers: &[Consumer], judging:
         if count > snap.applied_by.unwrap_or(0) {
             snap.applied_by = Some(count);
         }
-        if selected > 0 && count == selected {
+        if snap.revision == judging.revision && hurt {
+            snap.applied_by_all = false;
+        } else if selected > 0 && count == selected {
             snap.applied_by_all = true;
         }
     }
@@ -573,5 +578,24 @@ mod tests {
         );
         assert_eq!(history[0].applied_by, Some(1));
         assert!(!history[0].applied_by_all);
+        // Applied by every pod, then one got hurt within the window: no longer known-good.
+        let mut history = vec![snap(3)];
+        let fine = [consumer("a", 3, None), consumer("b", 3, None)];
+        record_applied(&mut history, &fine, &judging(3, 5));
+        assert!(history[0].applied_by_all);
+        let mut hurt = consumer("b", 3, None);
+        hurt.health.crash_looping = true;
+        hurt.health.last_restart = Some(t(8));
+        record_applied(
+            &mut history,
+            &[consumer("a", 3, None), hurt],
+            &judging(3, 10),
+        );
+        assert!(!history[0].applied_by_all);
+        assert_eq!(
+            history[0].applied_by,
+            Some(2),
+            "the most that ever applied it"
+        );
     }
 }

@@ -25,6 +25,8 @@ pub async fn simulator(env: &TestEnv, tweak: impl FnOnce(&mut SimOptions)) -> Si
         crash_period: Duration::from_secs(1),
         agent_binary: Some(hotconf_bin()),
         kubeconfig: Some(env.plane.kubeconfig_path().to_path_buf()),
+        // Kept beside the control-plane logs: agents' logs, volumes.
+        root: Some(env.plane.log_dir().join(format!("sim-{}", env.ns))),
         ..SimOptions::default()
     };
     tweak(&mut options);
@@ -125,19 +127,22 @@ pub fn agent_deployment(
     .expect("a Deployment")
 }
 
-/// A Deployment `name` of `replicas` plain pods (no agent) labelled `app: name` and `labels`.
+/// A Deployment `name` of `replicas` plain pods (no agent), it and its pods labelled `labels`
+/// (the pods also `app: name`).
 pub fn plain_deployment(
     name: &str,
     replicas: i32,
     labels: Value,
     annotations: Value,
 ) -> Deployment {
+    let mut template_labels = labels.clone();
+    template_labels["app"] = json!(name);
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": labels},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": name}, "annotations": annotations},
+                "metadata": {"labels": template_labels, "annotations": annotations},
                 "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
             }
         }

@@ -318,7 +318,15 @@ pub fn impersonating_kubeconfig(
     }
     let yaml = serde_yaml::to_string(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    std::fs::write(out, yaml)
+    // Atomically: the pods of one ServiceAccount share the file, and an agent starting while
+    // another pod's start rewrites it must never read half of it.
+    let tmp = out.with_extension(format!(
+        "tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&tmp, yaml)?;
+    std::fs::rename(&tmp, out)
 }
 
 /// The groups a ServiceAccount's token carries.
