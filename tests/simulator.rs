@@ -769,3 +769,31 @@ async fn reload_fails_makes_the_stand_in_app_refuse_that_revision() {
     .await;
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_fits_no_node_stays_pending_as_unschedulable() {
+    let env = TestEnv::new("sim-unsched").await;
+    let sim = simulator(&env, |_| {}).await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "picky", "labels": {"app": "picky"}},
+        "spec": {"nodeSelector": {"disk": "ssd"},
+            "containers": [{"name": "app", "image": "busybox"}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let pod = eventually(30, "picky Unschedulable", || async {
+        pods(&env, "picky").await.into_iter().find(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable"))
+        })
+    })
+    .await;
+    assert_eq!(pod.spec.unwrap().node_name, None);
+    assert!(sim.history().iter().all(|e| e.kind == PodEventKind::Seen));
+    sim.stop().await;
+}

@@ -170,20 +170,17 @@ impl Life {
     async fn step(&mut self, pod: &Pod) -> Result<(), kube::Error> {
         let now = chrono::Utc::now();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let ours = &self.context.options.node_name;
         if self.bound_at.is_none() {
             match node {
-                Some(_) => {}
-                None if super::node::fits(
-                    pod,
-                    &self.context.options.node_name,
-                    &self.context.node_labels,
-                ) =>
-                {
+                Some(node) if node == *ours => {}
+                // Another scheduler's (or simulator's) pod.
+                Some(_) => return Ok(()),
+                None if super::node::fits(pod, ours, &self.context.node_labels) => {
                     self.bind().await?;
                     self.context.shared.record(pod, PodEventKind::Bound);
                 }
-                // Unschedulable here; a real scheduler would say so in PodScheduled.
-                None => return Ok(()),
+                None => return self.unschedulable(pod).await,
             }
             self.bound_at = Some(Instant::now());
             self.sim.set_scheduled(now);
@@ -246,6 +243,30 @@ impl Life {
                 self.context.shared.record(pod, kind);
             }
         }
+        Ok(())
+    }
+
+    // As the scheduler reports a pod that fits no node, once.
+    async fn unschedulable(&mut self, pod: &Pod) -> Result<(), kube::Error> {
+        let already = pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable"));
+        if already {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let message = format!(
+            "0/1 nodes are available: node {} does not match the pod's node selector or affinity",
+            self.context.options.node_name
+        );
+        let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": message, "lastProbeTime": null,
+            "lastTransitionTime": now}]}});
+        self.pods()
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
         Ok(())
     }
 
