@@ -200,6 +200,19 @@ async fn deployments_get_ready_pods_and_roll() {
             "old pod {uid} deleted by the simulator"
         );
     }
+    // A rolling update with maxUnavailable 0 (25% of 3, rounded down): a new pod is Ready
+    // before the first old one goes.
+    let first_new_ready = history
+        .iter()
+        .find(|e| e.kind == PodEventKind::Ready && !old.contains(&e.uid))
+        .map(|e| e.at)
+        .unwrap();
+    let first_old_deleted = history
+        .iter()
+        .find(|e| e.kind == PodEventKind::Deleted && old.contains(&e.uid))
+        .map(|e| e.at)
+        .unwrap();
+    assert!(first_new_ready <= first_old_deleted, "{history:#?}");
     sim.stop().await;
 }
 
