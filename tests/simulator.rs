@@ -636,7 +636,7 @@ async fn an_agent_sidecar_runs_applies_and_goes_with_its_pod() {
     deployments
         .create(
             &PostParams::default(),
-            &sidecar_deployment(json!({FAULT: "never-ready", FAULT_ON_APPLIED_REVISION: "2"})),
+            &sidecar_deployment(json!({FAULT: "crash-loop", FAULT_ON_APPLIED_REVISION: "2"})),
         )
         .await
         .unwrap();
@@ -694,12 +694,32 @@ async fn an_agent_sidecar_runs_applies_and_goes_with_its_pod() {
     let source = sim.volume_dir(&env.ns, &name, "source").unwrap();
     assert!(std::fs::read_link(source.join("..data")).is_ok());
 
-    // Gated on the applied revision: NotReady while the agent reports 2, Ready again on 3.
+    // Gated on the applied revision: the app crash-loops while the agent reports 2 (the agent
+    // runs on), and runs again, Ready, once it applies 3; its restart count stays.
+    let app_status = |pod: &Pod| status_json(pod)["containerStatuses"][0].clone();
     set_value(&env, 45).await;
     let at_2 = at_revision(2, false).await;
     assert_eq!(at_2.name_any(), name);
+    let crashed = eventually(30, "the app restarted in CrashLoopBackOff", || async {
+        pods(&env, "lazy-loading").await.into_iter().find(|p| {
+            let c = app_status(p);
+            c["restartCount"].as_i64() >= Some(1)
+                && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        })
+    })
+    .await;
+    let restarts = app_status(&crashed)["restartCount"].as_i64().unwrap();
+    assert_eq!(
+        status_json(&crashed)["containerStatuses"][1]["ready"],
+        true,
+        "the agent"
+    );
     set_value(&env, 60).await;
-    at_revision(3, true).await;
+    let recovered = at_revision(3, true).await;
+    let c = app_status(&recovered);
+    assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
+    assert!(c["restartCount"].as_i64().unwrap() >= restarts, "{c}");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
     assert!(sim.reload_count(&env.ns, &name) >= 3);
 
     // The pod goes: its agent is stopped before it is deleted.
