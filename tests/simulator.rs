@@ -722,6 +722,21 @@ async fn an_agent_sidecar_runs_applies_and_goes_with_its_pod() {
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
     assert!(sim.reload_count(&env.ns, &name) >= 3);
 
+    // An agent that dies is started again, and its container's restart count says so.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let pid = eventually(60, "the agent restarted", || async {
+        let agent = sim.agents().into_iter().next()?;
+        let pod = pods(&env, "lazy-loading").await.into_iter().next()?;
+        let restarts = status_json(&pod)["containerStatuses"][1]["restartCount"].as_i64();
+        (agent.pid.is_some_and(|p| p != pid) && restarts == Some(1) && ready(&pod))
+            .then_some(agent.pid.unwrap())
+    })
+    .await;
+
     // The pod goes: its agent is stopped before it is deleted.
     deployments
         .patch(
