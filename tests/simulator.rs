@@ -200,6 +200,19 @@ async fn deployments_get_ready_pods_and_roll() {
             "old pod {uid} deleted by the simulator"
         );
     }
+    // A rolling update with maxUnavailable 0 (25% of 3, rounded down): a new pod is Ready
+    // before the first old one goes.
+    let first_new_ready = history
+        .iter()
+        .find(|e| e.kind == PodEventKind::Ready && !old.contains(&e.uid))
+        .map(|e| e.at)
+        .unwrap();
+    let first_old_deleted = history
+        .iter()
+        .find(|e| e.kind == PodEventKind::Deleted && old.contains(&e.uid))
+        .map(|e| e.at)
+        .unwrap();
+    assert!(first_new_ready <= first_old_deleted, "{history:#?}");
     sim.stop().await;
 }
 
@@ -623,7 +636,7 @@ async fn an_agent_sidecar_runs_applies_and_goes_with_its_pod() {
     deployments
         .create(
             &PostParams::default(),
-            &sidecar_deployment(json!({FAULT: "never-ready", FAULT_ON_APPLIED_REVISION: "2"})),
+            &sidecar_deployment(json!({FAULT: "crash-loop", FAULT_ON_APPLIED_REVISION: "2"})),
         )
         .await
         .unwrap();
@@ -681,13 +694,48 @@ async fn an_agent_sidecar_runs_applies_and_goes_with_its_pod() {
     let source = sim.volume_dir(&env.ns, &name, "source").unwrap();
     assert!(std::fs::read_link(source.join("..data")).is_ok());
 
-    // Gated on the applied revision: NotReady while the agent reports 2, Ready again on 3.
+    // Gated on the applied revision: the app crash-loops while the agent reports 2 (the agent
+    // runs on), and runs again, Ready, once it applies 3; its restart count stays.
+    let app_status = |pod: &Pod| status_json(pod)["containerStatuses"][0].clone();
     set_value(&env, 45).await;
     let at_2 = at_revision(2, false).await;
     assert_eq!(at_2.name_any(), name);
+    let crashed = eventually(30, "the app restarted in CrashLoopBackOff", || async {
+        pods(&env, "lazy-loading").await.into_iter().find(|p| {
+            let c = app_status(p);
+            c["restartCount"].as_i64() >= Some(1)
+                && c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        })
+    })
+    .await;
+    let restarts = app_status(&crashed)["restartCount"].as_i64().unwrap();
+    assert_eq!(
+        status_json(&crashed)["containerStatuses"][1]["ready"],
+        true,
+        "the agent"
+    );
     set_value(&env, 60).await;
-    at_revision(3, true).await;
+    let recovered = at_revision(3, true).await;
+    let c = app_status(&recovered);
+    assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
+    assert!(c["restartCount"].as_i64().unwrap() >= restarts, "{c}");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1, "{c}");
     assert!(sim.reload_count(&env.ns, &name) >= 3);
+
+    // An agent that dies is started again, and its container's restart count says so.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let pid = eventually(60, "the agent restarted", || async {
+        let agent = sim.agents().into_iter().next()?;
+        let pod = pods(&env, "lazy-loading").await.into_iter().next()?;
+        let restarts = status_json(&pod)["containerStatuses"][1]["restartCount"].as_i64();
+        (agent.pid.is_some_and(|p| p != pid) && restarts == Some(1) && ready(&pod))
+            .then_some(agent.pid.unwrap())
+    })
+    .await;
 
     // The pod goes: its agent is stopped before it is deleted.
     deployments
@@ -767,5 +815,33 @@ async fn reload_fails_makes_the_stand_in_app_refuse_that_revision() {
         a["revision"] == 3 && a["error"].is_null()
     })
     .await;
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_fits_no_node_stays_pending_as_unschedulable() {
+    let env = TestEnv::new("sim-unsched").await;
+    let sim = simulator(&env, |_| {}).await;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "picky", "labels": {"app": "picky"}},
+        "spec": {"nodeSelector": {"disk": "ssd"},
+            "containers": [{"name": "app", "image": "busybox"}]}
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let pod = eventually(30, "picky Unschedulable", || async {
+        pods(&env, "picky").await.into_iter().find(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable"))
+        })
+    })
+    .await;
+    assert_eq!(pod.spec.unwrap().node_name, None);
+    assert!(sim.history().iter().all(|e| e.kind == PodEventKind::Seen));
     sim.stop().await;
 }

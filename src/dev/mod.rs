@@ -122,7 +122,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     let pods = match &simulator {
         Some(_) => {
-            "Pods are simulated (no kubelet): the examples' Deployment runs with a live hotconf agent,\nwhich reports on its Pod:\n\n    kubectl get pods -o custom-columns=NAME:.metadata.name,READY:.status.conditions[-1].status,APPLIED:.metadata.annotations.hotconf\\.dev/applied\n\n"
+            "Pods are simulated (no kubelet): the examples' Deployment runs with a live hotconf agent,\nwhich reports on its Pod:\n\n    kubectl get pods -o wide\n    kubectl get pod -l app=lazy-loading -o jsonpath='{.items[*].metadata.annotations.hotconf\\.dev/applied}'\n\n"
         }
         None => "No pod simulator (--no-simulator): workloads' pods stay Pending.\n\n",
     };

@@ -318,13 +318,11 @@ pub fn impersonating_kubeconfig(
     }
     let yaml = serde_yaml::to_string(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    // Atomically: the pods of one ServiceAccount share the file, and an agent starting while
-    // another pod's start rewrites it must never read half of it.
-    let tmp = out.with_extension(format!(
-        "tmp-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
+    // Pods of one ServiceAccount share the file: an agent starting never reads half of it.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(format!(".{}.{n}.tmp", std::process::id()));
     std::fs::write(&tmp, yaml)?;
     std::fs::rename(&tmp, out)
 }

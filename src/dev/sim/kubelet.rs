@@ -167,85 +167,126 @@ impl Life {
         Api::namespaced(self.context.client.clone(), &self.namespace)
     }
 
+    // One look at the pod: schedule it, start it when due, keep its volumes in step, and
+    // report its status when it changed.
     async fn step(&mut self, pod: &Pod) -> Result<(), kube::Error> {
         let now = chrono::Utc::now();
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        if self.bound_at.is_none() {
-            match node {
-                Some(_) => {}
-                None if super::node::fits(
-                    pod,
-                    &self.context.options.node_name,
-                    &self.context.node_labels,
-                ) =>
-                {
-                    self.bind().await?;
-                    self.context.shared.record(pod, PodEventKind::Bound);
-                }
-                // Unschedulable here; a real scheduler would say so in PodScheduled.
-                None => return Ok(()),
-            }
-            self.bound_at = Some(Instant::now());
-            self.sim.set_scheduled(now);
+        if !self.schedule(pod, now).await? {
+            return Ok(());
         }
-        if !self.sim.running()
-            && self
-                .bound_at
-                .is_some_and(|t| t.elapsed() >= self.context.options.start_delay)
-        {
-            match self.sync_volumes(true).await {
-                Ok(()) => {
-                    self.start_agents(pod);
-                    self.sim.start(now);
-                    self.context.shared.record(pod, PodEventKind::Started);
-                }
-                Err(why) => self.sim.creating = Some(why),
+        self.start_when_due(pod, now).await;
+        self.sync_when_due().await;
+        let fault = self.fault(pod);
+        self.supervise_agents(now).await;
+        let agents = &self.agents;
+        let agent_ready = |name: &str| agents.get(name).is_none_or(RunningAgent::ready);
+        self.sim
+            .advance(now, fault, &agent_ready, self.context.options.crash_period);
+        self.report(pod).await
+    }
+
+    // Whether the pod is bound to this node, binding it when it fits.
+    async fn schedule(
+        &mut self,
+        pod: &Pod,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, kube::Error> {
+        if self.bound_at.is_some() {
+            return Ok(true);
+        }
+        let ours = &self.context.options.node_name;
+        match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+            Some(node) if node == ours => {}
+            // Another scheduler's (or simulator's) pod.
+            Some(_) => return Ok(false),
+            None if super::node::fits(pod, ours, &self.context.node_labels) => {
+                self.bind().await?;
+                self.context.shared.record(pod, PodEventKind::Bound);
+            }
+            None => {
+                self.unschedulable(pod).await?;
+                return Ok(false);
             }
         }
+        self.bound_at = Some(Instant::now());
+        self.sim.set_scheduled(now);
+        Ok(true)
+    }
+
+    async fn start_when_due(&mut self, pod: &Pod, now: chrono::DateTime<chrono::Utc>) {
+        let due = self
+            .bound_at
+            .is_some_and(|t| t.elapsed() >= self.context.options.start_delay);
+        if self.sim.running() || !due {
+            return;
+        }
+        match self.sync_volumes(true).await {
+            Ok(()) => {
+                self.start_agents(pod);
+                self.sim.start(now);
+                self.context.shared.record(pod, PodEventKind::Started);
+            }
+            Err(why) => self.sim.creating = Some(why),
+        }
+    }
+
+    async fn sync_when_due(&mut self) {
         if self.sim.running() && self.sync_at.is_some_and(|t| Instant::now() >= t) {
             self.sync_at = None;
             if let Err(why) = self.sync_volumes(false).await {
                 tracing::warn!(pod = %self.name, %why, "volume sync");
             }
         }
-        let fault = self.fault(pod);
-        self.supervise_agents(now).await;
-        let agents = &self.agents;
-        let agent_ready = |name: &str| {
-            agents.get(name).is_none_or(|a| {
-                a.process
-                    .as_ref()
-                    .is_some_and(|_| a.seen_running && a.down_since.is_none())
-                    && a.probe_ok
-            })
-        };
-        self.sim
-            .advance(now, fault, &agent_ready, self.context.options.crash_period);
+    }
+
+    // Writes the pod's status when it differs from what was last written.
+    async fn report(&mut self, pod: &Pod) -> Result<(), kube::Error> {
         let status = self.sim.status();
-        let ready = status["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        if self.written.as_ref() != Some(&status) {
-            self.pods()
-                .patch_status(
-                    &self.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": status})),
-                )
-                .await?;
-            self.written = Some(status);
-            if ready != self.ready {
-                self.ready = ready;
-                let kind = if ready {
-                    PodEventKind::Ready
-                } else {
-                    PodEventKind::Unready
-                };
-                self.context.shared.record(pod, kind);
-            }
+        if self.written.as_ref() == Some(&status) {
+            return Ok(());
         }
+        self.pods()
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await?;
+        self.written = Some(status);
+        let ready = self.sim.ready();
+        if ready != self.ready {
+            self.ready = ready;
+            let kind = if ready {
+                PodEventKind::Ready
+            } else {
+                PodEventKind::Unready
+            };
+            self.context.shared.record(pod, kind);
+        }
+        Ok(())
+    }
+
+    // As the scheduler reports a pod that fits no node, once.
+    async fn unschedulable(&mut self, pod: &Pod) -> Result<(), kube::Error> {
+        let already = pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable"));
+        if already {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let message = format!(
+            "0/1 nodes are available: node {} does not match the pod's node selector or affinity",
+            self.context.options.node_name
+        );
+        let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": message, "lastProbeTime": null,
+            "lastTransitionTime": now}]}});
+        self.pods()
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
         Ok(())
     }
 
@@ -525,6 +566,11 @@ impl Life {
 }
 
 impl RunningAgent {
+    // Running (seen so) and, with a readiness probe, answering it.
+    fn ready(&self) -> bool {
+        self.process.is_some() && self.seen_running && self.down_since.is_none() && self.probe_ok
+    }
+
     fn spawn(&mut self, binary: &std::path::Path) {
         let mut env: Vec<(&str, &std::ffi::OsStr)> = self
             .command

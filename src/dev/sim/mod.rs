@@ -204,6 +204,7 @@ struct Context {
     options: SimOptions,
     root: PathBuf,
     host_ip: String,
+    ready_since: String,
     node_labels: BTreeMap<String, String>,
     shared: Arc<Shared>,
     app: app::App,
@@ -236,7 +237,7 @@ impl Simulator {
                 std::fs::create_dir_all(root.join(sub)),
             )?;
         }
-        node::register(&client, &options.node_name, HOST_IP).await?;
+        let ready_since = node::register(&client, &options.node_name, HOST_IP).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let app = app::App::default();
         let app_url = super::control_plane::io(
@@ -251,6 +252,7 @@ impl Simulator {
             options: options.clone(),
             root: root.clone(),
             host_ip: HOST_IP.into(),
+            ready_since,
             shared: shared.clone(),
             app: app.clone(),
             app_url: app_url.clone(),
@@ -412,7 +414,7 @@ async fn run(context: Arc<Context>) {
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = heartbeat.tick() => {
-                if let Err(error) = node::heartbeat(&context.client, &context.options.node_name, &context.host_ip).await {
+                if let Err(error) = node::heartbeat(&context.client, &context.options.node_name, &context.host_ip, &context.ready_since).await {
                     tracing::warn!(%error, "node heartbeat failed");
                 }
             }

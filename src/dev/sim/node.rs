@@ -30,8 +30,9 @@ pub fn node_labels(name: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
-/// Creates (or takes over) the node `name` and reports it Ready.
-pub(super) async fn register(client: &Client, name: &str, host_ip: &str) -> Result<(), Error> {
+/// Creates (or takes over) the node `name` and reports it Ready; returns the time it became
+/// Ready, for [`heartbeat`]'s `lastTransitionTime`s.
+pub(super) async fn register(client: &Client, name: &str, host_ip: &str) -> Result<String, Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = json!({
         "apiVersion": "v1", "kind": "Node",
@@ -55,16 +56,24 @@ pub(super) async fn register(client: &Client, name: &str, host_ip: &str) -> Resu
             &Patch::Merge(json!({"spec": {"taints": null}})),
         )
         .await?;
-    heartbeat(client, name, host_ip).await
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    heartbeat(client, name, host_ip, &since).await?;
+    Ok(since)
 }
 
-/// Writes the node's status: Ready, no pressure, its capacity, addresses and versions.
-pub(super) async fn heartbeat(client: &Client, name: &str, host_ip: &str) -> Result<(), Error> {
+/// Writes the node's status: Ready (`since` then), no pressure, its capacity, addresses and
+/// versions.
+pub(super) async fn heartbeat(
+    client: &Client,
+    name: &str,
+    host_ip: &str,
+    since: &str,
+) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({"type": type_, "status": status, "reason": reason, "message": message,
-            "lastHeartbeatTime": now, "lastTransitionTime": now})
+            "lastHeartbeatTime": now, "lastTransitionTime": since})
     };
     let resources =
         json!({"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"});

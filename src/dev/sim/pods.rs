@@ -103,6 +103,13 @@ impl PodSim {
         self.started_at.is_some()
     }
 
+    /// Whether its `Ready` condition is True.
+    pub(super) fn ready(&self) -> bool {
+        self.conditions
+            .get("Ready")
+            .is_some_and(|(ready, _)| *ready)
+    }
+
     pub(super) fn set_scheduled(&mut self, now: Time) {
         self.scheduled = true;
         self.condition("PodScheduled", true, now);
