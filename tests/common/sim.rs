@@ -27,7 +27,6 @@ pub async fn simulator(env: &TestEnv, tweak: impl FnOnce(&mut SimOptions)) -> Si
         kubeconfig: Some(env.plane.kubeconfig_path().to_path_buf()),
         // Kept beside the control-plane logs: agents' logs, volumes.
         root: Some(env.plane.log_dir().join(format!("sim-{}", env.ns))),
-        ..SimOptions::default()
     };
     tweak(&mut options);
     Simulator::start(env.client.clone(), options)
