@@ -62,9 +62,10 @@ bench-agent:
 bench:
 	@$(CONTROL_PLANE) && \
 	$(CARGO) build --release && \
-	$(CARGO) bench --no-run --bench core --bench cluster && \
+	$(CARGO) bench --no-run --bench core --bench cluster --bench fleet && \
 	$(CARGO) bench --bench core -- --quiet && \
 	tmp=$$( [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo "$${TMPDIR:-/tmp}" ) && \
 	TMPDIR=$$tmp $(CARGO) bench --bench cluster && \
 	TMPDIR=$$tmp $(CARGO) bench --bench admission && \
+	TMPDIR=$$tmp $(CARGO) bench --bench fleet && \
 	$(CARGO) bench --bench agent_latency

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use hotconf::dev::sim::{SimOptions, Simulator};
+use hotconf::dev::sim::{SimOptions, Simulator, workloads};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
     api::{ListParams, PostParams},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{TestEnv, hotconf_bin};
 
@@ -37,117 +37,11 @@ pub async fn simulator(env: &TestEnv, tweak: impl FnOnce(&mut SimOptions)) -> Si
 /// ServiceAccount `consumer` with exactly what an agent needs: read ConfigMap `config_map`,
 /// annotate pods.
 pub fn agent_rbac(env: &TestEnv, config_map: &str) {
-    env.apply_yaml(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: consumer}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: consumer-agent}}
-rules:
-- {{apiGroups: [""], resources: [configmaps], resourceNames: [{config_map}], verbs: [get, list, watch]}}
-- {{apiGroups: [""], resources: [pods], verbs: [patch]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: consumer-agent}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: consumer-agent}}
-subjects: [{{kind: ServiceAccount, name: consumer}}]
-"#
-    ));
+    env.apply_yaml(&workloads::agent_rbac_yaml(&[config_map]));
 }
 
-/// How the agent sidecar follows the ConfigMap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// The API watch, with the mounted volume as the fallback.
-    ApiAndVolume,
-    /// The mounted volume only.
-    VolumeOnly,
-}
-
-/// A Deployment `name` of `replicas` pods labelled `app: name` and `labels`, each an app
-/// container and a hotconf agent sidecar following ConfigMap `config_map` (data key
-/// `config.yaml`); `annotations` go on the pod template (simulator faults).
-pub fn agent_deployment(
-    name: &str,
-    replicas: i32,
-    config_map: &str,
-    source: Source,
-    labels: Value,
-    annotations: Value,
-) -> Deployment {
-    let mut template_labels = json!({"app": name});
-    if let Some(extra) = labels.as_object() {
-        for (k, v) in extra {
-            template_labels[k] = v.clone();
-        }
-    }
-    let mut args = vec![json!("agent")];
-    if source == Source::ApiAndVolume {
-        args.push(json!(format!("--configmap=$(POD_NAMESPACE)/{config_map}")));
-    }
-    args.extend([
-        json!("--watch-dir=/etc/hotconf/source"),
-        json!("--file=config.yaml"),
-        json!("--output=/etc/app/config.yaml"),
-        json!("--reload-url=http://localhost:8080/-/reload"),
-        json!("--admin-addr=0.0.0.0:9901"),
-    ]);
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": template_labels, "annotations": annotations},
-                "spec": {
-                    "serviceAccountName": "consumer",
-                    "containers": [
-                        {"name": "app", "image": "registry.example/app:1",
-                         "volumeMounts": [{"name": "app-config", "mountPath": "/etc/app", "readOnly": true}]},
-                        {"name": "hotconf-agent", "image": "ghcr.io/hotconf/hotconf:latest",
-                         "args": args,
-                         "env": [
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
-                         "volumeMounts": [
-                            {"name": "source", "mountPath": "/etc/hotconf/source", "readOnly": true},
-                            {"name": "app-config", "mountPath": "/etc/app"}]}
-                    ],
-                    "volumes": [
-                        {"name": "source", "configMap": {"name": config_map, "optional": true}},
-                        {"name": "app-config", "emptyDir": {}}
-                    ]
-                }
-            }
-        }
-    }))
-    .expect("a Deployment")
-}
-
-/// A Deployment `name` of `replicas` plain pods (no agent), it and its pods labelled `labels`
-/// (the pods also `app: name`).
-pub fn plain_deployment(
-    name: &str,
-    replicas: i32,
-    labels: Value,
-    annotations: Value,
-) -> Deployment {
-    let mut template_labels = labels.clone();
-    template_labels["app"] = json!(name);
-    serde_json::from_value(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": template_labels, "annotations": annotations},
-                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
-            }
-        }
-    }))
-    .expect("a Deployment")
-}
+#[allow(unused_imports)] // not every test binary uses them
+pub use workloads::{AgentSource as Source, agent_deployment, plain_deployment};
 
 /// Creates `deployment` in `env`'s namespace.
 pub async fn create(env: &TestEnv, deployment: &Deployment) {

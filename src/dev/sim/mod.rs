@@ -47,6 +47,7 @@ mod kubelet;
 pub mod node;
 mod pods;
 pub mod volumes;
+pub mod workloads;
 
 pub use app::Reload;
 pub use faults::{FAULT, FAULT_ON_APPLIED_REVISION, FAULT_ON_RESTART_REVISION, Fault, FaultSpec};
