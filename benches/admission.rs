@@ -391,7 +391,7 @@ async fn rollback_figures(plane: &ControlPlane, client: &Client, rounds: usize) 
             "p50": percentile(&times, 50.0),
             "max": times.last().copied().unwrap_or(f64::NAN),
         },
-        "note": "the operator polls consumer Pods every 2 s while a revision rolls out"
+        "note": "the operator watches the consumer pods: an agent's refusal reconciles at once"
     })
 }
 
