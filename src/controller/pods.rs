@@ -133,10 +133,12 @@ impl PodCache {
 
     fn upsert(&self, pod: &Pod) {
         let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-        let new = CachedPod::of(pod);
+        let mut new = CachedPod::of(pod);
         let old = {
             let mut pods = self.pods.write().expect("lock");
             let in_ns = pods.entry(ns.clone()).or_default();
+            new.consumer
+                .carry_baseline(in_ns.get(&name).map(|p| &p.consumer));
             if in_ns.get(&name) == Some(&new) {
                 // Nothing consumer status reads changed (most pod status updates).
                 return;
@@ -186,6 +188,13 @@ impl PodCache {
                     {
                         told.push((ns.clone(), pod.labels.clone()));
                     }
+                }
+            }
+            for (ns, now) in found.iter_mut() {
+                let was = old.get(ns);
+                for (name, pod) in now.iter_mut() {
+                    pod.consumer
+                        .carry_baseline(was.and_then(|w| w.get(name)).map(|p| &p.consumer));
                 }
             }
             for (ns, now) in &found {

@@ -45,6 +45,39 @@ pub struct PodHealth {
     pub last_restart: Option<DateTime<Utc>>,
     /// The pod's own `hotconf.dev/restart-revision` (the restart round its template is from).
     pub restart_revision: Option<i64>,
+    /// Its containers' restarts, all together.
+    pub restarts: i32,
+    /// What the pod was like when it was first seen with its current report (kept by the
+    /// operator's pod watch, which sees the report arrive): its restarts then, and whether it
+    /// was Ready. The API's times are whole seconds, too coarse to order a crash against an
+    /// application in the same second; the order of the watch's events is not.
+    pub at_apply: Option<Baseline>,
+}
+
+/// A pod's state when its agent's report was first seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Baseline {
+    /// Its containers' restarts then.
+    pub restarts: i32,
+    /// Whether it was Ready then.
+    pub ready: Option<bool>,
+}
+
+impl Consumer {
+    /// Keeps the baseline of `earlier` (this pod as last seen) when the report is the same one,
+    /// else takes the pod as it is now: the report is new.
+    pub fn carry_baseline(&mut self, earlier: Option<&Consumer>) {
+        let same_report = earlier.is_some_and(|e| {
+            e.revision == self.revision && e.applied_at == self.applied_at && e.error == self.error
+        });
+        self.health.at_apply = match earlier {
+            Some(e) if same_report => e.health.at_apply,
+            _ => Some(Baseline {
+                restarts: self.health.restarts,
+                ready: self.health.ready,
+            }),
+        };
+    }
 }
 
 /// Why a consumer failed a revision.
@@ -193,6 +226,7 @@ impl Consumer {
                 .and_then(|t| t.finished_at.as_ref())
                 .and_then(|t| chrono_time(t.0));
             health.last_restart = health.last_restart.max(finished);
+            health.restarts = health.restarts.saturating_add(c.restart_count);
         }
         consumer.health = health;
         consumer
@@ -232,33 +266,43 @@ impl Consumer {
         let in_window =
             |t: Option<DateTime<Utc>>| t.is_some_and(|t| t > at && t <= at + judging.window);
         let seconds = |t: Option<DateTime<Utc>>| t.map_or(0, |t| (t - at).num_seconds());
-        if h.crash_looping
-            && (in_window(h.ready_since) || in_window(h.last_restart) || started_for_it)
-        {
+        // A restart after the application: by the count, when the watch saw the report arrive
+        // (and the restart is within the window), else by the restart's time.
+        let restarted = match h.at_apply {
+            Some(base) => {
+                h.restarts > base.restarts
+                    && h.last_restart.is_none_or(|t| t <= at + judging.window)
+            }
+            None => in_window(h.last_restart),
+        };
+        let went_unready = in_window(h.ready_since)
+            || (h.at_apply.is_some_and(|b| b.ready == Some(true))
+                && h.ready_since.is_none_or(|t| t <= at + judging.window));
+        if h.crash_looping && (restarted || went_unready || started_for_it) {
             return Some(Failure {
                 reason: FailureReason::CrashLooping,
                 message: format!(
-                    "a container is in CrashLoopBackOff since {}s after applying revision {revision}",
-                    seconds(h.ready_since.filter(|t| *t > at).or(h.last_restart))
+                    "a container is in CrashLoopBackOff ({} restarts) since applying revision {revision}",
+                    h.restarts
                 ),
             });
         }
-        if in_window(h.last_restart) {
+        if restarted {
             return Some(Failure {
                 reason: FailureReason::Restarted,
                 message: format!(
                     "a container restarted {}s after applying revision {revision}",
-                    seconds(h.last_restart)
+                    seconds(h.last_restart).max(0)
                 ),
             });
         }
         if h.ready == Some(false) {
-            if in_window(h.ready_since) {
+            if went_unready {
                 return Some(Failure {
                     reason: FailureReason::NotReady,
                     message: format!(
                         "NotReady since {}s after applying revision {revision}",
-                        seconds(h.ready_since)
+                        seconds(h.ready_since).max(0)
                     ),
                 });
             }
@@ -501,6 +545,46 @@ mod tests {
     }
 
     #[test]
+    fn the_watch_orders_a_crash_in_the_same_second_as_the_application() {
+        let j = judging(3, 5);
+        // Applied at 10:00:00.600; the crash at 10:00:00.900 shows as 10:00:00.
+        let mut pod = consumer("p", 3, None);
+        pod.applied_at = Some(t(0) + chrono::Duration::milliseconds(600));
+        pod.health.restarts = 4;
+        pod.health.at_apply = Some(Baseline {
+            restarts: 4,
+            ready: Some(true),
+        });
+        assert_eq!(pod.failure(&j), None, "nothing since the report");
+        pod.health.restarts = 5;
+        pod.health.crash_looping = true;
+        pod.health.ready = Some(false);
+        pod.health.ready_since = Some(t(0));
+        pod.health.last_restart = Some(t(0));
+        assert_eq!(pod.failure(&j).unwrap().reason, FailureReason::CrashLooping);
+        // Crash-looping already when the report of a rollback arrived, and no restart since:
+        // not the rolled-back revision's doing.
+        pod.health.at_apply = Some(Baseline {
+            restarts: 5,
+            ready: Some(false),
+        });
+        assert_eq!(pod.failure(&j), None);
+
+        // The baseline is kept while the report stays, and taken anew with a new report.
+        let mut seen = consumer("p", 3, None);
+        seen.health.restarts = 1;
+        seen.carry_baseline(None);
+        let mut later = seen.clone();
+        later.health.restarts = 2;
+        later.carry_baseline(Some(&seen));
+        assert_eq!(later.health.at_apply.unwrap().restarts, 1);
+        let mut next = later.clone();
+        next.revision = Some(4);
+        next.carry_baseline(Some(&later));
+        assert_eq!(next.health.at_apply.unwrap().restarts, 2);
+    }
+
+    #[test]
     fn while_restarts_roll_only_the_new_template_is_judged_by_health() {
         let mut j = judging(4, 20);
         j.restart_round = Some(4);
@@ -544,6 +628,8 @@ mod tests {
                 crash_looping: true,
                 last_restart: Some(t(9)),
                 restart_revision: Some(2),
+                restarts: 2,
+                at_apply: None,
             }
         );
     }
