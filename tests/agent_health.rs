@@ -333,7 +333,10 @@ async fn a_stalled_api_watch_is_detected_and_re_established() {
     let before = synced().await.expect("a last sync for the API");
     // Nothing changes, yet each watch that runs to its timeout confirms the sync.
     let age = unix_now() - before;
-    assert!(age < 4.0, "last API sync {age:.1}s ago with a 2 s watch timeout");
+    assert!(
+        age < 4.0,
+        "last API sync {age:.1}s ago with a 2 s watch timeout"
+    );
 
     rig.proxy.stall();
     let detected = wait_up(&admin, "api", 0.0, 30).await;

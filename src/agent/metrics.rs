@@ -75,13 +75,17 @@ impl Readiness {
     }
 }
 
-// The sources' health, encoded at each scrape.
-#[derive(Debug, Clone, Default)]
-struct Sources(Vec<(Origin, health::Shared)>);
+// The sources' health, encoded at each scrape. Instants become Unix times through one anchor
+// taken at start, so that a sync reads as the same timestamp on every scrape.
+#[derive(Debug, Clone)]
+struct Sources {
+    sources: Vec<(Origin, health::Shared)>,
+    anchor: (Instant, SystemTime),
+}
 
 impl Sources {
     fn read(&self) -> Vec<(Origin, SourceHealth)> {
-        self.0
+        self.sources
             .iter()
             .map(|(origin, h)| (*origin, h.lock().unwrap_or_else(|e| e.into_inner()).clone()))
             .collect()
@@ -116,7 +120,7 @@ impl Collector for Sources {
         )?;
         for (origin, h) in &sources {
             if let Some(at) = h.last_sync() {
-                ConstGauge::new(unix_seconds(now, at))
+                ConstGauge::new(self.unix_seconds(at))
                     .encode(sync.encode_family(&labels(*origin))?)?;
             }
         }
@@ -138,14 +142,19 @@ impl Collector for Sources {
     }
 }
 
-// The wall-clock time of `at`, a monotonic instant before `now`.
-fn unix_seconds(now: Instant, at: Instant) -> f64 {
-    let wall = SystemTime::now()
-        .checked_sub(now.saturating_duration_since(at))
-        .unwrap_or(UNIX_EPOCH);
-    wall.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
+impl Sources {
+    // The Unix time of the instant `at`.
+    fn unix_seconds(&self, at: Instant) -> f64 {
+        let (instant, wall) = self.anchor;
+        let wall = if at >= instant {
+            wall + (at - instant)
+        } else {
+            wall.checked_sub(instant - at).unwrap_or(UNIX_EPOCH)
+        };
+        wall.duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    }
 }
 
 /// Labels of `hotconf_agent_reloads_total`.
@@ -213,7 +222,10 @@ impl Metrics {
 
     /// Registers the metrics, with the health of each source.
     pub fn with_sources(sources: Vec<(Origin, health::Shared)>) -> Self {
-        let sources = Sources(sources);
+        let sources = Sources {
+            sources,
+            anchor: (Instant::now(), SystemTime::now()),
+        };
         let mut registry = Registry::with_prefix("hotconf_agent");
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
