@@ -5,8 +5,9 @@
 //!
 //! The pieces: [`source`] (what a source hands on), [`volume`] and [`api`] (the two sources),
 //! [`arbiter`] (which source wins), [`check`] (parse and hash checks, `${VAR}` expansion),
-//! [`handoff`] (write and notify), [`report`] (the Pod annotation), [`metrics`] (metrics and
-//! the admin server). The client library (`crate::client`) reuses the sources and the checks.
+//! [`handoff`] (write and notify), [`report`] (the Pod annotation), [`health`] (each source's
+//! health and staleness), [`metrics`] (metrics and the admin server). The client library
+//! (`crate::client`) reuses the sources and the checks.
 //!
 //! Choices where SPEC.md is silent:
 //! - A document is identified by the SHA-256 of its text: the same content through either
@@ -26,6 +27,13 @@
 //! - A notification that still fails after its retries leaves the new file in place, is
 //!   counted (`notify_failed`) and reported in the annotation's `error`; the next new document
 //!   is handed on as usual.
+//! - `/readyz` is 200 from the first document handed on (written; a failed notification does
+//!   not undo it) and stays 200 while the agent keeps that last good document, even when
+//!   later ones are refused: the application still runs on a good configuration, and taking
+//!   every pod out of its Service because the operator projected one bad revision would turn
+//!   a refused document into an outage. Until then it is 503 with the reason.
+//! - The sources' staleness is in metrics, not in readiness ([`health`]): an API server
+//!   outage must not make every pod unready either. A stalled API watch is re-established.
 //! - At start, an output file that already holds the document (a restarted sidecar) is not
 //!   rewritten and the application is not notified again. Nor is it when the content handed on
 //!   last comes again under another revision (a rollback to an equal document, the metadata
@@ -35,6 +43,7 @@ pub mod api;
 pub mod arbiter;
 pub mod check;
 pub mod handoff;
+pub mod health;
 pub mod metrics;
 pub mod report;
 pub mod source;
@@ -48,12 +57,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
-use api::{ApiHealth, ApiSource, ApiState};
+use api::{ApiHealth, ApiSource, ApiState, WatchBounds};
 use arbiter::Arbiter;
 use handoff::{Handed, Notifier, Target};
 use metrics::{Metrics, Outcome};
 use report::{Applied, Reporter};
-use source::{Owner, Snapshot};
+use source::{Origin, Owner, Snapshot};
 use volume::VolumeSource;
 
 /// Arguments of `hotconf agent`.
@@ -111,6 +120,16 @@ pub struct AgentArgs {
     /// How long the volume directory must be quiet before a change is read.
     #[arg(long, env = "HOTCONF_DEBOUNCE", default_value = "10ms", value_parser = duration)]
     pub debounce: Duration,
+    /// The timeoutSeconds of each API watch: the server ends the watch after this long (with a
+    /// bookmark just before) and the agent watches again from where it was, so a healthy
+    /// watch is heard from at least this often even when nothing changes. Whole seconds.
+    #[arg(long, env = "HOTCONF_WATCH_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub watch_timeout: Duration,
+    /// How long the API source may hear nothing (no list answer, event, bookmark or end of
+    /// the watch) before the watch is taken for stalled: dropped, reported down, and the
+    /// ConfigMap listed again. Must exceed --watch-timeout [default: --watch-timeout + 15s].
+    #[arg(long, env = "HOTCONF_WATCH_IDLE_TIMEOUT", value_parser = duration)]
+    pub watch_idle_timeout: Option<Duration>,
     /// This Pod's name, for the hotconf.dev/applied annotation (Downward API).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -136,6 +155,16 @@ pub async fn run_until(
     if args.watch_dir.is_none() && args.configmap.is_none() {
         bail!("give a source: --watch-dir DIR and/or --configmap NAMESPACE/NAME");
     }
+    let bounds = WatchBounds::new(args.watch_timeout, args.watch_idle_timeout)?;
+    let started = Instant::now();
+    let volume_health = args
+        .watch_dir
+        .as_ref()
+        .map(|_| health::shared(volume::STALE, started));
+    let api_health = args
+        .configmap
+        .as_ref()
+        .map(|_| health::shared(bounds.idle, started));
     let signal = match &args.signal {
         None => None,
         Some(s) => {
@@ -164,7 +193,11 @@ pub async fn run_until(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics = Arc::new(Metrics::new());
+    let sources = [(Origin::Api, &api_health), (Origin::Volume, &volume_health)]
+        .into_iter()
+        .filter_map(|(origin, h)| Some((origin, h.clone()?)))
+        .collect();
+    let metrics = Arc::new(Metrics::with_sources(sources));
     if !matches!(args.admin_addr.as_str(), "" | "off") {
         let mut stop = stop_rx.clone();
         let bound = metrics::serve(&args.admin_addr, metrics.clone(), async move {
@@ -202,18 +235,19 @@ pub async fn run_until(
     };
 
     let mut volume_rx = None;
-    if let Some(dir) = &args.watch_dir {
+    if let (Some(dir), Some(health)) = (&args.watch_dir, &volume_health) {
         let (tx, rx) = watch::channel(None);
         let source = VolumeSource {
             dir: dir.clone(),
             key: args.file.clone(),
             debounce: args.debounce,
+            health: health.clone(),
         };
         tokio::spawn(source.run(tx));
         volume_rx = Some(rx);
     }
     let mut api_rx = None;
-    if let (Some(spec), Some(client)) = (&args.configmap, &client) {
+    if let (Some(spec), Some(client), Some(health)) = (&args.configmap, &client, &api_health) {
         let (namespace, name) = match spec.split_once('/') {
             Some((ns, name)) => (ns.to_string(), name.to_string()),
             None => match &args.pod_namespace {
@@ -227,6 +261,8 @@ pub async fn run_until(
             namespace,
             name,
             key: args.file.clone(),
+            bounds,
+            health: health.clone(),
         };
         tokio::spawn(source.run(tx));
         api_rx = Some(rx);
@@ -247,6 +283,8 @@ pub async fn run_until(
         watch_dir = ?args.watch_dir,
         configmap = ?args.configmap,
         output = ?args.output,
+        watch_timeout = ?bounds.timeout,
+        watch_idle_timeout = ?bounds.idle,
         "agent started"
     );
     agent.run(volume_rx, api_rx, shutdown).await;
@@ -449,6 +487,8 @@ impl Agent {
                     "refused a new document; the last good one stays"
                 );
                 self.metrics.count(Outcome::Refused);
+                self.metrics
+                    .set_not_handed_on(format!("{what} ({source}) refused: {reason}"));
                 self.arbiter.handled(snapshot, false);
                 self.report_for(
                     Some(format!("{what} refused: {reason}")),
@@ -459,6 +499,7 @@ impl Agent {
             Fate::WriteFailed(reason) => {
                 tracing::error!(error = %reason, "hand-off failed; the previous file stays");
                 self.metrics.count(Outcome::WriteFailed);
+                self.metrics.set_not_handed_on(reason.clone());
                 self.arbiter.handled(snapshot, false);
                 self.report(Some(reason), snapshot.revision);
             }
@@ -546,7 +587,6 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use source::Origin;
 
     fn snapshot(text: Result<&str, &str>, hash: Option<&str>) -> Snapshot {
         let mut s = Snapshot::new(

@@ -28,6 +28,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
+use super::health;
 use super::source::{Origin, Owner, Snapshot, State, Unreadable, default_key};
 use crate::projection::{META_KEY, Meta};
 
@@ -37,6 +38,9 @@ pub const MAX_DELAY: Duration = Duration::from_millis(50);
 pub const RESYNC: Duration = Duration::from_secs(2);
 /// How often a missing directory is looked for.
 pub const RETRY: Duration = Duration::from_millis(20);
+/// How long the volume source may go without a read (it reads at least every [`RESYNC`])
+/// before it is reported stalled.
+pub const STALE: Duration = Duration::from_secs(10);
 
 /// What a read of the directory found.
 #[derive(Debug, PartialEq, Eq)]
@@ -208,6 +212,9 @@ pub struct VolumeSource {
     pub key: Option<String>,
     /// How long the directory must be quiet before it is read.
     pub debounce: Duration,
+    /// Where the source reports its health: up after each successful read of the directory,
+    /// down while it is missing or unreadable (its bound should be [`STALE`]).
+    pub health: health::Shared,
 }
 
 type Events = mpsc::UnboundedReceiver<notify::Result<notify::Event>>;
@@ -237,6 +244,9 @@ impl VolumeSource {
                         self.publish(&tx, &mut last, Instant::now().into_std());
                     }
                     Err(e) => {
+                        self.set_health(|h| {
+                            h.failed(format!("waiting for the volume directory: {e}"))
+                        });
                         if !waiting_logged {
                             tracing::info!(dir = %self.dir.display(), error = %e, "waiting for the volume directory");
                             waiting_logged = true;
@@ -322,6 +332,13 @@ impl VolumeSource {
         })
     }
 
+    // Records a read (or why there was none); the source is alive either way.
+    fn set_health(&self, f: impl FnOnce(&mut health::SourceHealth)) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.heard(Instant::now().into_std());
+        f(&mut h);
+    }
+
     fn publish(
         &self,
         tx: &watch::Sender<Option<Snapshot>>,
@@ -329,10 +346,19 @@ impl VolumeSource {
         seen_at: std::time::Instant,
     ) {
         let (key, text, meta) = match read(&self.dir, self.key.as_deref()) {
-            Ok(Read::Found { key, text, meta }) => (key, text, meta),
-            Ok(Read::NotReady) => return,
+            Ok(Read::Found { key, text, meta }) => {
+                self.set_health(|h| h.listed(Instant::now().into_std()));
+                (key, text, meta)
+            }
+            Ok(Read::NotReady) => {
+                self.set_health(|h| {
+                    h.failed("the volume has no data (not mounted, or being written)")
+                });
+                return;
+            }
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "reading the volume");
+                self.set_health(|h| h.failed(format!("reading the volume: {e}")));
                 return;
             }
         };

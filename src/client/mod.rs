@@ -46,8 +46,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::agent::api::{ApiSource, ApiState};
+use crate::agent::api::{ApiSource, ApiState, WatchBounds};
 use crate::agent::check;
+use crate::agent::health;
 use crate::agent::source::Snapshot;
 use crate::agent::volume::VolumeSource;
 use crate::crd::Format;
@@ -253,6 +254,7 @@ impl Options {
             dir: dir.as_ref().to_path_buf(),
             key: self.file.clone(),
             debounce: self.debounce,
+            health: health::shared(crate::agent::volume::STALE, std::time::Instant::now()),
         };
         let task = tokio::spawn(source.run(tx)).abort_handle();
         self.follow(rx, |s: &Option<Snapshot>| s.clone(), task)
@@ -273,6 +275,8 @@ impl Options {
             namespace: namespace.to_string(),
             name: name.to_string(),
             key: self.file.clone(),
+            bounds: WatchBounds::default(),
+            health: health::shared(WatchBounds::default().idle, std::time::Instant::now()),
         };
         let task = tokio::spawn(source.run(tx)).abort_handle();
         self.follow(rx, |s: &ApiState| s.latest.clone(), task).await

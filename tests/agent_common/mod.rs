@@ -8,6 +8,7 @@
 #[path = "../common/http.rs"]
 mod http;
 pub use http::{http_get, sample};
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -181,6 +182,21 @@ pub fn free_addr() -> String {
 /// Reads one metric from the agent's admin server.
 pub async fn metric(admin: &str, name: &str) -> Option<f64> {
     sample(&http_get(admin, "/metrics").await?, name)
+}
+
+/// GET `path` from `addr` (plain HTTP/1.0): the status code and the body, when something
+/// answered.
+pub async fn http_status(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
 }
 
 /// Polls `check` every 20 ms until it returns `Some` or `secs` pass.
