@@ -22,6 +22,9 @@ use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// RuntimeConfigs reading one Secret: more than a controller's 16 reconcile slots.
+const CONSUMERS: usize = 20;
+
 /// Bounds in seconds, so the faults show within a test's patience.
 fn fast_bounds(port: u16) -> Vec<String> {
     vec![
@@ -108,9 +111,34 @@ async fn a_silent_crd_server_stalls_the_custom_resource_watches_until_it_resumes
         .patch("creds", &apply, &Patch::Apply(creds("first-secret")))
         .await
         .unwrap();
-    env.apply_yaml(
-        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app}\nspec:\n  schema:\n    db_password: {type: string, sensitive: true}\n  valuesFrom:\n  - {key: db_password, secretKeyRef: {name: creds, key: password}}\n",
-    );
+    // More readers of the Secret than a controller has reconcile slots (16): when they all
+    // hang, the loop itself cannot turn.
+    let names: Vec<String> = (0..CONSUMERS).map(|i| format!("app-{i}")).collect();
+    let yaml: String = names
+        .iter()
+        .map(|name| format!("---\napiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {{name: {name}}}\nspec:\n  schema:\n    db_password: {{type: string, sensitive: true}}\n  valuesFrom:\n  - {{key: db_password, secretKeyRef: {{name: creds, key: password}}}}\n"))
+        .collect();
+    env.apply_yaml(&yaml);
+    let at_revision = |revision: i64| {
+        let (rtcs, names) = (rtcs.clone(), names.clone());
+        async move {
+            eventually(
+                90,
+                &format!("every RuntimeConfig at revision {revision}"),
+                || {
+                    let (rtcs, names) = (rtcs.clone(), names.clone());
+                    async move {
+                        for name in &names {
+                            let obj = rtcs.get(name).await.ok()?;
+                            (obj.status?.current_revision == Some(revision)).then_some(())?;
+                        }
+                        Some(())
+                    }
+                },
+            )
+            .await
+        }
+    };
     let port = free_port();
     let _operator = env.start_operator_with(
         hotconf::dev::control_plane::OPERATOR_USER,
@@ -119,11 +147,7 @@ async fn a_silent_crd_server_stalls_the_custom_resource_watches_until_it_resumes
     let ready = until(port, "/readyz", 200, 60).await;
     assert!(ready.starts_with("ok"), "{ready}");
     until(port, "/healthz", 200, 10).await;
-    eventually(60, "app at revision 1", || async {
-        let obj = rtcs.get("app").await.ok()?;
-        (obj.status?.current_revision == Some(1)).then_some(())
-    })
-    .await;
+    at_revision(1).await;
     for kind in ["RuntimeConfig", "PoolBudget", "ConfigMap", "Secret", "Pod"] {
         assert_eq!(metric(port, &up(kind)).await, Some(1.0), "{kind} watch up");
     }
@@ -135,8 +159,8 @@ async fn a_silent_crd_server_stalls_the_custom_resource_watches_until_it_resumes
     let restarts_before = metric(port, &restarts("RuntimeConfig")).await.unwrap();
 
     // The CRD server stops answering: its connections stay open and deliver nothing. A Secret
-    // rotation (kube-apiserver still serves Secrets) starts a reconcile whose status write
-    // waits on the stopped server.
+    // rotation (kube-apiserver still serves Secrets) starts a reconcile of every reader, whose
+    // status writes wait on the stopped server and hold every slot.
     let stopped = Stopped::new(pid);
     let fault = std::time::Instant::now();
     secrets
@@ -162,10 +186,20 @@ async fn a_silent_crd_server_stalls_the_custom_resource_watches_until_it_resumes
     );
     assert_eq!(metric(port, &up("RuntimeConfig")).await, Some(0.0));
     assert_eq!(metric(port, &up("ConfigMap")).await, Some(1.0));
-    let wedged = until(port, "/healthz", 503, 20).await;
+    // The heartbeat stops at once; the reconciles pass the bound a moment later.
+    let reconcile = format!("the reconcile of RuntimeConfig {}/app-", env.ns);
+    let wedged = eventually(20, "/healthz to name the wedged loop", || async {
+        get(port, "/healthz")
+            .await
+            .filter(|(status, body)| {
+                *status == 503 && body.contains("no heartbeat") && body.contains(&reconcile)
+            })
+            .map(|(_, body)| body)
+    })
+    .await;
     assert!(
-        wedged.contains(&format!("RuntimeConfig {}/app", env.ns)),
-        "names the reconcile that hangs: {wedged}"
+        wedged.contains(&format!("controller RuntimeConfigs in {}", env.ns)),
+        "names the loop: {wedged}"
     );
     eventually(20, "a stall restart", || async {
         (metric(port, &restarts("RuntimeConfig")).await? > restarts_before).then_some(())
@@ -179,11 +213,7 @@ async fn a_silent_crd_server_stalls_the_custom_resource_watches_until_it_resumes
     assert!(ready.starts_with("ok"), "{ready}");
     until(port, "/healthz", 200, 60).await;
     assert_eq!(metric(port, &up("RuntimeConfig")).await, Some(1.0));
-    eventually(60, "app at revision 2", || async {
-        let obj = rtcs.get("app").await.ok()?;
-        (obj.status?.current_revision == Some(2)).then_some(())
-    })
-    .await;
+    at_revision(2).await;
 }
 
 #[tokio::test]
