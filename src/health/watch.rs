@@ -24,6 +24,9 @@ use super::{Health, Problem, Watch, WatchKind};
 
 type Events<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
+// Whether the API server answers at all (kube-apiserver's own `/version`).
+type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 impl Health {
     /// A supervised watch of `kind` (see the module): `api` builds the watched API on the
     /// client it is given (this watch's own); `config` gets the server-side timeout.
@@ -50,26 +53,48 @@ impl Health {
         );
         let api = api(observed);
         let config = config.timeout(self.bounds.watch_timeout);
-        let supervisor = Supervisor {
-            health: self.clone(),
-            watch,
-            probe: client.clone(),
-            start: Box::new(move || watcher(api.clone(), config.clone()).boxed()),
-            stream: None,
-            failures: 0,
-        };
-        futures::stream::unfold(supervisor, |mut s| async move {
-            let item = s.next().await;
-            Some((item, s))
+        let client = client.clone();
+        let probe: Probe = Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move {
+                client
+                    .apiserver_version()
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        });
+        supervise(self.clone(), watch, probe, move || {
+            watcher(api.clone(), config.clone()).boxed()
         })
     }
+}
+
+// The supervised stream: `start` begins a fresh watch (a list, then watching).
+fn supervise<K: Send + 'static>(
+    health: Arc<Health>,
+    watch: Arc<Watch>,
+    probe: Probe,
+    start: impl FnMut() -> Events<K> + Send + 'static,
+) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static {
+    let supervisor = Supervisor {
+        health,
+        watch,
+        probe,
+        start: Box::new(start),
+        stream: None,
+        failures: 0,
+    };
+    futures::stream::unfold(supervisor, |mut s| async move {
+        let item = s.next().await;
+        Some((item, s))
+    })
 }
 
 struct Supervisor<K: 'static> {
     health: Arc<Health>,
     watch: Arc<Watch>,
-    // Asks the API server whether it answers at all (kube-apiserver's own `/version`).
-    probe: Client,
+    probe: Probe,
     start: Box<dyn FnMut() -> Events<K> + Send>,
     stream: Option<Events<K>>,
     // Errors since the last successful list, for the backoff.
@@ -149,10 +174,10 @@ impl<K: 'static> Supervisor<K> {
 
 // A silent watch with the API server answering is stalled; without, it is down. (A free
 // function: the supervisor's future must stay `Send`, and the supervisor is not `Sync`.)
-async fn why_silent(probe: &Client, idle: Duration, silent: Duration) -> Problem {
+async fn why_silent(probe: &Probe, idle: Duration, silent: Duration) -> Problem {
     let limit = (idle / 2).min(Duration::from_secs(5));
     let secs = silent.as_secs();
-    match tokio::time::timeout(limit, probe.apiserver_version()).await {
+    match tokio::time::timeout(limit, probe()).await {
         Ok(Ok(_)) => Problem::Stalled(format!(
             "no event or bookmark for {secs}s while the API server answers; restarted"
         )),
@@ -238,7 +263,142 @@ impl hyper::body::Body for ObservedBody {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use watcher::Event;
+
     use super::*;
+    use crate::health::Bounds;
+    use crate::metrics::OperatorMetrics;
+
+    // Real time, kept short: the bounds are what a deployment would set, scaled down.
+    const IDLE: Duration = Duration::from_millis(300);
+
+    fn health() -> (Arc<Health>, Arc<OperatorMetrics>) {
+        let metrics = Arc::new(OperatorMetrics::register(&mut Default::default()));
+        let bounds = Bounds {
+            idle: IDLE,
+            watch_timeout: 2,
+            loop_stall: IDLE,
+        };
+        (
+            Arc::new(Health::new(bounds, Some(metrics.clone()))),
+            metrics,
+        )
+    }
+
+    fn restarts(metrics: &OperatorMetrics) -> u64 {
+        metrics
+            .watch_restarts
+            .get_or_create(&OperatorMetrics::kind("ConfigMap"))
+            .get()
+    }
+
+    // Each start lists nothing and then stays silent forever; the first start fails first.
+    fn silent_after_listing(
+        fail_first: bool,
+    ) -> (
+        Arc<AtomicUsize>,
+        impl FnMut() -> Events<ConfigMap> + Send + 'static,
+    ) {
+        let starts = Arc::new(AtomicUsize::new(0));
+        let counter = starts.clone();
+        let start = move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let failure = (fail_first && n == 0).then_some(Err(watcher::Error::NoResourceVersion));
+            futures::stream::iter(failure)
+                .chain(futures::stream::iter([
+                    Ok(Event::Init),
+                    Ok(Event::InitDone),
+                ]))
+                .chain(futures::stream::pending())
+                .boxed()
+        };
+        (starts, start)
+    }
+
+    fn answers(ok: bool) -> Probe {
+        Arc::new(move || {
+            Box::pin(async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("connection refused".to_string())
+                }
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_silent_watch_is_dropped_and_listed_afresh() {
+        let (health, metrics) = health();
+        let watch = health.register_watch(WatchKind::ConfigMap, "ConfigMaps in test".into());
+        let (starts, start) = silent_after_listing(false);
+        let mut events = Box::pin(supervise(health.clone(), watch, answers(true), start));
+        assert!(matches!(events.next().await, Some(Ok(Event::Init))));
+        assert!(matches!(events.next().await, Some(Ok(Event::InitDone))));
+        assert!(health.readiness(Instant::now()).is_ok());
+
+        // Nothing more arrives: after the bound, the stream is dropped and a new one lists.
+        let silent_from = Instant::now();
+        assert!(matches!(events.next().await, Some(Ok(Event::Init))));
+        assert!(silent_from.elapsed() > IDLE);
+        assert_eq!(starts.load(Ordering::SeqCst), 2, "restarted, not waited on");
+        assert_eq!(restarts(&metrics), 1);
+        let why = health.readiness(Instant::now()).unwrap_err();
+        assert!(
+            why.contains("stalled") && why.contains("API server answers"),
+            "{why}"
+        );
+        health.update_metrics(Instant::now());
+        let up = |m: &OperatorMetrics| {
+            m.watch_up
+                .get_or_create(&OperatorMetrics::kind("ConfigMap"))
+                .get()
+        };
+        assert_eq!(up(&metrics), 0);
+        // Up again only once the new watch has listed.
+        assert!(matches!(events.next().await, Some(Ok(Event::InitDone))));
+        assert!(health.readiness(Instant::now()).is_ok());
+        health.update_metrics(Instant::now());
+        assert_eq!(up(&metrics), 1);
+    }
+
+    #[tokio::test]
+    async fn silence_without_an_api_server_is_down_and_an_error_restarts_after_a_backoff() {
+        let (health, metrics) = health();
+        let watch = health.register_watch(WatchKind::ConfigMap, "ConfigMaps in test".into());
+        let (starts, start) = silent_after_listing(true);
+        let mut events = Box::pin(supervise(health.clone(), watch, answers(false), start));
+        assert!(matches!(events.next().await, Some(Err(_))));
+        assert!(
+            health
+                .readiness(Instant::now())
+                .unwrap_err()
+                .contains("down")
+        );
+        let failed_at = Instant::now();
+        assert!(matches!(events.next().await, Some(Ok(Event::Init))));
+        assert!(
+            failed_at.elapsed() >= IDLE,
+            "backed off (0.5 s, capped at the idle bound)"
+        );
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            2,
+            "a fresh list after the error"
+        );
+        assert!(matches!(events.next().await, Some(Ok(Event::InitDone))));
+        assert!(health.readiness(Instant::now()).is_ok());
+        assert!(matches!(events.next().await, Some(Ok(Event::Init))));
+        let why = health.readiness(Instant::now()).unwrap_err();
+        assert!(
+            why.contains("down") && why.contains("connection refused"),
+            "{why}"
+        );
+        assert_eq!(restarts(&metrics), 2, "the error and the silence");
+    }
 
     #[test]
     fn restarts_after_errors_back_off_within_the_idle_bound() {
