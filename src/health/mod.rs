@@ -26,9 +26,9 @@ pub struct HealthArgs {
     /// `--watch-timeout`: a healthy watch shows progress at least that often.
     #[arg(long, env = "HOTCONF_WATCH_IDLE_TIMEOUT", default_value_t = 60)]
     pub watch_idle_timeout: u64,
-    /// The server-side `timeoutSeconds` of each watch request: the API server sends a bookmark
-    /// shortly before and then ends the request, and the watch resumes, which proves the path
-    /// still works even when nothing changes.
+    /// The server-side `timeoutSeconds` of each watch request: the API server ends the request
+    /// and the watch resumes, which proves the path still works even when nothing changes
+    /// (bookmarks are best-effort: a quiet watch may get none).
     #[arg(long, env = "HOTCONF_WATCH_TIMEOUT", default_value_t = 30)]
     pub watch_timeout: u64,
     /// `/healthz` fails when a controller loop has not turned for this long (its heartbeat,
