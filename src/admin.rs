@@ -1,18 +1,20 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` and `/readyz`.
+//! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (503 while a controller loop
+//! is wedged) and `/readyz` (503 while a watch is starting, down or stalled), both read from
+//! [`Health`] with a body that names what is wrong.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use prometheus_client::registry::Registry;
 
 use crate::Error;
+use crate::health::Health;
 
 #[derive(Clone)]
 struct AdminState {
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
 /// Binds the admin address (so that a taken port fails start-up rather than later).
@@ -27,18 +29,18 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     Ok(listener)
 }
 
-/// Serves until `shutdown` resolves. `ready` decides `/readyz`.
+/// Serves until `shutdown` resolves. `health` decides `/healthz` and `/readyz`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { registry, ready });
+        .with_state(AdminState { registry, health });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -49,6 +51,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    state.health.update_metrics(tokio::time::Instant::now());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -58,13 +61,17 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the first watch sync",
-        )
+fn answer(verdict: Result<String, String>) -> (StatusCode, String) {
+    match verdict {
+        Ok(body) => (StatusCode::OK, body),
+        Err(body) => (StatusCode::SERVICE_UNAVAILABLE, body),
     }
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    answer(state.health.readiness(tokio::time::Instant::now()))
+}
+
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    answer(state.health.liveness(tokio::time::Instant::now()))
 }

@@ -18,6 +18,7 @@ mod error;
 pub mod feature_flags;
 #[cfg(test)]
 pub(crate) mod fixtures;
+pub mod health;
 pub mod history;
 pub mod kinds;
 pub mod leader;

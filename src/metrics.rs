@@ -10,7 +10,8 @@ use prometheus_client::registry::Registry;
 /// Labels: the kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
-    /// `RuntimeConfig` or `PoolBudget`.
+    /// `RuntimeConfig` or `PoolBudget` (for the watch metrics also `ConfigMap`, `Secret`,
+    /// `Pod`).
     pub kind: String,
 }
 
@@ -46,8 +47,12 @@ pub struct OperatorMetrics {
     pub validation_failures: Family<KindLabels, Counter>,
     /// Rollback pins taking effect, by kind.
     pub rollbacks: Family<KindLabels, Counter>,
-    /// Watch errors after which the watch was re-established, by kind.
+    /// Watch restarts (after an error, or a stall), by watched kind: `RuntimeConfig`,
+    /// `PoolBudget`, `ConfigMap`, `Secret`, `Pod`.
     pub watch_restarts: Family<KindLabels, Counter>,
+    /// 1 while every watch of the kind is up (listed, delivering within the idle bound), 0
+    /// while one is starting, down or stalled; by the same kinds.
+    pub watch_up: Family<KindLabels, Gauge>,
     /// 1 while this replica holds the leader Lease (or leader election is off).
     pub leader: Gauge,
     /// Time to answer an admission request.
@@ -66,6 +71,7 @@ impl OperatorMetrics {
             validation_failures: Family::default(),
             rollbacks: Family::default(),
             watch_restarts: Family::default(),
+            watch_up: Family::default(),
             leader: Gauge::default(),
             webhook_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 14))
@@ -77,7 +83,6 @@ impl OperatorMetrics {
             let _ = metrics.revisions_projected.get_or_create(&k);
             let _ = metrics.validation_failures.get_or_create(&k);
             let _ = metrics.rollbacks.get_or_create(&k);
-            let _ = metrics.watch_restarts.get_or_create(&k);
             let _ = metrics.reconcile_duration.get_or_create(&k);
             let _ = metrics.reconciles.get_or_create(&ResultLabels {
                 kind: kind.into(),
@@ -109,10 +114,20 @@ impl OperatorMetrics {
             "Rollback pins that took effect",
             metrics.rollbacks.clone(),
         );
+        for kind in crate::health::WatchKind::ALL {
+            let _ = metrics
+                .watch_restarts
+                .get_or_create(&Self::kind(kind.label()));
+        }
         registry.register(
             "watch_restarts",
-            "Watch errors after which the watch was re-established",
+            "Watch restarts after an error or a stall (no event or bookmark within the bound)",
             metrics.watch_restarts.clone(),
+        );
+        registry.register(
+            "watch_up",
+            "1 while every watch of the kind is listed and delivering within the idle bound",
+            metrics.watch_up.clone(),
         );
         registry.register(
             "webhook_request_duration_seconds",

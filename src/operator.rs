@@ -5,12 +5,12 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 
 use crate::controller::{self, Runtime, Scope};
+use crate::health::{Bounds, Health, HealthArgs};
 use crate::leader::{Election, LeaderArgs};
 use crate::metrics::OperatorMetrics;
 
@@ -27,6 +27,9 @@ pub struct OperatorArgs {
     /// rollback; needs list/watch on pods). `false` ignores consumer selectors.
     #[arg(long, env = "HOTCONF_CONSUMERS", default_value_t = true, action = clap::ArgAction::Set)]
     pub consumers: bool,
+    /// The bounds `/readyz` and `/healthz` judge by.
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Leader election.
     #[command(flatten)]
     pub leader: LeaderArgs,
@@ -55,7 +58,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let mut registry = Registry::with_prefix("hotconf");
     let metrics = Arc::new(OperatorMetrics::register(&mut registry));
     let registry = Arc::new(registry);
-    let ready = Arc::new(AtomicBool::new(false));
+    let bounds = Bounds::from(&args.health);
+    tracing::info!(?bounds, "health bounds");
+    let health = Arc::new(Health::new(bounds, Some(metrics.clone())));
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
         let mut rx = tx.subscribe();
@@ -68,7 +73,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let admin = tokio::spawn(crate::admin::serve(
         listener,
         registry.clone(),
-        ready.clone(),
+        health.clone(),
         stopped(&stop_tx),
     ));
     let election = if args.leader.leader_elect {
@@ -115,7 +120,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let runtime = Runtime {
         metrics,
         is_leader: election.is_leader.clone(),
-        ready,
+        health,
     };
     let result = controller::run(client, scope, runtime, crate::shutdown::signal()).await;
     let _ = stop_tx.send(());

@@ -95,8 +95,19 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
     let mut alice = env.start_operator_with("alice", &args("alice"));
     let leader = eventually(30, "a leader", || holder(&env)).await;
     assert_eq!(leader, "alice", "the only candidate leads");
-    let mut bob = env.start_operator_with("bob", &args("bob"));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bob_port = free_port();
+    let mut bob = env.start_operator_with("bob", &{
+        let mut a = args("bob");
+        a.push(format!("--admin-addr=127.0.0.1:{bob_port}"));
+        a
+    });
+    // A follower keeps its watches: it is ready (and live) while they are healthy.
+    eventually(30, "the follower's /readyz", || async {
+        let (status, _) = try_scrape(bob_port, "/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(scrape(bob_port, "/healthz").await.0, 200);
 
     env.apply_yaml(
         "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: app}\nspec:\n  values: {v: 1}\n",
@@ -149,6 +160,13 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         "a clean handover ({after_term:?}) beats an expiry ({after_kill:?})"
     );
     alice.stop();
+}
+
+async fn try_scrape(port: u16, path: &str) -> Option<(u16, String)> {
+    tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    Some(scrape(port, path).await)
 }
 
 async fn scrape(port: u16, path: &str) -> (u16, String) {

@@ -166,11 +166,10 @@ impl Ownership {
     }
 }
 
-// Changes of projected objects, less the echoes of our own writes. Listings and deletions always
-// pass.
+// Changes of projected objects (from a watch of their metadata), less the echoes of our own
+// writes. Listings and deletions always pass.
 pub(super) fn projected_changes<C>(
-    api: Api<PartialObjectMeta<C>>,
-    config: watcher::Config,
+    events: impl Stream<Item = watcher::Result<watcher::Event<PartialObjectMeta<C>>>> + Send + 'static,
 ) -> impl Stream<Item = watcher::Result<PartialObjectMeta<C>>> + Send + 'static
 where
     C: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -178,7 +177,7 @@ where
 {
     // uid → the fields `hotconf` owned, as last seen
     let mut seen: HashMap<String, Option<u64>> = HashMap::new();
-    watcher(api, config)
+    events
         .filter(move |event| {
             let echo = match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {

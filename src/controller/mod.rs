@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +40,7 @@ use crate::crd::{
     ConfigStatus, MANAGER, PoolBudget, RestartTarget, RuntimeConfig, WorkloadKind, names,
 };
 use crate::document::ResolvedSecret;
+use crate::health::{Health, Loop, WatchKind};
 use crate::kinds::ConfigResource;
 use crate::metrics::{OperatorMetrics, ResultLabels};
 use crate::projection::ResolvedTarget;
@@ -77,6 +77,8 @@ pub struct Context {
     backoff: Backoff,
     // The consumer pods (none when consumer tracking is off).
     pods: Option<Arc<PodCache>>,
+    // Watch and loop health (`/readyz`, `/healthz`).
+    health: Arc<Health>,
 }
 
 impl Context {
@@ -86,7 +88,7 @@ impl Context {
         metrics: Arc<OperatorMetrics>,
         is_leader: watch::Receiver<bool>,
     ) -> Arc<Self> {
-        Self::with_pods(client, metrics, is_leader, None)
+        Self::with_pods(client, metrics, is_leader, None, Arc::default())
     }
 
     fn with_pods(
@@ -94,6 +96,7 @@ impl Context {
         metrics: Arc<OperatorMetrics>,
         is_leader: watch::Receiver<bool>,
         pods: Option<Arc<PodCache>>,
+        health: Arc<Health>,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "hotconf".into(),
@@ -107,6 +110,7 @@ impl Context {
             written: Mutex::new(HashMap::new()),
             backoff: Backoff::default(),
             pods,
+            health,
         })
     }
 
@@ -122,8 +126,8 @@ pub struct Runtime {
     pub metrics: Arc<OperatorMetrics>,
     /// Leadership (always true without leader election).
     pub is_leader: watch::Receiver<bool>,
-    /// Set once every watch has listed its objects (`/readyz`).
-    pub ready: Arc<AtomicBool>,
+    /// Where every watch and controller loop reports (`/readyz`, `/healthz`).
+    pub health: Arc<Health>,
 }
 
 /// What the operator watches: all namespaces or a list, and whether the consumer pods.
@@ -184,7 +188,11 @@ pub async fn run(
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut runs: Vec<BoxFuture<'static, ()>> = Vec::new();
     let pods = scope.consumers.then(|| {
-        let (cache, watch) = PodCache::start(pods::pod_apis(&client, &scope.namespaces));
+        let (cache, watch) = PodCache::start(pods::pod_watches(
+            &client,
+            &scope.namespaces,
+            &runtime.health,
+        ));
         let stopped = stop(&tx);
         runs.push(Box::pin(async move {
             tokio::select! {
@@ -199,6 +207,7 @@ pub async fn run(
         runtime.metrics.clone(),
         runtime.is_leader.clone(),
         pods,
+        runtime.health.clone(),
     );
     let mut synced = Vec::new();
     for api in scope.apis::<RuntimeConfig>(&client) {
@@ -213,10 +222,9 @@ pub async fn run(
     }
     // The controllers hold what they need; the Lease can be released once they stop.
     drop(ctx);
-    let ready = runtime.ready.clone();
+    // Readiness is the health registry's business; this only says when start-up is over.
     let readiness = tokio::spawn(async move {
         futures::future::join_all(synced).await;
-        ready.store(true, Ordering::Release);
         info!("every watch has synced");
     });
     let trigger = tx.clone();
@@ -263,15 +271,25 @@ fn controller_for<K: ConfigResource>(
 ) {
     let ns = api.resource_url().to_string();
     let namespace = namespace_of(&ns);
+    let within = match &namespace {
+        Some(n) => format!("in {n}"),
+        None => "in all namespaces".to_string(),
+    };
+    let health = ctx.health.clone();
+    // Every watch runs on a client of its own, so that its progress can be observed (see
+    // `health::watch`); all of them are supervised.
+    fn scoped<T>(client: Client, namespace: &Option<String>) -> Api<T>
+    where
+        T: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        T::DynamicType: Default,
+    {
+        match namespace {
+            Some(n) => Api::namespaced(client, n),
+            None => Api::all(client),
+        }
+    }
     // Projected objects and Secrets are watched by metadata only: a reconcile reads them whole.
     type Meta<T> = PartialObjectMeta<T>;
-    let (cms, secrets): (Api<Meta<ConfigMap>>, Api<Meta<Secret>>) = match &namespace {
-        Some(n) => (
-            Api::namespaced(client.clone(), n),
-            Api::namespaced(client.clone(), n),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
     let owned = watcher::Config::default().labels(&format!(
         "{}=hotconf,{}={}",
         names::MANAGED_BY,
@@ -292,9 +310,40 @@ fn controller_for<K: ConfigResource>(
         ctx: ctx.clone(),
         seen: HashMap::new(),
     };
-    let objects = watcher(api, watcher::Config::default().any_semantic())
+    let objects = health
+        .watch(
+            watch_kind::<K>(),
+            format!("{}s {within}", K::KIND),
+            &client,
+            |c| scoped::<K>(c, &namespace),
+            watcher::Config::default().any_semantic(),
+        )
         .filter_map(move |event| std::future::ready(feed.feed(event)))
         .applied_objects();
+    let cms = health.watch(
+        WatchKind::ConfigMap,
+        format!("ConfigMaps of {}s {within}", K::KIND),
+        &client,
+        |c| scoped::<Meta<ConfigMap>>(c, &namespace),
+        owned.clone(),
+    );
+    let projected_secrets = health.watch(
+        WatchKind::Secret,
+        format!("Secrets of {}s {within}", K::KIND),
+        &client,
+        |c| scoped::<Meta<Secret>>(c, &namespace),
+        owned,
+    );
+    // The heartbeat: a request for an object that cannot exist goes through the controller's
+    // own queue and runner like any reconcile (and waits for a free slot like one), and comes
+    // out as `ObjectNotFound`: only a loop that turns lets it through.
+    let beat = health.register_loop(format!("{}s {within}", K::KIND));
+    let every = (health.bounds().loop_stall / 4).max(Duration::from_millis(100));
+    let heartbeats =
+        futures::stream::unfold(tokio::time::interval(every), |mut interval| async move {
+            interval.tick().await;
+            Some((ObjectRef::<K>::new(HEARTBEAT), interval))
+        });
     // A replica that becomes leader reconciles everything: it skipped writes until now.
     let became_leader = futures::stream::unfold(ctx.is_leader.clone(), |mut rx| async move {
         loop {
@@ -307,11 +356,20 @@ fn controller_for<K: ConfigResource>(
     let pod_store = store.clone();
     let mut controller = Controller::for_stream(objects, store.clone())
         .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
-        .owns_stream(projected_changes(cms, owned.clone()))
-        .owns_stream(projected_changes(secrets.clone(), owned));
+        .owns_stream(projected_changes(cms))
+        .owns_stream(projected_changes(projected_secrets))
+        .reconcile_on(heartbeats);
     if K::USES_SECRETS {
         // A change to a Secret that a spec reads through valuesFrom reconciles that spec.
-        let changes = watcher(secrets, watcher::Config::default()).touched_objects();
+        let changes = health
+            .watch(
+                WatchKind::Secret,
+                format!("valuesFrom Secrets {within}"),
+                &client,
+                |c| scoped::<Meta<Secret>>(c, &namespace),
+                watcher::Config::default(),
+            )
+            .touched_objects();
         controller = controller.watches_stream(changes, move |s: Meta<Secret>| {
             let (ns, name) = (s.namespace(), s.name_any());
             store
@@ -348,28 +406,40 @@ fn controller_for<K: ConfigResource>(
         });
         controller = controller.reconcile_on(changes);
     }
-    let metrics = ctx.metrics.clone();
     let run = controller
         .reconcile_all_on(became_leader)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(move |result| {
-            let metrics = metrics.clone();
-            async move {
-                match result {
-                    Err(kube::runtime::controller::Error::QueueError(e)) => {
-                        metrics
-                            .watch_restarts
-                            .get_or_create(&OperatorMetrics::kind(K::KIND))
-                            .inc();
-                        warn!(kind = K::KIND, error = %e, "watch failed; restarting it");
-                    }
-                    Err(e) => warn!(kind = K::KIND, error = %e, "reconcile failed"),
-                    Ok(_) => {}
-                }
-            }
+            outcome::<K>(result, &beat);
+            std::future::ready(())
         });
     (run, synced)
+}
+
+/// The name of the heartbeat's object: no object can have it (`:` is not allowed in names).
+const HEARTBEAT: &str = ":heartbeat";
+
+fn watch_kind<K: ConfigResource>() -> WatchKind {
+    if K::KIND == RuntimeConfig::KIND {
+        WatchKind::RuntimeConfig
+    } else {
+        WatchKind::PoolBudget
+    }
+}
+
+// What came out of the controller: a reconcile's result, a watch error (the supervised watch has
+// logged, counted and restarted it), or the heartbeat.
+fn outcome<K: ConfigResource>(
+    result: Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
+    beat: &Loop,
+) {
+    match result {
+        Err(controller::Error::ObjectNotFound(r)) if r.name == HEARTBEAT => beat.beat(),
+        Err(controller::Error::QueueError(_)) => {}
+        Err(e) => warn!(kind = K::KIND, error = %e, "reconcile failed"),
+        Ok(_) => {}
+    }
 }
 
 // Retries back off per object: 1 s, doubling to 5 minutes; a success starts over.
@@ -413,6 +483,13 @@ async fn reconcile<K: ConfigResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
         // A follower keeps its caches warm and writes nothing; it reconciles all on promotion.
         return Ok(Action::await_change());
     }
+    // Counted as running until it returns: `/healthz` fails when one runs beyond the bound.
+    let _running = ctx.health.reconcile_started(format!(
+        "{} {}/{}",
+        K::KIND,
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    ));
     let started = std::time::Instant::now();
     let uid = obj.uid().unwrap_or_default();
     let result = reconcile_inner(obj, &ctx).await;

@@ -6,16 +6,20 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use futures::{Stream, StreamExt as _};
+use futures::{Stream, StreamExt as _, stream::BoxStream};
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client, ResourceExt as _,
-    runtime::{WatchStreamExt as _, watcher},
-};
+use kube::{Api, Client, ResourceExt as _, runtime::watcher};
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
+use crate::health::{Health, WatchKind};
 use crate::rollout::Consumer;
+
+/// One pod watch: the namespace it covers (`None`: all) and its events.
+pub(crate) type PodWatch = (
+    Option<String>,
+    BoxStream<'static, watcher::Result<watcher::Event<Pod>>>,
+);
 
 /// What is kept of a pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,29 +67,26 @@ pub(crate) struct PodCache {
 pub struct PodsNotSynced(pub Option<String>);
 
 impl PodCache {
-    /// Starts watching pods through `apis` (one per namespace, or one for all); the returned
-    /// future drives the watches and must be polled.
+    /// Starts following `watches` (one per namespace, or one for all); the returned future
+    /// drives them and must be polled.
     pub(crate) fn start(
-        apis: Vec<Api<Pod>>,
+        watches: Vec<PodWatch>,
     ) -> (Arc<PodCache>, impl std::future::Future<Output = ()> + Send) {
         let (changes, _) = broadcast::channel(1024);
-        let (synced_tx, synced) = watch::channel(apis.is_empty());
+        let (synced_tx, synced) = watch::channel(watches.is_empty());
         let cache = Arc::new(PodCache {
             pods: RwLock::new(HashMap::new()),
             changes,
             synced,
             last_error: RwLock::new(None),
         });
-        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(apis.len()));
-        let watches = apis.into_iter().map(|api| {
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(watches.len()));
+        let watches = watches.into_iter().map(|(namespace, mut events)| {
             let cache = cache.clone();
             let (synced_tx, pending) = (synced_tx.clone(), pending.clone());
-            let namespace = api_namespace(&api);
             async move {
                 let mut relist: Option<Namespaces> = None;
                 let mut synced_once = false;
-                let mut events =
-                    std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
                 while let Some(event) = events.next().await {
                     match event {
                         Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
@@ -110,6 +111,7 @@ impl PodCache {
                         Ok(watcher::Event::Apply(pod)) => cache.upsert(&pod),
                         Ok(watcher::Event::Delete(pod)) => cache.remove(&pod),
                         Err(e) => {
+                            // The supervised watch backs off and lists afresh.
                             warn!(error = %e, "pod watch failed; retrying");
                             *cache.last_error.write().expect("lock") = Some(e.to_string());
                         }
@@ -255,20 +257,39 @@ pub(crate) fn selects(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-fn api_namespace(api: &Api<Pod>) -> Option<String> {
-    super::feed::namespace_of(api.resource_url())
-}
-
-/// One pod API per namespace of the scope, or one for all.
-pub(crate) fn pod_apis(client: &Client, namespaces: &[String]) -> Vec<Api<Pod>> {
-    if namespaces.is_empty() {
-        vec![Api::all(client.clone())]
+/// One supervised pod watch per namespace of the scope, or one for all.
+pub(crate) fn pod_watches(
+    client: &Client,
+    namespaces: &[String],
+    health: &Arc<Health>,
+) -> Vec<PodWatch> {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
     } else {
-        namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), ns))
-            .collect()
-    }
+        namespaces.iter().cloned().map(Some).collect()
+    };
+    scopes
+        .into_iter()
+        .map(|namespace| {
+            let name = match &namespace {
+                Some(n) => format!("Pods in {n}"),
+                None => "Pods in all namespaces".into(),
+            };
+            let events = health
+                .watch(
+                    WatchKind::Pod,
+                    name,
+                    client,
+                    |c| match &namespace {
+                        Some(n) => Api::<Pod>::namespaced(c, n),
+                        None => Api::all(c),
+                    },
+                    watcher::Config::default(),
+                )
+                .boxed();
+            (namespace, events)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -137,7 +137,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::controller::Runtime {
         metrics: std::sync::Arc::new(crate::metrics::OperatorMetrics::register(&mut registry)),
         is_leader: election.is_leader.clone(),
-        ready: Default::default(),
+        health: Default::default(),
     };
     let operator = crate::controller::run(
         client.clone(),

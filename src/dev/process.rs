@@ -92,6 +92,11 @@ impl Process {
         child_pids(self.inner.child.id()).first().copied()
     }
 
+    /// The name it was started under (`crd-server`, `kube-apiserver`, ...).
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
+
     /// Its log file.
     pub fn log(&self) -> &Path {
         &self.log

@@ -149,6 +149,15 @@ impl ControlPlane {
     pub fn component_pids(&self) -> Vec<u32> {
         self.processes.iter().filter_map(Process::pid).collect()
     }
+
+    /// The process id of the running component started as `name` (`crd-server`,
+    /// `kube-apiserver`, `etcd`), for tests that stop and continue it.
+    pub fn component_pid(&self, name: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|p| p.name() == name)
+            .and_then(Process::pid)
+    }
 }
 
 /// An application stand-in for agent tests and benchmarks: an HTTP reload endpoint on
