@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use hotconf::dev::chaos::{self, ChaosOptions, FaultKind, REPLICA_USERS};
+use hotconf::dev::chaos::{self, ChaosOptions, REPLICA_USERS};
 use hotconf::dev::control_plane::{ControlPlane, Options};
 
 fn repo() -> PathBuf {
@@ -59,15 +59,7 @@ async fn run() -> anyhow::Result<bool> {
     let operator = std::env::var_os("HOTCONF_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hotconf")));
-    let mut options = ChaosOptions::full(operator, logs.clone(), factor);
-    if let Ok(names) = std::env::var("HOTCONF_CHAOS_FAULTS")
-        && !names.trim().is_empty()
-    {
-        options.faults = names
-            .split(',')
-            .map(|n| FaultKind::parse(n).with_context(|| format!("unknown fault kind {n:?}")))
-            .collect::<anyhow::Result<_>>()?;
-    }
+    let options = ChaosOptions::full(operator, logs.clone(), factor).with_faults_from_env()?;
     eprintln!("[chaos] {options:?}");
     let started = Instant::now();
     let mut plane = ControlPlane::start(Options {

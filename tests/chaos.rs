@@ -25,7 +25,9 @@ async fn the_short_chaos_profile_keeps_every_invariant() {
     })
     .await
     .expect("the control plane");
-    let options = ChaosOptions::short(PathBuf::from(env!("CARGO_BIN_EXE_hotconf")), logs.clone());
+    let options = ChaosOptions::short(PathBuf::from(env!("CARGO_BIN_EXE_hotconf")), logs.clone())
+        .with_faults_from_env()
+        .expect("HOTCONF_CHAOS_FAULTS");
     let report = match chaos::run(&mut plane, &options).await {
         Ok(report) => report,
         Err(e) => {

@@ -189,7 +189,9 @@ pub struct Term {
     pub from: DateTime<Utc>,
 }
 
-/// The terms of the Lease from its recorded states.
+/// The terms of the Lease from its recorded states, in the order the watch delivered them. A
+/// holder's term starts at its `acquireTime`; a release (no holder) at the time it was
+/// observed, but never after the next holder's acquisition (the watch reports a release late).
 pub fn terms(lease: &[LeaseSeen]) -> Vec<Term> {
     let mut out: Vec<Term> = Vec::new();
     for l in lease {
@@ -204,7 +206,11 @@ pub fn terms(lease: &[LeaseSeen]) -> Vec<Term> {
             out.push(term);
         }
     }
-    out.sort_by_key(|t| t.from);
+    for i in (0..out.len().saturating_sub(1)).rev() {
+        if out[i].holder.is_none() && out[i + 1].from < out[i].from {
+            out[i].from = out[i + 1].from;
+        }
+    }
     out
 }
 
@@ -220,6 +226,7 @@ pub fn one_writer_per_term(terms: &[Term], writes: &[(String, AuditEntry)]) -> I
             continue;
         };
         let at = at.with_timezone(&Utc);
+        // The last term begun by then (in delivery order: a later term never starts earlier).
         let term = terms.iter().rev().find(|t| t.from <= at);
         let holder = term.and_then(|t| t.holder.as_deref());
         if holder != Some(user.as_str()) {
@@ -247,6 +254,7 @@ mod tests {
             name: name.into(),
             revision: Some(revision),
             hash: Some(hash.into()),
+            observed: Utc::now(),
             invalid: false,
         }
     }
@@ -257,6 +265,8 @@ mod tests {
             latest: Some(latest),
             current: Some(latest),
             history: history.iter().map(|(r, h)| (*r, h.to_string())).collect(),
+            generations: (None, None),
+            observed: Utc::now(),
         }
     }
 
@@ -336,6 +346,20 @@ mod tests {
         ];
         assert_eq!(one_writer_per_term(&terms, &good).count, 0);
         let bad = [write("r0", "2026-01-01T00:00:10.5Z")];
+        assert_eq!(one_writer_per_term(&terms, &bad).count, 1);
+
+        // A release observed after the next holder acquired takes no time of its term.
+        let handover = [
+            lease[0].clone(),
+            LeaseSeen {
+                holder: None,
+                acquired: None,
+                observed: t("2026-01-01T00:00:10.3Z"),
+            },
+            lease[1].clone(),
+        ];
+        let terms = super::terms(&handover);
+        assert_eq!(one_writer_per_term(&terms, &good[1..]).count, 0);
         assert_eq!(one_writer_per_term(&terms, &bad).count, 1);
     }
 }

@@ -184,6 +184,22 @@ impl ChaosOptions {
         }
     }
 
+    /// These options with the fault kinds of `HOTCONF_CHAOS_FAULTS` (comma-separated names),
+    /// when set.
+    pub fn with_faults_from_env(mut self) -> Result<ChaosOptions, Error> {
+        if let Ok(names) = std::env::var("HOTCONF_CHAOS_FAULTS")
+            && !names.trim().is_empty()
+        {
+            self.faults = names
+                .split(',')
+                .map(|n| {
+                    FaultKind::parse(n).ok_or_else(|| fault(format!("unknown fault kind {n:?}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(self)
+    }
+
     /// The fault slots of the schedule, in order.
     pub fn schedule(&self) -> Vec<FaultKind> {
         (0..self.rounds)
@@ -761,6 +777,12 @@ pub async fn run(plane: &mut ControlPlane, o: &ChaosOptions) -> Result<Report, E
         })
         .collect();
     figures.gone_in_logs = gone_lines(&o.log_dir);
+    let dump = json!({"projected": projected, "status": status, "lease": lease,
+                      "writes": writes.iter().map(|(u, e)| json!([u, e.verb, e.resource, e.subresource, e.name, e.code, e.received])).collect::<Vec<_>>()});
+    let _ = std::fs::write(
+        o.log_dir.join("records.json"),
+        serde_json::to_string(&dump).unwrap_or_default(),
+    );
     let terms = invariants::terms(&lease);
     let invariants = vec![
         Invariant {

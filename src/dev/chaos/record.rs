@@ -16,7 +16,7 @@ use crate::crd::{PoolBudget, RuntimeConfig, names};
 use crate::kinds::ConfigResource;
 
 /// One state of a projected ConfigMap.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct ProjectedSeen {
     /// The ConfigMap (and its CR's) name.
     pub name: String,
@@ -24,12 +24,14 @@ pub struct ProjectedSeen {
     pub revision: Option<i64>,
     /// Its `hotconf.dev/hash`.
     pub hash: Option<String>,
+    /// When the watch delivered it.
+    pub observed: DateTime<Utc>,
     /// Whether its document carries the marker of an invalid spec.
     pub invalid: bool,
 }
 
 /// One state of a custom resource's status.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct StatusSeen {
     /// The CR's name.
     pub name: String,
@@ -39,10 +41,14 @@ pub struct StatusSeen {
     pub current: Option<i64>,
     /// (revision, hash) of every history entry.
     pub history: Vec<(i64, String)>,
+    /// `metadata.generation` and `status.observedGeneration`.
+    pub generations: (Option<i64>, Option<i64>),
+    /// When the watch delivered it.
+    pub observed: DateTime<Utc>,
 }
 
 /// One state of the Lease.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct LeaseSeen {
     /// Its holder.
     pub holder: Option<String>,
@@ -90,6 +96,7 @@ fn projected(cm: &ConfigMap) -> ProjectedSeen {
         name: cm.name_any(),
         revision: annotation(names::REVISION).and_then(|r| r.parse().ok()),
         hash: annotation(names::HASH),
+        observed: Utc::now(),
         invalid,
     }
 }
@@ -108,6 +115,11 @@ fn status<K: ConfigResource>(obj: &K) -> StatusSeen {
                     .collect()
             })
             .unwrap_or_default(),
+        generations: (
+            obj.meta().generation,
+            status.and_then(|s| s.observed_generation),
+        ),
+        observed: Utc::now(),
     }
 }
 
