@@ -1,6 +1,6 @@
-//! Performing a plan: the status apply (conditional on the version the plan was made from), the
-//! Secret and ConfigMap applies, restart stamps, deletions of stale projections and the Events,
-//! in that order.
+//! Performing a plan: the Secret and ConfigMap applies, restart stamps, deletions of stale
+//! projections, the status apply (conditional on the version the plan was made from) and the
+//! Events, in that order.
 
 use super::*;
 
@@ -46,28 +46,6 @@ pub(super) async fn execute<K: ConfigResource>(
 ) -> Result<(), Error> {
     let apply = PatchParams::apply(MANAGER).force();
     let name = obj.name_any();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    // The status first: a revision is recorded in history before any pod can see it, so a
-    // projection is never lost when a later write fails (SPEC §5.12); a failed projection is
-    // made again by the next reconcile, under the same number.
-    if plan.status_changed {
-        // Conditional on the version the plan was made from: a plan from an older version
-        // must not overwrite newer history (it is made again; see `reconcile_inner`).
-        let body = json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "metadata": {"resourceVersion": obj.resource_version()},
-            "status": plan.status,
-        });
-        let updated = api
-            .patch_status(&name, &apply, &Patch::Apply(&body))
-            .await?;
-        if let (Some(rv), Some(uid)) = (obj.resource_version(), obj.uid()) {
-            let mut written = ctx.written.lock().expect("lock");
-            written.insert(uid, (rv, plan.status.clone()));
-            drop(updated);
-        }
-    }
     if let Some(secret) = &plan.secret {
         secrets
             .patch(&secret.name_any(), &apply, &Patch::Apply(secret))
@@ -96,6 +74,25 @@ pub(super) async fn execute<K: ConfigResource>(
             && owned(&s.metadata)
         {
             secrets.delete(stale, &delete_exact(s.uid())).await?;
+        }
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    if plan.status_changed {
+        // Conditional on the version the plan was made from: a plan from an older version
+        // must not overwrite newer history (it is made again; see `reconcile_inner`).
+        let body = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "metadata": {"resourceVersion": obj.resource_version()},
+            "status": plan.status,
+        });
+        let updated = api
+            .patch_status(&name, &apply, &Patch::Apply(&body))
+            .await?;
+        if let (Some(rv), Some(uid)) = (obj.resource_version(), obj.uid()) {
+            let mut written = ctx.written.lock().expect("lock");
+            written.insert(uid, (rv, plan.status.clone()));
+            drop(updated);
         }
     }
     if plan.remove_rollback_annotation {

@@ -83,6 +83,7 @@ struct Faults {
     conflicts: usize,
     resets: usize,
     stall: bool,
+    unavailable: bool,
 }
 
 struct Shared {
@@ -137,6 +138,12 @@ impl FaultHandle {
     /// stalled until its client gives up on it.
     pub fn stall_watches(&self, on: bool) {
         self.with(|f| f.stall = on);
+    }
+
+    /// While on, every request is answered 503 without being forwarded, as a load balancer
+    /// answers while its backend fails its health check (e.g. while the API server restarts).
+    pub fn set_unavailable(&self, on: bool) {
+        self.with(|f| f.unavailable = on);
     }
 
     /// Lifts every fault (stalled watches stay stalled).
@@ -304,6 +311,7 @@ async fn accept(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, shar
 
 enum Decision {
     Forward,
+    Unavailable,
     Fail(u16),
     Conflict,
     Reset,
@@ -330,7 +338,9 @@ async fn handle(
     let write = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     let (latency, decision) = {
         let mut f = shared.faults.lock().expect("lock");
-        let decision = if f.resets > 0 {
+        let decision = if f.unavailable {
+            Decision::Unavailable
+        } else if f.resets > 0 {
             f.resets -= 1;
             Decision::Reset
         } else if let Some((status, left)) = f.errors {
@@ -367,6 +377,10 @@ async fn handle(
                 "Operation cannot be fulfilled: the object has been modified (injected by the fault proxy)",
             ))
         }
+        Decision::Unavailable => Ok(status_response(
+            503,
+            "the API server is not ready (held by the fault proxy)",
+        )),
         Decision::Forward => Ok(forward(&shared, &conn, req, watch).await),
     }
 }

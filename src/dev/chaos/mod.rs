@@ -493,6 +493,37 @@ impl Faulting<'_> {
             .ok_or_else(|| fault(format!("the Lease is held by {holder}, no replica of ours")))
     }
 
+    // Until a replica's user is authorized again (kube-apiserver 1.20 is ready before its RBAC
+    // cache has synced) and the custom resources are served by the CRD server again (until its
+    // aggregator routes them, kube-apiserver 1.20 answers from its own, empty, CRD handler).
+    async fn wait_serving(&self) -> Result<(), Error> {
+        let client = self.plane.client_as(REPLICA_USERS[0]).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let rtcs = self.o.objects.div_ceil(2);
+        loop {
+            let listed = async {
+                let n = Api::<crate::crd::RuntimeConfig>::namespaced(client.clone(), &self.ns)
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .len();
+                Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &self.ns)
+                    .list(&Default::default())
+                    .await?;
+                Ok::<_, kube::Error>(n)
+            };
+            if matches!(listed.await, Ok(n) if n == rtcs) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(fault(
+                    "the API server did not serve the replicas within 60s",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn inject(&mut self, kind: FaultKind) -> Result<(f64, String), Error> {
         let started = Instant::now();
         let hold = self.o.hold;
@@ -526,14 +557,23 @@ impl Faulting<'_> {
                 } else {
                     "etcd"
                 };
+                // The replicas meet the API server again only once it serves them, as behind a
+                // load balancer that checks readiness: until then the proxy answers 503.
+                proxy.set_unavailable(true);
+                proxy.reset_all();
                 self.plane.restart_component(component, Stop::Kill).await?;
                 let took = started.elapsed().as_secs_f64();
+                self.wait_serving().await?;
+                proxy.set_unavailable(false);
                 if kind == FaultKind::ApiserverRestart {
                     self.figures.apiserver_restart_s.push(took);
                 } else {
                     self.figures.etcd_restart_s.push(took);
                 }
-                format!("{component} killed and ready again in {took:.2}s")
+                format!(
+                    "{component} killed and ready again in {took:.2}s, serving the replicas after {:.2}s",
+                    started.elapsed().as_secs_f64()
+                )
             }
             FaultKind::Compaction => {
                 let revision = self.plane.compact_etcd().await?;
