@@ -170,9 +170,15 @@ impl ChaosOptions {
         }
     }
 
-    /// The short profile of `make test`: every fault kind once, a few hundred mutations.
+    /// The short profile of `make test`: every fault kind once but the silent stall, a few
+    /// hundred mutations. (The operator does not yet detect a silently stalled watch: issue
+    /// 16's health work adds that, and then `FaultKind::Stall` joins this profile.)
     pub fn short(operator: PathBuf, log_dir: PathBuf) -> ChaosOptions {
         ChaosOptions {
+            faults: FaultKind::ALL
+                .into_iter()
+                .filter(|k| *k != FaultKind::Stall)
+                .collect(),
             objects: 12,
             mutations: 300,
             writers: 3,
