@@ -69,3 +69,13 @@ bench:
 	TMPDIR=$$tmp $(CARGO) bench --bench admission && \
 	TMPDIR=$$tmp $(CARGO) bench --bench fleet && \
 	$(CARGO) bench --bench agent_latency
+
+## chaos: the chaos suite (release build): operator replicas behind a fault proxy, writers, faults
+## on a schedule (leader kills and handovers, kube-apiserver and etcd restarts, compaction, the
+## proxy's latency, error bursts, conflicts, resets and stalls), every invariant counted; prints
+## one table and writes target/chaos/report.json. HOTCONF_CHAOS_SCALE=0.1 for a quick look.
+.PHONY: chaos
+chaos:
+	@$(CONTROL_PLANE) && \
+	tmp=$$( [ -d /dev/shm ] && [ -w /dev/shm ] && echo /dev/shm || echo "$${TMPDIR:-/tmp}" ) && \
+	TMPDIR=$$tmp $(CARGO) bench --bench chaos

@@ -534,17 +534,59 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
             None => {}
         }
     }
+    let mut observed = observe(&obj, ctx, &cms, &secrets).await?;
+    let mut plan = reconcile::plan(&obj, &observed);
+    if writes(&plan) {
+        // The cache can lag behind the server (a watch that fell behind or resumed late, a
+        // replica just promoted): a plan made from a stale object would overwrite newer status
+        // and lose the revisions recorded since. So a plan that writes is made again from the
+        // object as the server has it now, and the status apply is conditional on that version.
+        let api: Api<K> = Api::namespaced(client.clone(), &ns);
+        let fresh = api.get(&name).await?;
+        if fresh.resource_version() != obj.resource_version() {
+            obj = fresh;
+            observed = observe(&obj, ctx, &cms, &secrets).await?;
+            plan = reconcile::plan(&obj, &observed);
+        }
+    }
+    execute(&obj, &plan, ctx, &cms, &secrets).await?;
+    Ok(match plan.requeue_after {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+// Whether executing `plan` writes anything.
+fn writes(plan: &Plan) -> bool {
+    plan.config_map.is_some()
+        || plan.secret.is_some()
+        || plan.status_changed
+        || plan.remove_rollback_annotation
+        || !plan.restart.is_empty()
+        || !plan.delete_config_maps.is_empty()
+        || !plan.delete_secrets.is_empty()
+}
+
+// What a reconcile of `obj` reads besides the object.
+async fn observe<K: ConfigResource>(
+    obj: &K,
+    ctx: &Context,
+    cms: &Api<ConfigMap>,
+    secrets: &Api<Secret>,
+) -> Result<Observed, Error> {
+    let name = obj.name_any();
+    let ns = obj.namespace().unwrap_or_default();
     let target = ResolvedTarget::resolve(obj.target(), &name);
-    let observed = Observed {
+    Ok(Observed {
         config_map: cms.get_opt(&target.name).await?,
-        secret: if reconcile::needs_secret(&obj) {
+        secret: if reconcile::needs_secret(obj) {
             secrets.get_opt(&target.name).await?
         } else {
             None
         },
-        secrets: resolve_secrets(&obj, &secrets).await?,
+        secrets: resolve_secrets(obj, secrets).await?,
         now: chrono::Utc::now(),
-        workloads: workloads(client, &ns, obj.restart_targets()).await?,
+        workloads: workloads(&ctx.client, &ns, obj.restart_targets()).await?,
         consumers: match (
             obj.rollout().and_then(|r| r.consumer_selector.as_ref()),
             &ctx.pods,
@@ -552,12 +594,6 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
             (Some(selector), Some(pods)) => Some(pods.select(&ns, selector)?),
             _ => None,
         },
-    };
-    let plan = reconcile::plan(&obj, &observed);
-    execute(&obj, &plan, ctx, &cms, &secrets).await?;
-    Ok(match plan.requeue_after {
-        Some(after) => Action::requeue(after),
-        None => Action::await_change(),
     })
 }
 

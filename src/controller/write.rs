@@ -1,5 +1,6 @@
 //! Performing a plan: the Secret and ConfigMap applies, restart stamps, deletions of stale
-//! projections, the status apply and the Events, in that order.
+//! projections, the status apply (conditional on the version the plan was made from) and the
+//! Events, in that order.
 
 use super::*;
 
@@ -77,9 +78,12 @@ pub(super) async fn execute<K: ConfigResource>(
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     if plan.status_changed {
+        // Conditional on the version the plan was made from: a plan from an older version
+        // must not overwrite newer history (it is made again; see `reconcile_inner`).
         let body = json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
+            "metadata": {"resourceVersion": obj.resource_version()},
             "status": plan.status,
         });
         let updated = api

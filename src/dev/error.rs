@@ -73,4 +73,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The fault proxy could not be set up (its certificates).
+    #[error("fault proxy: {0}")]
+    FaultProxy(String),
+    /// A control-plane component could not be restarted or etcd not compacted.
+    #[error("{component}: {message}")]
+    Fault {
+        /// Which component.
+        component: String,
+        /// What went wrong.
+        message: String,
+    },
 }

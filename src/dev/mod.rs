@@ -11,10 +11,16 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 
 mod assets;
+#[cfg(any(test, feature = "testing"))]
+pub mod chaos;
 pub mod control_plane;
 mod crd_server;
 mod crds;
 mod error;
+#[cfg(any(test, feature = "testing"))]
+pub mod fault_proxy;
+#[cfg(any(test, feature = "testing"))]
+pub mod faults;
 pub mod manifests;
 mod pki;
 mod process;

@@ -49,6 +49,10 @@ rm -rf "$dir"
 pub struct Process {
     pub(super) inner: Supervised,
     log: PathBuf,
+    // How it was started, so that it can be started again ([`Process::respawn`]).
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl Process {
@@ -84,7 +88,48 @@ impl Process {
         Ok(Process {
             inner: Supervised { name, child, stdin },
             log: log.to_path_buf(),
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_os_string()))
+                .collect(),
         })
+    }
+
+    /// Starts the same program again, with the same arguments, environment and log (appended),
+    /// as a new process. The caller stops or kills this one first.
+    pub fn respawn(&self) -> Result<Process, Error> {
+        let env: Vec<(&str, &std::ffi::OsStr)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_os_str()))
+            .collect();
+        Process::spawn(self.inner.name, &self.program, &self.args, &env, &self.log)
+    }
+
+    /// The arguments it was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
+
+    /// Sends SIGTERM to the program (not its supervisor) and returns at once.
+    pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(pid.to_string())
+                .status();
+        }
     }
 
     /// The process id of the program (not of its supervisor), once it has started.
@@ -110,12 +155,7 @@ impl Process {
 
     /// Sends SIGKILL to the program and waits for its supervisor.
     pub fn kill(&mut self) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .status();
-        }
+        self.signal("-KILL");
         self.stop();
     }
 

@@ -42,6 +42,7 @@ impl ControlPlane {
                         .pointer("/responseStatus/code")
                         .and_then(|v| v.as_i64())
                         .unwrap_or(0),
+                    received: s("/requestReceivedTimestamp"),
                 }
             })
             .collect()
@@ -244,4 +245,6 @@ pub struct AuditEntry {
     pub name: String,
     /// The HTTP status code of the answer.
     pub code: i64,
+    /// When the API server received the request (RFC 3339, microseconds).
+    pub received: String,
 }

@@ -64,6 +64,14 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         .map(|t| (t - now).to_std().unwrap_or_default() + Duration::from_secs(1));
     let sensitive = Some(eff.sensitive.clone());
     if latest_entry.map(|s| &s.hash) != Some(&hash) {
+        // A projection whose status write never happened (the replica crashed, or the write
+        // met a conflict) has a number above every recorded one. When its document is not the
+        // new one, it is recorded first, from the ConfigMap: pods may have applied it, and no
+        // projected revision may be missing from history (SPEC §5.12).
+        if let Some(snapshot) = unrecorded_projection(cx, cm_revision, cm_hash.as_deref(), &hash) {
+            draft.status.latest_revision = Some(snapshot.revision);
+            draft.status.history.push(snapshot);
+        }
         let revision = match (cm_revision, &cm_hash) {
             (Some(r), Some(h)) if *h == hash && r > prev.latest_revision.unwrap_or(0) => r,
             _ => history::next_revision(Some(prev), cm_revision),
@@ -96,6 +104,41 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         errors: Vec::new(),
         sensitive,
     }
+}
+
+/// The snapshot of a projection that was never recorded: the ConfigMap carries a revision above
+/// every recorded one and a hash other than `new_hash`, and its document (YAML or JSON: the
+/// other formats are not reversible) hashes to what it says.
+fn unrecorded_projection<K: ConfigResource>(
+    cx: &Context<'_, K>,
+    cm_revision: Option<i64>,
+    cm_hash: Option<&str>,
+    new_hash: &str,
+) -> Option<Snapshot> {
+    let (revision, hash) = (cm_revision?, cm_hash?);
+    let recorded = history::next_revision(Some(&cx.prev), None) - 1;
+    if hash == new_hash || revision <= recorded {
+        return None;
+    }
+    let text = cx
+        .observed
+        .config_map
+        .as_ref()?
+        .data
+        .as_ref()?
+        .get(&cx.target.file_name)?;
+    let document = document::parse(text, cx.target.format).ok()?;
+    (document::hash(&document) == hash).then(|| Snapshot {
+        revision,
+        hash: hash.to_string(),
+        created_at: now_string(cx.now),
+        generation: cx.prev.observed_generation.unwrap_or(cx.generation),
+        reason: Some(
+            "recorded from its projection: the status write after it did not happen".into(),
+        ),
+        document: document.into(),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
@@ -178,5 +221,49 @@ mod tests {
         };
         let (_, adopted) = decide(&second, &observed);
         assert_eq!(adopted.status.latest_revision, Some(7));
+    }
+
+    #[test]
+    fn a_projection_whose_status_write_failed_is_recorded_before_the_next_revision() {
+        let v1 = RuntimeConfig::test().with_value("level", "one");
+        let first = crate::reconcile::plan(&v1, &Observed::test());
+        let mut v2 = v1.clone().with_value("level", "two").next_generation();
+        v2.status = Some(first.status.clone());
+        let observed = Observed {
+            config_map: first.config_map.clone(),
+            ..Observed::test()
+        };
+        // Revision 2 is projected, and its status write never happens.
+        let second = crate::reconcile::plan(&v2, &observed);
+        let projected = Observed {
+            config_map: second.config_map.clone(),
+            ..Observed::test()
+        };
+        assert_eq!(second.status.latest_revision, Some(2));
+        let mut v3 = v2.clone().with_value("level", "three").next_generation();
+        v3.status = Some(first.status.clone());
+        let third = crate::reconcile::plan(&v3, &projected);
+        let history: Vec<(i64, &str)> = third
+            .status
+            .history
+            .iter()
+            .map(|h| (h.revision, h.hash.as_str()))
+            .collect();
+        let two = &second.status.history[1].hash;
+        assert_eq!(history.len(), 3, "{history:?}");
+        assert_eq!(
+            history[1],
+            (2, two.as_str()),
+            "revision 2 is recorded as projected"
+        );
+        assert_eq!(history[2].0, 3);
+        assert_eq!(third.status.latest_revision, Some(3));
+
+        // The same spec as the unrecorded projection: that revision is adopted, not repeated.
+        let mut again = v2.clone();
+        again.status = Some(first.status.clone());
+        let adopted = crate::reconcile::plan(&again, &projected);
+        let numbers: Vec<i64> = adopted.status.history.iter().map(|h| h.revision).collect();
+        assert_eq!(numbers, vec![1, 2]);
     }
 }
