@@ -113,11 +113,6 @@ impl Process {
         &self.args
     }
 
-    /// Its name.
-    pub fn name(&self) -> &'static str {
-        self.inner.name
-    }
-
     /// Sends SIGTERM to the program (not its supervisor) and returns at once.
     pub fn terminate(&self) {
         self.signal("-TERM");
