@@ -37,8 +37,19 @@ pub(crate) fn decide_revision<K: ConfigResource>(
     draft: &mut Draft,
 ) -> Revision {
     let (obj, observed, prev, now) = (cx.obj, cx.observed, &cx.prev, cx.now);
+    let (cm_revision, cm_hash) = observed
+        .config_map
+        .as_ref()
+        .map(|cm| projection::stamped(&cm.metadata))
+        .unwrap_or_default();
     let errors = obj.validate(Some(&secret_values(&observed.secrets)));
     if !errors.is_empty() {
+        // An unrecorded projection is recorded even now: a pin may project an older revision
+        // over it next, and its number must never be given to another document.
+        if let Some(snapshot) = unrecorded_projection(cx, cm_revision, cm_hash.as_deref(), "") {
+            draft.status.latest_revision = Some(snapshot.revision);
+            draft.status.history.push(snapshot);
+        }
         return Revision {
             errors,
             sensitive: None,
@@ -47,11 +58,6 @@ pub(crate) fn decide_revision<K: ConfigResource>(
     let latest_entry = prev
         .latest_revision
         .and_then(|r| prev.history.iter().find(|s| s.revision == r));
-    let (cm_revision, cm_hash) = observed
-        .config_map
-        .as_ref()
-        .map(|cm| projection::stamped(&cm.metadata))
-        .unwrap_or_default();
     let resolved: BTreeMap<String, ResolvedSecret> = observed
         .secrets
         .iter()
@@ -144,6 +150,14 @@ fn unrecorded_projection<K: ConfigResource>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn find_valid(status: &crate::crd::ConfigStatus) -> Option<&str> {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Valid")
+            .map(|c| c.status.as_str())
+    }
     use crate::crd::{ParamType, Parameter, RuntimeConfig};
     use crate::reconcile::Observed;
 
@@ -258,6 +272,27 @@ mod tests {
         );
         assert_eq!(history[2].0, 3);
         assert_eq!(third.status.latest_revision, Some(3));
+
+        // An invalid spec next: the unrecorded projection is recorded all the same.
+        let mut broken = v2.clone().next_generation();
+        broken
+            .spec
+            .values
+            .insert("level".into(), serde_json::json!({"not": "a level"}));
+        broken
+            .spec
+            .schema
+            .insert("level".into(), Parameter::test(ParamType::String));
+        broken.status = Some(first.status.clone());
+        let invalid = crate::reconcile::plan(&broken, &projected);
+        assert_eq!(find_valid(&invalid.status), Some("False"));
+        let numbers: Vec<i64> = invalid.status.history.iter().map(|h| h.revision).collect();
+        assert_eq!(
+            numbers,
+            vec![1, 2],
+            "revision 2 is recorded though the spec is invalid"
+        );
+        assert_eq!(invalid.status.latest_revision, Some(2));
 
         // The same spec as the unrecorded projection: that revision is adopted, not repeated.
         let mut again = v2.clone();
