@@ -93,26 +93,14 @@ impl Reports {
             let mut events =
                 std::pin::pin!(watcher(pods, watcher::Config::default()).applied_objects());
             while let Some(Ok(pod)) = events.next().await {
-                let applied: Value = pod
-                    .annotations()
-                    .get("hotconf.dev/applied")
-                    .and_then(|a| serde_json::from_str(a).ok())
-                    .unwrap_or(Value::Null);
-                let report = (applied["revision"].as_i64(), !applied["error"].is_null());
-                let crash_looping = pod
-                    .status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-                    .any(|c| {
-                        c.state
-                            .as_ref()
-                            .and_then(|s| s.waiting.as_ref())
-                            .and_then(|w| w.reason.as_deref())
-                            == Some("CrashLoopBackOff")
-                    });
-                let signal = match (applied["failedRevision"].as_i64(), report.0) {
+                // The pod as the operator reads it: the agent's report and the pod's health.
+                let consumer = hotconf::rollout::Consumer::from_pod(&pod);
+                let report = (consumer.revision, consumer.error.is_some());
+                let signal = match (consumer.failed_revision, report.0) {
                     (Some(failed), _) => Some((failed, "refused")),
-                    (None, Some(revision)) if crash_looping => Some((revision, "crash-loop")),
+                    (None, Some(revision)) if consumer.health.crash_looping => {
+                        Some((revision, "crash-loop"))
+                    }
                     _ => None,
                 };
                 if let Some((revision, how)) = signal {

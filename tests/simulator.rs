@@ -6,12 +6,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
-use common::{TestEnv, eventually, hotconf_bin};
+use common::sim::simulator;
+use common::{TestEnv, eventually};
 use hotconf::dev::sim::{
-    FAULT, FAULT_ON_APPLIED_REVISION, FAULT_ON_RESTART_REVISION, PodEventKind, SimOptions,
-    Simulator,
+    FAULT, FAULT_ON_APPLIED_REVISION, FAULT_ON_RESTART_REVISION, PodEventKind,
 };
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -20,24 +19,6 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-
-async fn simulator(env: &TestEnv, tweak: impl FnOnce(&mut SimOptions)) -> Simulator {
-    let mut options = SimOptions {
-        node_name: format!("sim-{}", env.ns),
-        namespaces: vec![env.ns.clone()],
-        start_delay: Duration::from_millis(200),
-        volume_sync_delay: Duration::from_secs(1),
-        crash_period: Duration::from_secs(1),
-        agent_binary: Some(hotconf_bin()),
-        kubeconfig: Some(env.plane.kubeconfig_path().to_path_buf()),
-        // Kept beside the control-plane logs: the agents' logs are there.
-        root: Some(env.plane.log_dir().join(format!("sim-{}", env.ns))),
-    };
-    tweak(&mut options);
-    Simulator::start(env.client.clone(), options)
-        .await
-        .expect("the simulator starts")
-}
 
 fn template(app: &str, annotations: Value) -> Value {
     json!({

@@ -72,18 +72,11 @@ pub fn ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-/// A container of the pod waits in `CrashLoopBackOff`.
+/// A container of the pod waits in `CrashLoopBackOff` (as the operator reads a pod).
 pub fn crash_looping(pod: &Pod) -> bool {
-    pod.status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .any(|c| {
-            c.state
-                .as_ref()
-                .and_then(|s| s.waiting.as_ref())
-                .and_then(|w| w.reason.as_deref())
-                == Some("CrashLoopBackOff")
-        })
+    hotconf::rollout::Consumer::from_pod(pod)
+        .health
+        .crash_looping
 }
 
 /// The agent's `hotconf.dev/applied` report on the pod.
