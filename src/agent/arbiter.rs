@@ -73,16 +73,23 @@ impl Arbiter {
     /// volume snapshot is picked only when the volume may be used and its content is not one
     /// the API source has shown (that content is either the API's own latest, handled above,
     /// or older than it; a volume that names its revision is compared by content and revision).
+    ///
+    /// An API state equal to the one handed on (the volume brought it first) counts as handled
+    /// by the API too: otherwise, once the volume hands on something newer while the API is
+    /// down, that older API state would look unhandled and be applied again, backwards.
     pub fn pick(
-        &self,
+        &mut self,
         volume: Option<&Snapshot>,
         api: &ApiState,
         now: Instant,
     ) -> Option<Snapshot> {
         if let Some(latest) = &api.latest {
             let state = Some(latest.state());
-            if self.handled_api != state && self.applied != state {
-                return Some(latest.clone());
+            if self.handled_api != state {
+                if self.applied != state {
+                    return Some(latest.clone());
+                }
+                self.handled_api = state;
             }
         }
         let volume = volume?;
@@ -154,7 +161,8 @@ mod tests {
         let none = ApiState::default();
         // An old ConfigMap without the metadata key, then the operator adds it.
         let unknown = snap(Origin::Volume, "a: 1\n", None);
-        a.handled(&a.pick(Some(&unknown), &none, t0).unwrap(), true);
+        let picked = a.pick(Some(&unknown), &none, t0).unwrap();
+        a.handled(&picked, true);
         let known = snap(Origin::Volume, "a: 1\n", Some(3));
         let picked = a.pick(Some(&known), &none, t0).expect("a new state");
         assert_eq!(picked.revision, Some(3));
@@ -169,7 +177,7 @@ mod tests {
     #[test]
     fn api_is_primary_and_volume_waits_for_the_grace_period() {
         let t0 = Instant::now();
-        let a = Arbiter::new(t0);
+        let mut a = Arbiter::new(t0);
         let v = snap(Origin::Volume, "a: 1\n", None);
         let connecting = api(ApiHealth::Connecting, &[]);
         assert!(a.pick(Some(&v), &connecting, t0).is_none());
@@ -212,6 +220,36 @@ mod tests {
         // While the API is healthy the volume is not consulted.
         state.health = ApiHealth::Synced;
         assert!(a.pick(Some(&new), &state, t0).is_none());
+    }
+
+    /// Found by CI on a slow machine: the volume handed revision 1 on before the API synced
+    /// (grace period over), the API then showed the same revision 1; during an outage the
+    /// volume brought revision 2. Revision 1 from the API must not be applied again.
+    #[test]
+    fn an_api_state_the_volume_brought_first_is_not_applied_again_later() {
+        let t0 = Instant::now();
+        let mut a = Arbiter::new(t0);
+        let v1 = snap(Origin::Volume, "a: 1\n", Some(1));
+        let connecting = api(ApiHealth::Connecting, &[]);
+        let picked = a.pick(Some(&v1), &connecting, t0 + API_GRACE).unwrap();
+        a.handled(&picked, true);
+        let mut state = api(ApiHealth::Synced, &[("a: 1\n", 1)]);
+        assert!(a.pick(Some(&v1), &state, t0 + API_GRACE).is_none());
+        state.health = ApiHealth::Failing("connection refused".into());
+        let v2 = snap(Origin::Volume, "a: 2\n", Some(2));
+        let picked = a.pick(Some(&v2), &state, t0 + API_GRACE).unwrap();
+        assert_eq!(picked.revision, Some(2));
+        a.handled(&picked, true);
+        assert!(
+            a.pick(Some(&v2), &state, t0 + API_GRACE).is_none(),
+            "revision 1 from the API is older than what was handed on"
+        );
+        // Healed: the API lists revision 2, already applied; then revision 3 is new.
+        state.health = ApiHealth::Synced;
+        state.observe(snap(Origin::Api, "a: 2\n", Some(2)));
+        assert!(a.pick(Some(&v2), &state, t0 + API_GRACE).is_none());
+        state.observe(snap(Origin::Api, "a: 3\n", Some(3)));
+        assert_eq!(a.pick(Some(&v2), &state, t0).unwrap().revision, Some(3));
     }
 
     #[test]

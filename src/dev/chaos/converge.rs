@@ -13,6 +13,7 @@ use super::workload::Object;
 use crate::crd::{PoolBudget, RuntimeConfig, names};
 use crate::dev::error::Error;
 use crate::document::ResolvedSecret;
+use crate::history;
 use crate::kinds::ConfigResource;
 use crate::reconcile::{self, Observed};
 
@@ -105,6 +106,11 @@ async fn check_kind<K: ConfigResource>(
             .unwrap_or_default(),
         latest: status.and_then(|s| s.latest_revision),
         pinned: status.and_then(|s| s.rollback.as_ref().map(|r| r.target_revision)),
+        current: status.and_then(|s| s.current_revision),
+        at_bounds: status.is_some_and(|s| {
+            s.history.len() >= history::history_limit(obj.history_limit())
+                || history::history_bytes(&s.history) > history::HISTORY_BYTE_BUDGET * 3 / 4
+        }),
     };
     let annotation = |key: &str| {
         config_map
