@@ -177,6 +177,14 @@ pub fn plan<K: ConfigResource>(obj: &K, observed: &Observed) -> Plan {
     let cx = Context::new(obj, observed);
     let mut draft = Draft::new(&cx.prev, cx.generation);
     let revision = revision::decide_revision(&cx, &mut draft);
+    if revision.recovered.is_some() {
+        // Record first, and only that: the spec is looked at again once the status holds it.
+        draft.status.observed_generation = cx.prev.observed_generation;
+        let pinned = cx.prev.rollback.as_ref().map(|r| r.target_revision);
+        trim_history(&cx, &mut draft, pinned);
+        draft.plan.requeue_after = Some(Duration::ZERO);
+        return draft.finish(&cx.prev);
+    }
     let rollback = rollback::decide_rollback(&cx, &mut draft);
     let projection = project::decide_projection(&cx, &mut draft, &revision, rollback.pinned);
     restarts::decide_restarts(&cx, &mut draft, &projection);

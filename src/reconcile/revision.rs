@@ -21,6 +21,10 @@ pub(crate) struct Revision {
     pub errors: Vec<FieldError>,
     /// The valid spec's sensitive values, for the Secret (`None` while the spec is invalid).
     pub sensitive: Option<BTreeMap<String, String>>,
+    /// An unrecorded projection found on the ConfigMap and recorded in the draft: this
+    /// reconcile writes status only, since anything it projected next would overwrite the one
+    /// place that revision is known if that status write failed too.
+    pub recovered: Option<i64>,
 }
 
 impl Revision {
@@ -47,12 +51,12 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         // An unrecorded projection is recorded even now: a pin may project an older revision
         // over it next, and its number must never be given to another document.
         if let Some(snapshot) = unrecorded_projection(cx, cm_revision, cm_hash.as_deref(), "") {
-            draft.status.latest_revision = Some(snapshot.revision);
-            draft.status.history.push(snapshot);
+            return recover(draft, snapshot);
         }
         return Revision {
             errors,
             sensitive: None,
+            recovered: None,
         };
     }
     let latest_entry = prev
@@ -75,8 +79,7 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         // new one, it is recorded first, from the ConfigMap: pods may have applied it, and no
         // projected revision may be missing from history (SPEC §5.12).
         if let Some(snapshot) = unrecorded_projection(cx, cm_revision, cm_hash.as_deref(), &hash) {
-            draft.status.latest_revision = Some(snapshot.revision);
-            draft.status.history.push(snapshot);
+            return recover(draft, snapshot);
         }
         let revision = match (cm_revision, &cm_hash) {
             (Some(r), Some(h)) if *h == hash && r > prev.latest_revision.unwrap_or(0) => r,
@@ -109,6 +112,20 @@ pub(crate) fn decide_revision<K: ConfigResource>(
     Revision {
         errors: Vec::new(),
         sensitive,
+        recovered: None,
+    }
+}
+
+// Records an unrecorded projection as the latest and current revision (the ConfigMap carries
+// it), and nothing else this round.
+fn recover(draft: &mut Draft, snapshot: Snapshot) -> Revision {
+    let revision = snapshot.revision;
+    draft.status.latest_revision = Some(revision);
+    draft.status.current_revision = Some(revision);
+    draft.status.history.push(snapshot);
+    Revision {
+        recovered: Some(revision),
+        ..Revision::default()
     }
 }
 
@@ -256,22 +273,39 @@ mod tests {
         assert_eq!(second.status.latest_revision, Some(2));
         let mut v3 = v2.clone().with_value("level", "three").next_generation();
         v3.status = Some(first.status.clone());
-        let third = crate::reconcile::plan(&v3, &projected);
-        let history: Vec<(i64, &str)> = third
-            .status
-            .history
-            .iter()
-            .map(|h| (h.revision, h.hash.as_str()))
-            .collect();
-        let two = &second.status.history[1].hash;
-        assert_eq!(history.len(), 3, "{history:?}");
+        let numbers = |plan: &crate::reconcile::Plan| -> Vec<(i64, String)> {
+            plan.status
+                .history
+                .iter()
+                .map(|h| (h.revision, h.hash.clone()))
+                .collect()
+        };
+        let two = second.status.history[1].hash.clone();
+        // First only recorded: nothing is projected over it until the status holds it.
+        let recorded = crate::reconcile::plan(&v3, &projected);
         assert_eq!(
-            history[1],
-            (2, two.as_str()),
+            numbers(&recorded),
+            vec![(1, first.status.history[0].hash.clone()), (2, two.clone())],
             "revision 2 is recorded as projected"
         );
+        assert!(recorded.config_map.is_none(), "no projection this round");
+        assert!(recorded.status_changed);
+        assert_eq!(recorded.status.latest_revision, Some(2));
+        assert_eq!(recorded.status.current_revision, Some(2));
+        assert_eq!(
+            recorded.status.observed_generation, first.status.observed_generation,
+            "the new generation is not looked at yet"
+        );
+        assert_eq!(recorded.requeue_after, Some(Duration::ZERO));
+        // Then the new spec, as revision 3.
+        v3.status = Some(recorded.status.clone());
+        let third = crate::reconcile::plan(&v3, &projected);
+        let history = numbers(&third);
+        assert_eq!(history.len(), 3, "{history:?}");
+        assert_eq!(history[1], (2, two.clone()));
         assert_eq!(history[2].0, 3);
         assert_eq!(third.status.latest_revision, Some(3));
+        assert!(third.config_map.is_some());
 
         // An invalid spec next: the unrecorded projection is recorded all the same.
         let mut broken = v2.clone().next_generation();
@@ -284,14 +318,17 @@ mod tests {
             .schema
             .insert("level".into(), Parameter::test(ParamType::String));
         broken.status = Some(first.status.clone());
-        let invalid = crate::reconcile::plan(&broken, &projected);
-        assert_eq!(find_valid(&invalid.status), Some("False"));
-        let numbers: Vec<i64> = invalid.status.history.iter().map(|h| h.revision).collect();
+        let recorded = crate::reconcile::plan(&broken, &projected);
+        let revisions: Vec<i64> = numbers(&recorded).iter().map(|(r, _)| *r).collect();
         assert_eq!(
-            numbers,
+            revisions,
             vec![1, 2],
             "revision 2 is recorded though the spec is invalid"
         );
+        assert_eq!(recorded.status.latest_revision, Some(2));
+        broken.status = Some(recorded.status.clone());
+        let invalid = crate::reconcile::plan(&broken, &projected);
+        assert_eq!(find_valid(&invalid.status), Some("False"));
         assert_eq!(invalid.status.latest_revision, Some(2));
 
         // The same spec as the unrecorded projection: that revision is adopted, not repeated.
