@@ -26,9 +26,6 @@ pub enum Error {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
-    /// Leader election could not start.
-    #[error("leader election: {0}")]
-    Leader(#[source] kube_lease_manager::LeaseManagerError),
     /// The CRDs are not installed in the cluster.
     #[error(
         "CRD {0} is not installed: run `hotconf crds | kubectl apply --server-side -f -` (or install the Helm chart) first"
@@ -57,7 +54,6 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Io { .. } => "io",
-            Error::Leader(_) => "leader_election",
             Error::Webhook { .. } => "webhook",
             Error::Serve { .. } => "serve",
             Error::Cert(_) => "certificate",

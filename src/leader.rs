@@ -1,22 +1,30 @@
-//! Leader election through a `coordination.k8s.io` Lease (kube-lease-manager). Every replica
-//! runs its watches; only the holder writes. The Lease is released on shutdown, so a successor
-//! takes over at once rather than after the Lease expires.
+//! Leader election through a `coordination.k8s.io` Lease. Every replica runs its watches; only
+//! the holder writes.
 //!
-//! A holder that cannot renew (the API is unreachable, or slow) must stop writing before
-//! another replica may take the Lease over, whatever the lease manager believes: a fence
-//! confirms the renewals by reading the Lease, and leadership lapses when no renewal has been
-//! confirmed for the Lease's duration less a margin (the chaos suite found two writers in one
-//! term after a kube-apiserver restart without it).
+//! - The holder renews every `duration - grace` with a write conditional on the Lease's
+//!   `resourceVersion`. It may write while its last confirmed renewal (the time it *sent* the
+//!   request that succeeded) is younger than the duration less a margin: a holder that cannot
+//!   renew (the API is unreachable, slow or stalled) stops writing before anyone may take over,
+//!   whatever its requests are still waiting for.
+//! - A follower takes an expired Lease: one whose record did not change for its
+//!   `leaseDurationSeconds`, as timed by the follower from when it saw the record change (no
+//!   clocks are compared across machines).
+//! - A follower watches the Lease, so a Lease the holder released on shutdown is taken at once
+//!   rather than when it would have expired.
+//!
+//! The decisions are a pure function ([`next_step`]); the task around it does the requests.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
-use kube_lease_manager::{LeaseCreateMode, LeaseManagerBuilder};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-
-use crate::Error;
+use tokio::time::Instant;
 
 /// Leader-election settings (`hotconf operator --leader-elect ...`).
 #[derive(clap::Args, Debug, Clone)]
@@ -44,13 +52,9 @@ pub struct LeaderArgs {
 
 /// A running election: `is_leader` follows the Lease.
 pub struct Election {
-    /// true while this replica holds the Lease.
+    /// true while this replica holds the Lease and may write.
     pub is_leader: watch::Receiver<bool>,
-    handle: Option<
-        JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
-    >,
-    // The fence (it holds the lease manager's receiver: stopped before the release).
-    fence: Option<JoinHandle<()>>,
+    running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     // Leader election off: the sender that keeps `is_leader` true.
     _solo: Option<watch::Sender<bool>>,
 }
@@ -61,143 +65,393 @@ impl Election {
         let (tx, rx) = watch::channel(true);
         Election {
             is_leader: rx,
-            handle: None,
-            fence: None,
+            running: None,
             _solo: Some(tx),
         }
     }
 
     /// Starts competing for the Lease.
-    pub async fn start(client: Client, args: &LeaderArgs) -> Result<Self, Error> {
+    pub fn start(client: Client, args: &LeaderArgs) -> Self {
         let namespace = args
             .lease_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
         let identity = args.lease_identity.clone().unwrap_or_else(default_identity);
-        let grace = args
-            .lease_grace
-            .min(args.lease_duration.saturating_sub(1))
-            .max(1);
-        let duration = args.lease_duration.max(grace + 1);
-        let leases: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-        let manager = LeaseManagerBuilder::new(client, &args.lease_name)
-            .with_namespace(&namespace)
-            .with_create_mode(LeaseCreateMode::AutoCreate)
-            .with_identity(&identity)
-            .with_duration(duration)
-            .with_grace(grace)
-            .with_field_manager(format!("hotconf-lease-{identity}"))
-            .build()
-            .await
-            .map_err(Error::Leader)?;
-        let (manager_rx, handle) = manager.watch().await;
+        let timing = Timing::new(args.lease_duration, args.lease_grace);
         let (tx, rx) = watch::channel(false);
-        let fence = tokio::spawn(fence(
-            manager_rx,
-            tx,
-            leases,
-            args.lease_name.clone(),
-            identity.clone(),
-            Duration::from_secs(duration),
-        ));
-        tracing::info!(lease = %args.lease_name, %namespace, %identity, "leader election started");
-        Ok(Election {
+        let (until_tx, until_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let elector = Elector {
+            leases: Api::namespaced(client, &namespace),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            timing,
+            until: until_tx,
+        };
+        tracing::info!(lease = %args.lease_name, %namespace, %identity, ?timing, "leader election started");
+        let task = tokio::spawn(async move {
+            let gate = tokio::spawn(gate(until_rx, tx));
+            elector.run(stop_rx).await;
+            let _ = gate.await;
+        });
+        Election {
             is_leader: rx,
-            handle: Some(handle),
-            fence: Some(fence),
+            running: Some((stop_tx, task)),
             _solo: None,
-        })
+        }
     }
 
-    /// Gives up the Lease (if held) and waits until it is released. Every clone of
-    /// `is_leader` must be dropped first: the lease manager releases once no one listens.
+    /// Stops writing, gives up the Lease (if held) and waits until it is released.
     pub async fn release(self) {
-        let Election {
-            is_leader,
-            handle,
-            fence,
-            ..
-        } = self;
-        drop(is_leader);
-        if let Some(fence) = fence {
-            fence.abort();
-            let _ = fence.await;
+        let Some((stop, task)) = self.running else {
+            return;
+        };
+        let _ = stop.send(());
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the leader lease was not released within 5s");
         }
-        if let Some(handle) = handle {
-            match tokio::time::timeout(std::time::Duration::from_secs(5), handle).await {
-                Ok(Ok(Ok(_))) => tracing::info!("leader lease released"),
-                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "releasing the leader lease failed"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "the lease task failed"),
-                Err(_) => tracing::warn!("the leader lease was not released within 5s"),
+    }
+}
+
+/// The election's timing, from `--lease-duration` and `--lease-grace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long the Lease holds without renewal.
+    pub duration: Duration,
+    /// How often the holder renews.
+    pub renew_every: Duration,
+    /// How much sooner than the duration a holder that could not renew stops writing.
+    pub margin: Duration,
+    /// How long a request may take, and how long after a failed one the next is made.
+    pub retry: Duration,
+}
+
+impl Timing {
+    /// From whole seconds: the grace is kept within 1..duration.
+    pub fn new(duration: u64, grace: u64) -> Timing {
+        let grace = grace.min(duration.saturating_sub(1)).max(1);
+        let duration = Duration::from_secs(duration.max(grace + 1));
+        Timing {
+            duration,
+            renew_every: duration - Duration::from_secs(grace),
+            margin: (duration / 8).max(Duration::from_millis(250)),
+            retry: (duration / 8).max(Duration::from_millis(250)),
+        }
+    }
+
+    /// Until when a holder whose renewal sent at `confirmed` succeeded may write.
+    pub fn writes_until(&self, confirmed: Instant) -> Instant {
+        confirmed + self.duration - self.margin
+    }
+}
+
+/// What this replica knows of the Lease.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    /// The Lease as last read, watched or written (`None`: not read yet).
+    pub lease: Option<Option<Lease>>,
+    /// When its record (holder, acquire and renew times) was seen to change.
+    pub changed_at: Option<Instant>,
+    /// When this replica's last successful acquire or renewal was sent, while it holds it.
+    pub confirmed: Option<Instant>,
+    /// No request before this (the last one failed).
+    pub retry_at: Option<Instant>,
+}
+
+/// What the elector does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Read the Lease (nothing known yet).
+    Read,
+    /// Create the Lease, or take it over (free, expired, or ours without a confirmation).
+    Acquire,
+    /// Renew the Lease this replica holds.
+    Renew,
+    /// Nothing until then (or until the Lease changes).
+    Wait(Instant),
+}
+
+fn record(lease: &Lease) -> (Option<&str>, Option<&MicroTime>, Option<&MicroTime>) {
+    let spec = lease.spec.as_ref();
+    (
+        spec.and_then(|s| s.holder_identity.as_deref())
+            .filter(|h| !h.is_empty()),
+        spec.and_then(|s| s.acquire_time.as_ref()),
+        spec.and_then(|s| s.renew_time.as_ref()),
+    )
+}
+
+fn holder(lease: &Lease) -> Option<&str> {
+    record(lease).0
+}
+
+impl View {
+    /// Takes in the Lease as read, watched or written at `now`.
+    pub fn saw(&mut self, lease: Option<Lease>, now: Instant) {
+        let before = self.lease.as_ref().map(|l| l.as_ref().map(record));
+        let after = Some(lease.as_ref().map(record));
+        if before != after {
+            self.changed_at = Some(now);
+        }
+        self.lease = Some(lease);
+    }
+
+    /// The holder the Lease names.
+    pub fn holder(&self) -> Option<&str> {
+        self.lease.as_ref()?.as_ref().and_then(holder)
+    }
+}
+
+/// The next step for `identity`, pure.
+pub fn next_step(view: &View, identity: &str, timing: &Timing, now: Instant) -> Step {
+    if let Some(at) = view.retry_at
+        && now < at
+    {
+        return Step::Wait(at);
+    }
+    let Some(lease) = &view.lease else {
+        return Step::Read;
+    };
+    let Some(lease) = lease else {
+        return Step::Acquire;
+    };
+    match (holder(lease), view.confirmed) {
+        (Some(h), Some(confirmed)) if h == identity => {
+            let due = confirmed + timing.renew_every;
+            if now >= due {
+                Step::Renew
+            } else {
+                Step::Wait(due)
+            }
+        }
+        // Free, or ours from an earlier run of this identity.
+        (None, _) => Step::Acquire,
+        (Some(h), None) if h == identity => Step::Acquire,
+        (Some(_), _) => {
+            let lasts = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.lease_duration_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(timing.duration, Duration::from_secs);
+            let expires = view.changed_at.unwrap_or(now) + lasts;
+            if now >= expires {
+                Step::Acquire
+            } else {
+                Step::Wait(expires)
             }
         }
     }
 }
 
-/// Whether a holder may still write: the lease manager says it holds the Lease, and a renewal
-/// was confirmed less than `duration - margin` ago (`confirmed`: a lower bound of when it
-/// happened, so the check errs on the side of stopping).
-pub fn may_write(held: bool, confirmed: Option<Instant>, duration: Duration, now: Instant) -> bool {
-    let margin = (duration / 8).max(Duration::from_millis(250));
-    held && confirmed
-        .is_some_and(|at| now.saturating_duration_since(at) < duration.saturating_sub(margin))
-}
-
-// Publishes `may_write` into `tx`: reads the Lease every eighth of its duration (a renewal is
-// then confirmed at most two reads after it, well within the duration less the margin); a read that
-// finds this replica the holder with a `renewTime` newer than the last read confirms a renewal
-// made no earlier than that last read.
-async fn fence(
-    mut manager: watch::Receiver<bool>,
-    tx: watch::Sender<bool>,
+struct Elector {
     leases: Api<Lease>,
     name: String,
     identity: String,
-    duration: Duration,
-) {
-    let period = (duration / 8).max(Duration::from_millis(250));
-    let mut confirmed: Option<Instant> = None;
-    let mut last: Option<(Instant, Option<String>)> = None;
-    loop {
-        let held = *manager.borrow_and_update();
-        let read_at = Instant::now();
-        if held {
-            match leases.get_opt(&name).await {
-                Ok(Some(lease)) => {
-                    let spec = lease.spec.unwrap_or_default();
-                    let renew = spec.renew_time.map(|t| t.0.to_string());
-                    if spec.holder_identity.as_deref() == Some(identity.as_str()) {
-                        match &last {
-                            // Renewed since the last read: no earlier than that read.
-                            Some((at, before)) if *before != renew => confirmed = Some(*at),
-                            // The first read as holder: just acquired or renewed.
-                            None => confirmed = Some(read_at),
-                            _ => {}
-                        }
-                        last = Some((read_at, renew));
-                    } else {
-                        (confirmed, last) = (None, None);
-                    }
+    timing: Timing,
+    // Until when this replica may write (`None`: it may not).
+    until: watch::Sender<Option<Instant>>,
+}
+
+impl Elector {
+    async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let events = watcher(self.leases.clone(), config)
+            .default_backoff()
+            .applied_objects();
+        tokio::pin!(events);
+        let mut view = View::default();
+        loop {
+            let now = Instant::now();
+            let wake = match next_step(&view, &self.identity, &self.timing, now) {
+                Step::Wait(at) => at,
+                step => {
+                    self.act(&step, &mut view).await;
+                    continue;
                 }
-                Ok(None) => (confirmed, last) = (None, None),
-                Err(error) => tracing::debug!(%error, "reading the Lease to confirm a renewal"),
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                event = events.next() => match event {
+                    Some(Ok(lease)) => {
+                        view.saw(Some(lease), Instant::now());
+                        if view.confirmed.is_some() && view.holder() != Some(self.identity.as_str()) {
+                            self.lost(&mut view);
+                        }
+                    }
+                    Some(Err(error)) => tracing::debug!(%error, "watching the Lease"),
+                    None => {}
+                },
+                () = tokio::time::sleep_until(wake) => {}
             }
-        } else {
-            (confirmed, last) = (None, None);
         }
-        let allowed = may_write(held, confirmed, duration, Instant::now());
-        if *tx.borrow() != allowed {
-            if !allowed && held {
-                tracing::warn!(
-                    "no Lease renewal confirmed within its duration: writes stop until one is"
-                );
+        self.release(&view).await;
+    }
+
+    // One request, within the retry time. A write that succeeds confirms this replica as the
+    // holder from when it was sent; a conflict means the Lease changed (it is read again).
+    async fn act(&self, step: &Step, view: &mut View) {
+        let sent = Instant::now();
+        let result = tokio::time::timeout(self.timing.retry, self.request(step, view)).await;
+        view.retry_at = None;
+        match result {
+            Ok(Ok(lease)) => {
+                let ours = lease.as_ref().and_then(holder) == Some(self.identity.as_str());
+                let wrote = *step != Step::Read;
+                view.saw(lease, Instant::now());
+                if wrote && ours {
+                    if view.confirmed.is_none() {
+                        tracing::info!(identity = %self.identity, "acquired the leader lease");
+                    }
+                    view.confirmed = Some(sent);
+                    self.until
+                        .send_replace(Some(self.timing.writes_until(sent)));
+                } else if !ours {
+                    self.lost(view);
+                }
             }
-            tx.send_replace(allowed);
+            Ok(Err(kube::Error::Api(e))) if e.code == 404 => {
+                view.saw(None, Instant::now());
+                self.lost(view);
+            }
+            Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
+                // Someone else wrote it first: read it again before anything else.
+                view.lease = None;
+                self.lost(view);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, ?step, "a Lease request failed");
+                view.retry_at = Some(Instant::now() + self.timing.retry);
+            }
+            Err(_) => {
+                tracing::debug!(?step, "a Lease request timed out");
+                view.retry_at = Some(Instant::now() + self.timing.retry);
+            }
         }
+    }
+
+    fn lost(&self, view: &mut View) {
+        if view.confirmed.take().is_some() {
+            tracing::warn!(identity = %self.identity, "lost the leader lease");
+        }
+        self.until.send_replace(None);
+    }
+
+    async fn request(&self, step: &Step, view: &View) -> Result<Option<Lease>, kube::Error> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let params = PostParams {
+            field_manager: Some("hotconf-leader".into()),
+            ..PostParams::default()
+        };
+        let current = view.lease.clone().flatten();
+        match (step, current) {
+            (Step::Read, _) => self.leases.get_opt(&self.name).await,
+            (Step::Acquire, None) => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.spec(now.clone(), now, 0)),
+                };
+                self.leases.create(&params, &lease).await.map(Some)
+            }
+            (Step::Acquire, Some(mut lease)) => {
+                let spec = lease.spec.unwrap_or_default();
+                let transitions = spec.lease_transitions.unwrap_or(0)
+                    + i32::from(holder_of(&spec) != Some(self.identity.as_str()));
+                lease.spec = Some(self.spec(now.clone(), now, transitions));
+                self.leases
+                    .replace(&self.name, &params, &lease)
+                    .await
+                    .map(Some)
+            }
+            (Step::Renew, Some(mut lease)) => {
+                let mut spec = lease.spec.unwrap_or_default();
+                spec.renew_time = Some(now);
+                spec.lease_duration_seconds = Some(self.duration_seconds());
+                lease.spec = Some(spec);
+                self.leases
+                    .replace(&self.name, &params, &lease)
+                    .await
+                    .map(Some)
+            }
+            (Step::Renew, None) | (Step::Wait(_), _) => Ok(view.lease.clone().flatten()),
+        }
+    }
+
+    fn spec(&self, acquired: MicroTime, renewed: MicroTime, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.duration_seconds()),
+            acquire_time: Some(acquired),
+            renew_time: Some(renewed),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    fn duration_seconds(&self) -> i32 {
+        i32::try_from(self.timing.duration.as_secs()).unwrap_or(i32::MAX)
+    }
+
+    // Stops writing first, then frees the Lease if this replica holds it.
+    async fn release(&self, view: &View) {
+        let held = view.confirmed.is_some();
+        self.until.send_replace(None);
+        let Some(Some(mut lease)) = view.lease.clone() else {
+            return;
+        };
+        if !held || lease.spec.as_ref().and_then(holder_of) != Some(self.identity.as_str()) {
+            return;
+        }
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.holder_identity = None;
+            spec.acquire_time = None;
+            spec.renew_time = None;
+        }
+        let params = PostParams::default();
+        let request = self.leases.replace(&self.name, &params, &lease);
+        match tokio::time::timeout(Duration::from_secs(3), request).await {
+            Ok(Ok(_)) => tracing::info!("leader lease released"),
+            Ok(Err(error)) => tracing::warn!(%error, "releasing the leader lease failed"),
+            Err(_) => tracing::warn!("releasing the leader lease timed out"),
+        }
+    }
+}
+
+fn holder_of(spec: &LeaseSpec) -> Option<&str> {
+    spec.holder_identity.as_deref().filter(|h| !h.is_empty())
+}
+
+// Turns "may write until" into the flag the controllers read, flipping it to false at that
+// moment even while a renewal is still waiting for its answer.
+async fn gate(mut until: watch::Receiver<Option<Instant>>, tx: watch::Sender<bool>) {
+    loop {
+        let deadline = *until.borrow_and_update();
+        let leading = deadline.is_some_and(|d| Instant::now() < d);
+        if *tx.borrow() != leading {
+            if !leading && deadline.is_some() {
+                tracing::warn!("no Lease renewal confirmed within its duration: writes stop");
+            }
+            tx.send_replace(leading);
+        }
+        let lapse = async {
+            match deadline {
+                Some(d) if leading => tokio::time::sleep_until(d).await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            changed = manager.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(period) => {}
+            changed = until.changed() => if changed.is_err() {
+                tx.send_replace(false);
+                return;
+            },
+            () = lapse => {}
         }
     }
 }
@@ -215,27 +469,111 @@ fn default_identity() -> String {
 mod tests {
     use super::*;
 
+    fn lease(holder: Option<&str>, renewed: i64) -> Lease {
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_string),
+                lease_duration_seconds: Some(4),
+                renew_time: Some(MicroTime(
+                    k8s_openapi::jiff::Timestamp::from_second(renewed).unwrap(),
+                )),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
     #[test]
-    fn a_holder_stops_writing_before_its_lease_could_be_taken_over() {
-        let duration = Duration::from_secs(4);
+    fn timing_keeps_a_margin_below_the_duration() {
+        let t = Timing::new(4, 2);
+        assert_eq!(t.duration, Duration::from_secs(4));
+        assert_eq!(t.renew_every, Duration::from_secs(2));
+        assert_eq!(t.margin, Duration::from_millis(500));
         let t0 = Instant::now();
-        assert!(may_write(true, Some(t0), duration, t0));
-        assert!(may_write(
-            true,
-            Some(t0),
-            duration,
-            t0 + Duration::from_millis(3400)
-        ));
-        assert!(!may_write(
-            true,
-            Some(t0),
-            duration,
-            t0 + Duration::from_millis(3500)
-        ));
-        assert!(
-            !may_write(true, None, duration, t0),
-            "no renewal confirmed yet"
+        assert_eq!(t.writes_until(t0), t0 + Duration::from_millis(3500));
+        // A grace as long as the duration is cut to leave a renewal period.
+        assert_eq!(Timing::new(2, 5).renew_every, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_waits_for_expiry_and_takes_a_released_lease_at_once() {
+        let t = Timing::new(4, 2);
+        let t0 = Instant::now();
+        let mut view = View::default();
+        assert_eq!(next_step(&view, "b", &t, t0), Step::Read);
+        view.saw(Some(lease(Some("a"), 100)), t0);
+        assert_eq!(
+            next_step(&view, "b", &t, t0),
+            Step::Wait(t0 + Duration::from_secs(4))
         );
-        assert!(!may_write(false, Some(t0), duration, t0), "not the holder");
+        // Renewed: expiry is timed again from when the change was seen.
+        let t1 = t0 + Duration::from_secs(2);
+        view.saw(Some(lease(Some("a"), 102)), t1);
+        assert_eq!(
+            next_step(&view, "b", &t, t1 + Duration::from_secs(3)),
+            Step::Wait(t1 + Duration::from_secs(4))
+        );
+        assert_eq!(
+            next_step(&view, "b", &t, t1 + Duration::from_secs(4)),
+            Step::Acquire
+        );
+        // The same record seen again is no change.
+        view.saw(Some(lease(Some("a"), 102)), t1 + Duration::from_secs(3));
+        assert_eq!(view.changed_at, Some(t1));
+        // Released: taken at once.
+        view.saw(Some(lease(None, 102)), t1 + Duration::from_millis(100));
+        assert_eq!(
+            next_step(&view, "b", &t, t1 + Duration::from_millis(100)),
+            Step::Acquire
+        );
+        // No Lease at all: created.
+        view.saw(None, t1);
+        assert_eq!(next_step(&view, "b", &t, t1), Step::Acquire);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_renews_on_time_and_retries_after_a_failure() {
+        let t = Timing::new(4, 2);
+        let t0 = Instant::now();
+        let mut view = View::default();
+        view.saw(Some(lease(Some("a"), 100)), t0);
+        // Ours from an earlier run, never confirmed in this one: acquired again.
+        assert_eq!(next_step(&view, "a", &t, t0), Step::Acquire);
+        view.confirmed = Some(t0);
+        assert_eq!(
+            next_step(&view, "a", &t, t0),
+            Step::Wait(t0 + Duration::from_secs(2))
+        );
+        assert_eq!(
+            next_step(&view, "a", &t, t0 + Duration::from_secs(2)),
+            Step::Renew
+        );
+        view.retry_at = Some(t0 + Duration::from_millis(2500));
+        assert_eq!(
+            next_step(&view, "a", &t, t0 + Duration::from_secs(2)),
+            Step::Wait(t0 + Duration::from_millis(2500))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_stop_when_no_renewal_was_confirmed_in_time() {
+        let (until_tx, until_rx) = watch::channel(None);
+        let (tx, mut rx) = watch::channel(false);
+        let gate = tokio::spawn(gate(until_rx, tx));
+        let t0 = Instant::now();
+        until_tx.send_replace(Some(t0 + Duration::from_millis(3500)));
+        rx.wait_for(|l| *l).await.unwrap();
+        // No renewal arrives: false at the deadline, not later.
+        rx.wait_for(|l| !*l).await.unwrap();
+        assert!(Instant::now() >= t0 + Duration::from_millis(3500));
+        assert!(Instant::now() < t0 + Duration::from_millis(3600));
+        // Renewed: writing again; released: stopped at once.
+        until_tx.send_replace(Some(Instant::now() + Duration::from_secs(3)));
+        rx.wait_for(|l| *l).await.unwrap();
+        until_tx.send_replace(None);
+        rx.wait_for(|l| !*l).await.unwrap();
+        drop(until_tx);
+        gate.await.unwrap();
+        assert!(!*rx.borrow());
     }
 }

@@ -77,7 +77,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         stopped(&stop_tx),
     ));
     let election = if args.leader.leader_elect {
-        Election::start(client.clone(), &args.leader).await?
+        Election::start(client.clone(), &args.leader)
     } else {
         Election::solo()
     };
@@ -123,6 +123,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         health,
     };
     let result = controller::run(client, scope, runtime, crate::shutdown::signal()).await;
+    // The controllers have stopped: a successor may take over now.
+    election.release().await;
     let _ = stop_tx.send(());
     let _ = gauge.await;
     if let Some(webhook) = webhook {
@@ -132,7 +134,6 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
             Ok(Ok(())) => {}
         }
     }
-    election.release().await;
     match admin.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server failed"),
         Err(e) => tracing::warn!(error = %e, "admin server task failed"),

@@ -12,7 +12,6 @@ fn repo() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "not yet clean: a PoolBudget's history can lose revisions under a pin (issue 16); run with `cargo test --test chaos -- --ignored`"]
 async fn the_short_chaos_profile_keeps_every_invariant() {
     let logs = repo().join("target/control-plane-logs/chaos");
     let _ = std::fs::remove_dir_all(&logs);

@@ -18,7 +18,7 @@ use hyper::body::Frame;
 use kube::{Api, Client, Resource, runtime::watcher};
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Health, Problem, Watch, WatchKind};
 
@@ -111,8 +111,11 @@ impl<K: 'static> Supervisor<K> {
         loop {
             if self.stream.is_none() {
                 if self.failures > 0 {
-                    tokio::time::sleep(backoff(self.failures, idle)).await;
+                    let wait = backoff(self.failures, idle);
+                    debug!(watch = %self.watch.name, failures = self.failures, ?wait, "watching again after a backoff");
+                    tokio::time::sleep(wait).await;
                 }
+                debug!(watch = %self.watch.name, "listing and watching");
                 self.watch.with(|s| s.restarted(Instant::now(), None));
                 self.stream = Some((self.start)());
             }

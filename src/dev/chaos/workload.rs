@@ -82,6 +82,26 @@ fn pool_budget_body(o: &Object, entries: i64) -> Value {
     }})
 }
 
+/// Creates a PoolBudget outside the run's objects (the stall fault's probe: its ConfigMap
+/// appears once the operator sees it).
+pub async fn create_probe(client: &Client, ns: &str, name: &str) -> Result<(), Error> {
+    let probe = Object {
+        runtime_config: false,
+        secret: None,
+        name: name.to_string(),
+    };
+    let body: PoolBudget =
+        serde_json::from_value(pool_budget_body(&probe, 1)).expect("a PoolBudget");
+    let post = PostParams {
+        field_manager: Some(WRITER.into()),
+        ..Default::default()
+    };
+    Api::<PoolBudget>::namespaced(client.clone(), ns)
+        .create(&post, &body)
+        .await?;
+    Ok(())
+}
+
 /// Creates every object (and its Secret) in `ns`.
 pub async fn create(client: &Client, ns: &str, objects: &[Object]) -> Result<(), Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
