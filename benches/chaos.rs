@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use hotconf::dev::chaos::{self, ChaosOptions, REPLICA_USERS};
+use hotconf::dev::chaos::{self, ChaosOptions};
 use hotconf::dev::control_plane::{ControlPlane, Options};
 
 fn repo() -> PathBuf {
@@ -64,7 +64,7 @@ async fn run() -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut plane = ControlPlane::start(Options {
         controller_manager: false,
-        users: REPLICA_USERS.iter().map(|u| u.to_string()).collect(),
+        users: chaos::users(),
         crds: vec![repo().join("crds")],
         log_dir: Some(logs.join("control-plane")),
         ..Options::default()

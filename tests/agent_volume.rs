@@ -250,7 +250,7 @@ async fn the_volume_is_the_fallback_when_the_api_is_unreachable() {
 /// A reload counts only on a 2xx answer: failed POSTs are retried with backoff; when every
 /// attempt fails the file is still written and the failure is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reloads_are_retried_until_the_app_answers_2xx() {
+async fn reloads_are_retried_until_the_app_answers_2xx_and_announced_again_later() {
     let tmp = tempfile::tempdir().unwrap();
     let mount = tmp.path().join("config");
     let output = tmp.path().join("out.yaml");
@@ -279,7 +279,9 @@ async fn reloads_are_retried_until_the_app_answers_2xx() {
         "two 503s, then 200"
     );
 
-    server.fail_next.store(3, Ordering::SeqCst);
+    // Down past the retries, twice: the document is written, and announced again later (after
+    // 2 s, then 4 s more) until the application takes it.
+    server.fail_next.store(6, Ordering::SeqCst);
     swap(&mount, &doc(2, "retry"));
     wait_for(20, "the failed notification to be counted", || async {
         let n = metric(
@@ -291,11 +293,23 @@ async fn reloads_are_retried_until_the_app_answers_2xx() {
     })
     .await;
     assert_eq!(std::fs::read_to_string(&output).unwrap(), doc(2, "retry"));
-    assert_eq!(server.attempts.load(Ordering::SeqCst), 6);
     assert!(server.drain().is_empty());
     assert_eq!(
         metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await,
         Some(1.0)
+    );
+    let got = server
+        .until(&doc(2, "retry"), Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), 1, "announced once it answers: {got:?}");
+    assert_eq!(
+        server.attempts.load(Ordering::SeqCst),
+        3 + 6 + 1,
+        "revision 1's three, two failed announcements of three attempts each, then 200"
+    );
+    assert_eq!(
+        metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await,
+        Some(2.0)
     );
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use hotconf::dev::chaos::{self, ChaosOptions, REPLICA_USERS};
+use hotconf::dev::chaos::{self, ChaosOptions};
 use hotconf::dev::control_plane::{ControlPlane, Options};
 
 fn repo() -> PathBuf {
@@ -18,7 +18,7 @@ async fn the_short_chaos_profile_keeps_every_invariant() {
     // Its own control plane: the run restarts etcd and kube-apiserver under it.
     let mut plane = ControlPlane::start(Options {
         controller_manager: false,
-        users: REPLICA_USERS.iter().map(|u| u.to_string()).collect(),
+        users: chaos::users(),
         crds: vec![repo().join("crds")],
         log_dir: Some(logs.join("control-plane")),
         ..Options::default()

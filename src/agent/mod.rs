@@ -277,6 +277,7 @@ pub async fn run_until(
         reporter,
         last_good: None,
         settled: None,
+        unannounced: None,
         first: true,
     };
     tracing::info!(
@@ -340,7 +341,22 @@ enum Fate {
         hash: String,
         unchanged: bool,
         notified: Result<(), handoff::NotifyError>,
+        handed: Handed,
     },
+}
+
+/// The first wait before a document the application could not be told about (its reload
+/// endpoint was down past the retries) is announced again; it doubles up to [`RENOTIFY_MAX`].
+pub const RENOTIFY_FIRST: Duration = Duration::from_secs(2);
+/// The longest wait between two announcements of the same document.
+pub const RENOTIFY_MAX: Duration = Duration::from_secs(60);
+
+// A document written for the application but not announced to it yet.
+struct Unannounced {
+    handed: Handed,
+    identity: String,
+    at: Instant,
+    wait: Duration,
 }
 
 struct Agent {
@@ -353,6 +369,9 @@ struct Agent {
     last_good: Option<Good>,
     // The identity of the content the application has: written and notified (or found there).
     settled: Option<String>,
+    // The last document handed on, when notifying the application failed: announced again
+    // later, until it takes it or a newer document replaces it.
+    unannounced: Option<Unannounced>,
     first: bool,
 }
 
@@ -396,6 +415,7 @@ impl Agent {
             let deadline = api_rx
                 .as_ref()
                 .and_then(|r| self.arbiter.deadline(&r.borrow(), Instant::now()));
+            let announce_at = self.unannounced.as_ref().map(|u| u.at);
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("stopping");
@@ -415,6 +435,42 @@ impl Agent {
                         None => std::future::pending().await,
                     }
                 } => {}
+                _ = async {
+                    match announce_at {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.announce_again().await,
+            }
+        }
+    }
+
+    /// Tells the application again about the document it could not be told about.
+    async fn announce_again(&mut self) {
+        let Some(mut u) = self.unannounced.take() else {
+            return;
+        };
+        match self.notifier.notify(&u.handed).await {
+            Ok(()) => {
+                tracing::info!(
+                    revision = ?u.handed.revision,
+                    hash = %u.handed.hash,
+                    "the application took the document on a later attempt"
+                );
+                self.metrics.count(Outcome::Success);
+                self.settled = Some(u.identity);
+                self.report(None, None);
+            }
+            Err(e) => {
+                u.wait = (u.wait * 2).min(RENOTIFY_MAX);
+                u.at = Instant::now() + u.wait;
+                tracing::warn!(
+                    revision = ?u.handed.revision,
+                    error = %e,
+                    next_in = ?u.wait,
+                    "notifying the application failed again; it will be told again"
+                );
+                self.unannounced = Some(u);
             }
         }
     }
@@ -466,6 +522,7 @@ impl Agent {
             hash: ready.hash,
             unchanged,
             notified,
+            handed,
         }
     }
 
@@ -507,6 +564,7 @@ impl Agent {
                 hash,
                 unchanged,
                 notified,
+                handed,
             } => {
                 let latency = snapshot.seen_at.elapsed();
                 self.arbiter.handled(snapshot, true);
@@ -518,6 +576,8 @@ impl Agent {
                 self.metrics.set_revision(snapshot.revision);
                 self.metrics.set_ready();
                 self.settled = notified.is_ok().then(|| snapshot.identity.clone());
+                // A newer document replaces one the application was never told about.
+                self.unannounced = None;
                 match notified {
                     Ok(()) => {
                         if !unchanged {
@@ -543,6 +603,12 @@ impl Agent {
                         );
                         self.metrics.count(Outcome::NotifyFailed);
                         self.report(Some(format!("reload failed: {e}")), snapshot.revision);
+                        self.unannounced = Some(Unannounced {
+                            handed,
+                            identity: snapshot.identity.clone(),
+                            at: Instant::now() + RENOTIFY_FIRST,
+                            wait: RENOTIFY_FIRST,
+                        });
                     }
                 }
             }

@@ -21,7 +21,7 @@ pub struct Invariant {
 }
 
 impl Invariant {
-    fn new(name: &'static str, violations: Vec<String>) -> Invariant {
+    pub(crate) fn new(name: &'static str, violations: Vec<String>) -> Invariant {
         Invariant {
             name,
             count: violations.len(),

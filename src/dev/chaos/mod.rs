@@ -27,6 +27,7 @@ use super::process::Process;
 
 pub mod converge;
 pub mod invariants;
+pub mod pods;
 pub mod record;
 pub mod workload;
 
@@ -38,6 +39,16 @@ use workload::Mutations;
 /// [`Options::users`](super::control_plane::Options::users)); each is also its replica's
 /// lease identity, so the audit log and the Lease name the same replica.
 pub const REPLICA_USERS: [&str; 3] = ["chaos-0", "chaos-1", "chaos-2"];
+
+/// Every user a chaos run authenticates as: the replicas' and the simulator's (its agents
+/// reach the API server as [`pods::SIM_USER`], impersonating their ServiceAccount).
+pub fn users() -> Vec<String> {
+    REPLICA_USERS
+        .iter()
+        .chain([&pods::SIM_USER])
+        .map(|u| u.to_string())
+        .collect()
+}
 
 /// The Lease the replicas compete for.
 pub const LEASE: &str = "hotconf-chaos";
@@ -71,11 +82,23 @@ pub enum FaultKind {
     Resets,
     /// Watch responses stall silently.
     Stall,
+    /// SIGKILL one pod's agent (the simulated kubelet starts it again).
+    AgentKill,
+    /// Cut every agent's API connections (503 and resets) for the hold.
+    AgentCut,
+    /// Stall every agent's API watch silently.
+    AgentStall,
+    /// Leave half a document in one pod's volume while its agent's API is cut.
+    VolumeTorn,
+    /// Remove one pod's volume files while its agent's API is cut.
+    VolumeRemoved,
+    /// One pod's app refuses every reload for longer than the agent retries.
+    ReloadDown,
 }
 
 impl FaultKind {
     /// Every kind, in schedule order.
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::LeaderKill,
         FaultKind::Latency,
         FaultKind::Burst429,
@@ -88,7 +111,26 @@ impl FaultKind {
         FaultKind::Burst500,
         FaultKind::Compaction,
         FaultKind::Stall,
+        FaultKind::AgentKill,
+        FaultKind::AgentCut,
+        FaultKind::VolumeTorn,
+        FaultKind::ReloadDown,
+        FaultKind::AgentStall,
+        FaultKind::VolumeRemoved,
     ];
+
+    /// Whether it is injected on the pod side (agents, volumes, apps).
+    pub fn on_pods(self) -> bool {
+        matches!(
+            self,
+            FaultKind::AgentKill
+                | FaultKind::AgentCut
+                | FaultKind::AgentStall
+                | FaultKind::VolumeTorn
+                | FaultKind::VolumeRemoved
+                | FaultKind::ReloadDown
+        )
+    }
 
     /// Its name (as in `HOTCONF_CHAOS_FAULTS`).
     pub fn name(self) -> &'static str {
@@ -105,6 +147,12 @@ impl FaultKind {
             FaultKind::Conflicts => "conflicts",
             FaultKind::Resets => "resets",
             FaultKind::Stall => "stall",
+            FaultKind::AgentKill => "agent-kill",
+            FaultKind::AgentCut => "agent-cut",
+            FaultKind::AgentStall => "agent-stall",
+            FaultKind::VolumeTorn => "volume-torn",
+            FaultKind::VolumeRemoved => "volume-removed",
+            FaultKind::ReloadDown => "reload-down",
         }
     }
 
@@ -125,6 +173,8 @@ pub struct ChaosOptions {
     pub writers: usize,
     /// Operator replicas (2 or 3).
     pub replicas: usize,
+    /// Pods with a real agent sidecar, each following one object (the first ones).
+    pub agents: usize,
     /// How many times each fault kind is injected.
     pub rounds: usize,
     /// The fault kinds, in schedule order.
@@ -162,6 +212,7 @@ impl ChaosOptions {
             mutations: n(10_000, 50),
             writers: 8,
             replicas: 3,
+            agents: n(10, 2),
             rounds: n(3, 1),
             faults: FaultKind::ALL.to_vec(),
             hold: Duration::from_secs(3),
@@ -184,6 +235,7 @@ impl ChaosOptions {
             mutations: 300,
             writers: 3,
             replicas: 2,
+            agents: 3,
             rounds: 1,
             hold: Duration::from_millis(1500),
             settle: Duration::from_millis(1500),
@@ -223,6 +275,8 @@ impl ChaosOptions {
                 }
                 FaultKind::ApiserverRestart | FaultKind::EtcdRestart => Duration::from_secs(6),
                 FaultKind::Stall => Duration::from_secs(self.watch_idle_timeout),
+                FaultKind::AgentKill => Duration::from_secs(1),
+                FaultKind::ReloadDown => self.hold.max(Duration::from_secs(4)),
                 _ => self.hold,
             };
             fault + self.settle
@@ -261,6 +315,13 @@ pub struct Figures {
     /// Silent stalls: from an object created while every watch stalls to its ConfigMap, the
     /// stalled watches having been noticed and replaced, seconds.
     pub stall_recovery_s: Vec<f64>,
+    /// Agents SIGKILLed: to the agent running again, seconds.
+    pub agent_restart_s: Vec<f64>,
+    /// From every object converged to every app holding its current document, seconds
+    /// (`None`: not within the 30 s waited, or no agents).
+    pub agents_current_s: Option<f64>,
+    /// Reloads the apps accepted / refused (a `reload-down` fault).
+    pub reloads: (usize, usize),
     /// Lines of the replicas' logs about expired resourceVersions (410 Gone) and relists.
     pub gone_in_logs: usize,
     /// Length of the run (schedule and writers), seconds.
@@ -347,6 +408,20 @@ impl Report {
             dist(&f.stall_recovery_s),
             o.watch_idle_timeout + 1
         ));
+        if o.agents > 0 {
+            out.push_str(&format!(
+                "| Agent SIGKILL to running again | {} | |\n",
+                dist(&f.agent_restart_s)
+            ));
+            out.push_str(&format!(
+                "| Every app on its current document, after the objects converged | {} | |\n",
+                secs(f.agents_current_s)
+            ));
+            out.push_str(&format!(
+                "| Reloads accepted / refused by the apps ({} pods) | {} / {} | |\n",
+                o.agents, f.reloads.0, f.reloads.1
+            ));
+        }
         out.push_str(&format!(
             "| kube-apiserver restart to ready | {} | |\n",
             dist(&f.apiserver_restart_s)
@@ -413,7 +488,7 @@ fn fault(message: impl Into<String>) -> Error {
 
 async fn grant_cluster_admin(client: &Client, ns: &str) -> Result<(), Error> {
     let api: Api<ClusterRoleBinding> = Api::all(client.clone());
-    for user in REPLICA_USERS {
+    for user in REPLICA_USERS.iter().chain([&pods::SIM_USER]) {
         let binding: ClusterRoleBinding = serde_json::from_value(json!({
             "metadata": {"name": format!("{ns}-{user}")},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
@@ -510,6 +585,8 @@ struct Faulting<'a> {
     figures: Figures,
     // Stall faults so far (each creates its probe object).
     stalls: usize,
+    // The pod side, when the run has agents.
+    pods: Option<pods::PodSide>,
 }
 
 impl Faulting<'_> {
@@ -556,6 +633,13 @@ impl Faulting<'_> {
         let started = Instant::now();
         let hold = self.o.hold;
         let proxy = self.proxy.clone();
+        if kind.on_pods() {
+            let note = match self.pods.as_mut() {
+                Some(pods) => pods.inject(kind, &mut self.rng, hold).await?,
+                None => "skipped: the run has no agents".into(),
+            };
+            return Ok((started.elapsed().as_secs_f64(), note));
+        }
         let note = match kind {
             FaultKind::LeaderKill | FaultKind::Handover => {
                 let i = self.leader().await?;
@@ -642,6 +726,12 @@ impl Faulting<'_> {
                 proxy.reset_next(0);
                 format!("every connection reset, and the next {count} requests'")
             }
+            FaultKind::AgentKill
+            | FaultKind::AgentCut
+            | FaultKind::AgentStall
+            | FaultKind::VolumeTorn
+            | FaultKind::VolumeRemoved
+            | FaultKind::ReloadDown => unreachable!("pod-side faults are injected above"),
             FaultKind::Stall => {
                 proxy.stall_watches(true);
                 // A change the stalled watches cannot deliver: only watching again shows it.
@@ -751,6 +841,13 @@ pub async fn run(plane: &mut ControlPlane, o: &ChaosOptions) -> Result<Report, E
             &pending[..pending.len().min(5)]
         )));
     }
+    let pod_side = pods::PodSide::start(plane, &client, &ns, o, &objects).await?;
+    if pod_side.is_some() {
+        say(format!(
+            "{} pods with an agent sidecar, through their own proxy",
+            o.agents.min(objects.len())
+        ));
+    }
 
     // Writers, paced over the schedule.
     let started = Instant::now();
@@ -787,6 +884,7 @@ pub async fn run(plane: &mut ControlPlane, o: &ChaosOptions) -> Result<Report, E
         rng: StdRng::seed_from_u64(o.seed),
         figures: Figures::default(),
         stalls: 0,
+        pods: pod_side,
     };
     let mut faults = Vec::new();
     for kind in o.schedule() {
@@ -803,6 +901,10 @@ pub async fn run(plane: &mut ControlPlane, o: &ChaosOptions) -> Result<Report, E
     }
     faulting.proxy.clear();
     let mut figures = std::mem::take(&mut faulting.figures);
+    let pod_side = faulting.pods.take();
+    if let Some(pods) = &pod_side {
+        pods.proxy().clear();
+    }
     for w in writers {
         let _ = w.await;
     }
@@ -832,6 +934,27 @@ pub async fn run(plane: &mut ControlPlane, o: &ChaosOptions) -> Result<Report, E
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let late = late.unwrap_or_default();
+    // Then every app on its current document.
+    let mut handed = Vec::new();
+    if let Some(pods) = pod_side {
+        let current = pods.wait_current(Duration::from_secs(30)).await;
+        figures.agents_current_s = current.ok().map(|d| d.as_secs_f64());
+        figures.agent_restart_s = pods.agent_restart_s.clone();
+        handed = pods.handed().await;
+        pods.stop().await;
+    }
+    figures.reloads = (
+        handed
+            .iter()
+            .flat_map(|h| &h.reloads)
+            .filter(|r| (200..300).contains(&r.status))
+            .count(),
+        handed
+            .iter()
+            .flat_map(|h| &h.reloads)
+            .filter(|r| !(200..300).contains(&r.status))
+            .count(),
+    );
     // Let the recorders catch up with the last writes.
     tokio::time::sleep(Duration::from_secs(1)).await;
     for w in &watches {
@@ -872,7 +995,7 @@ pub async fn run(plane: &mut ControlPlane, o: &ChaosOptions) -> Result<Report, E
         serde_json::to_string(&dump).unwrap_or_default(),
     );
     let terms = invariants::terms(&lease);
-    let invariants = vec![
+    let mut invariants = vec![
         Invariant {
             name: "every object converged within the bound",
             count: late.len(),
@@ -885,6 +1008,9 @@ pub async fn run(plane: &mut ControlPlane, o: &ChaosOptions) -> Result<Report, E
         invariants::no_revision_lost(&projected, &status, &finals),
         invariants::one_writer_per_term(&terms, &writes),
     ];
+    if o.agents > 0 {
+        invariants.extend(pods::invariants(&handed, &projected, &status));
+    }
     let stats = proxy.handle().stats();
     let mutations = Arc::try_unwrap(mutations).unwrap_or_default();
     Ok(Report {

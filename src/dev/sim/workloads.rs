@@ -3,6 +3,7 @@
 //! plain pods, and the least-privilege RBAC an agent's ServiceAccount needs.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 /// The ServiceAccount the agent pods of [`agent_deployment`] run as.
@@ -63,46 +64,75 @@ pub fn agent_deployment(
     labels: Value,
     annotations: Value,
 ) -> Deployment {
-    let mut args = vec![json!("agent")];
-    if source == AgentSource::ApiAndVolume {
-        args.push(json!(format!("--configmap=$(POD_NAMESPACE)/{config_map}")));
-    }
-    args.extend([
-        json!("--watch-dir=/etc/hotconf/source"),
-        json!("--file=config.yaml"),
-        json!("--output=/etc/app/config.yaml"),
-        json!("--reload-url=http://localhost:8080/-/reload"),
-        json!("--admin-addr=0.0.0.0:9901"),
-    ]);
     serde_json::from_value(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": labels},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": pod_labels(name, &labels), "annotations": annotations},
-                "spec": {
-                    "serviceAccountName": AGENT_SERVICE_ACCOUNT,
-                    "containers": [
-                        {"name": "app", "image": "registry.example/app:1",
-                         "volumeMounts": [{"name": "app-config", "mountPath": "/etc/app", "readOnly": true}]},
-                        {"name": "hotconf-agent", "image": "ghcr.io/hotconf/hotconf:latest",
-                         "args": args,
-                         "env": [
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
-                         "volumeMounts": [
-                            {"name": "source", "mountPath": "/etc/hotconf/source", "readOnly": true},
-                            {"name": "app-config", "mountPath": "/etc/app"}]}
-                    ],
-                    "volumes": [
-                        {"name": "source", "configMap": {"name": config_map, "optional": true}},
-                        {"name": "app-config", "emptyDir": {}}
-                    ]
-                }
+                "spec": agent_pod_spec(config_map, "config.yaml", source, &[]),
             }
         }
     }))
     .expect("a Deployment")
+}
+
+/// A bare Pod `name` like those of [`agent_deployment`]: its agent follows data key `file` of
+/// ConfigMap `config_map` through the API and the volume, with `extra_args` on its command
+/// line; `annotations` go on the Pod (simulator faults).
+pub fn agent_pod(
+    name: &str,
+    config_map: &str,
+    file: &str,
+    extra_args: &[String],
+    annotations: Value,
+) -> Pod {
+    let mut spec = agent_pod_spec(config_map, file, AgentSource::ApiAndVolume, extra_args);
+    // The simulated agent authenticates by impersonation: no token to mount (and a control
+    // plane without the token controller has none to give).
+    spec["automountServiceAccountToken"] = json!(false);
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}, "annotations": annotations},
+        "spec": spec,
+    }))
+    .expect("a Pod")
+}
+
+// An app container and a hotconf agent sidecar following data key `file` of `config_map`
+// (written for the app to `/etc/app/FILE`, then a POST to the app's reload URL).
+fn agent_pod_spec(config_map: &str, file: &str, source: AgentSource, extra: &[String]) -> Value {
+    let mut args = vec![json!("agent")];
+    if source == AgentSource::ApiAndVolume {
+        args.push(json!(format!("--configmap=$(POD_NAMESPACE)/{config_map}")));
+    }
+    args.extend([
+        json!("--watch-dir=/etc/hotconf/source"),
+        json!(format!("--file={file}")),
+        json!(format!("--output=/etc/app/{file}")),
+        json!("--reload-url=http://localhost:8080/-/reload"),
+        json!("--admin-addr=0.0.0.0:9901"),
+    ]);
+    args.extend(extra.iter().map(|a| json!(a)));
+    json!({
+        "serviceAccountName": AGENT_SERVICE_ACCOUNT,
+        "containers": [
+            {"name": "app", "image": "registry.example/app:1",
+             "volumeMounts": [{"name": "app-config", "mountPath": "/etc/app", "readOnly": true}]},
+            {"name": "hotconf-agent", "image": "ghcr.io/hotconf/hotconf:latest",
+             "args": args,
+             "env": [
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+             "volumeMounts": [
+                {"name": "source", "mountPath": "/etc/hotconf/source", "readOnly": true},
+                {"name": "app-config", "mountPath": "/etc/app"}]}
+        ],
+        "volumes": [
+            {"name": "source", "configMap": {"name": config_map, "optional": true}},
+            {"name": "app-config", "emptyDir": {}}
+        ]
+    })
 }
 
 /// A Deployment `name` of `replicas` plain pods (no agent), it and its pods labelled `labels`
