@@ -46,6 +46,10 @@ pub enum Error {
     /// Consumers cannot be counted before the pod watch has synced.
     #[error(transparent)]
     PodsNotSynced(#[from] crate::controller::PodsNotSynced),
+    /// This replica's leadership lapsed halfway through a plan: the rest is not written (the
+    /// next leader makes its own plan).
+    #[error("no longer the leader: the rest of the plan is not written")]
+    NotLeader,
 }
 
 impl Error {
@@ -59,6 +63,7 @@ impl Error {
             Error::Cert(_) => "certificate",
             Error::CrdsMissing(_) => "crds_missing",
             Error::PodsNotSynced(_) => "pods_not_synced",
+            Error::NotLeader => "not_leader",
         }
     }
 

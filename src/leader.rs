@@ -126,8 +126,12 @@ pub struct Timing {
     pub renew_every: Duration,
     /// How much sooner than the duration a holder that could not renew stops writing.
     pub margin: Duration,
-    /// How long a request may take, and how long after a failed one the next is made.
+    /// How long after a failed request the next is made.
     pub retry: Duration,
+    /// How long a request may take: long enough for a slow API server (a renewal that takes
+    /// a second still confirms from when it was sent), short enough to retry before the
+    /// writes' deadline.
+    pub request_timeout: Duration,
 }
 
 impl Timing {
@@ -140,6 +144,7 @@ impl Timing {
             renew_every: duration - Duration::from_secs(grace),
             margin: (duration / 8).max(Duration::from_millis(250)),
             retry: (duration / 8).max(Duration::from_millis(250)),
+            request_timeout: duration / 2,
         }
     }
 
@@ -280,7 +285,8 @@ impl Elector {
                     Some(Ok(lease)) => {
                         view.saw(Some(lease), Instant::now());
                         if view.confirmed.is_some() && view.holder() != Some(self.identity.as_str()) {
-                            self.lost(&mut view);
+                            // A watch may lag behind our own writes: read it before giving up.
+                            view.lease = None;
                         }
                     }
                     Some(Err(error)) => tracing::debug!(%error, "watching the Lease"),
@@ -296,7 +302,8 @@ impl Elector {
     // holder from when it was sent; a conflict means the Lease changed (it is read again).
     async fn act(&self, step: &Step, view: &mut View) {
         let sent = Instant::now();
-        let result = tokio::time::timeout(self.timing.retry, self.request(step, view)).await;
+        let result =
+            tokio::time::timeout(self.timing.request_timeout, self.request(step, view)).await;
         view.retry_at = None;
         match result {
             Ok(Ok(lease)) => {
@@ -315,7 +322,9 @@ impl Elector {
                 }
             }
             Ok(Err(kube::Error::Api(e))) if e.code == 404 => {
+                // Gone (created next), or its namespace is: not at once again.
                 view.saw(None, Instant::now());
+                view.retry_at = Some(Instant::now() + self.timing.retry);
                 self.lost(view);
             }
             Ok(Err(kube::Error::Api(e))) if e.code == 409 => {

@@ -46,17 +46,30 @@ pub(super) async fn execute<K: ConfigResource>(
 ) -> Result<(), Error> {
     let apply = PatchParams::apply(MANAGER).force();
     let name = obj.name_any();
+    // Leadership is checked before every write, not only when the reconcile began: a holder
+    // whose renewals stopped (its requests hang, say) must not write past its deadline, even
+    // halfway through a plan.
+    let fence = || {
+        if ctx.leading() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    };
     if let Some(secret) = &plan.secret {
+        fence()?;
         secrets
             .patch(&secret.name_any(), &apply, &Patch::Apply(secret))
             .await?;
     }
     if let Some(cm) = &plan.config_map {
+        fence()?;
         cms.patch(&cm.name_any(), &apply, &Patch::Apply(cm)).await?;
         info!(kind = K::KIND, %name, configmap = %cm.name_any(), revision = ?plan.status.current_revision, "projected");
     }
     let ns = obj.namespace().unwrap_or_default();
     for (kind, target, revision) in &plan.restart {
+        fence()?;
         restart(&ctx.client, &ns, *kind, target, *revision).await?;
     }
     let uid = obj.uid().unwrap_or_default();
@@ -66,6 +79,7 @@ pub(super) async fn execute<K: ConfigResource>(
         if let Some(cm) = cms.get_opt(stale).await?
             && owned(&cm.metadata)
         {
+            fence()?;
             cms.delete(stale, &delete_exact(cm.uid())).await?;
         }
     }
@@ -73,11 +87,13 @@ pub(super) async fn execute<K: ConfigResource>(
         if let Some(s) = secrets.get_opt(stale).await?
             && owned(&s.metadata)
         {
+            fence()?;
             secrets.delete(stale, &delete_exact(s.uid())).await?;
         }
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     if plan.status_changed {
+        fence()?;
         // Conditional on the version the plan was made from: a plan from an older version
         // must not overwrite newer history (it is made again; see `reconcile_inner`).
         let body = json!({
@@ -96,6 +112,7 @@ pub(super) async fn execute<K: ConfigResource>(
         }
     }
     if plan.remove_rollback_annotation {
+        fence()?;
         let patch = json!({"metadata": {"annotations": {names::ROLLBACK_TO: null}}});
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
@@ -113,6 +130,7 @@ pub(super) async fn execute<K: ConfigResource>(
     }
     let reference = obj.object_ref(&());
     for e in &plan.events {
+        fence()?;
         let event = Event {
             type_: if e.warning {
                 EventType::Warning

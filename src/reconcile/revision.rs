@@ -116,12 +116,12 @@ pub(crate) fn decide_revision<K: ConfigResource>(
     }
 }
 
-// Records an unrecorded projection as the latest and current revision (the ConfigMap carries
-// it), and nothing else this round.
+// Records an unrecorded projection as the latest revision, and nothing else this round.
+// `currentRevision` stays: the next projection's restart-only keys are compared with what was
+// projected before this one, whose restarts never happened either.
 fn recover(draft: &mut Draft, snapshot: Snapshot) -> Revision {
     let revision = snapshot.revision;
     draft.status.latest_revision = Some(revision);
-    draft.status.current_revision = Some(revision);
     draft.status.history.push(snapshot);
     Revision {
         recovered: Some(revision),
@@ -291,7 +291,10 @@ mod tests {
         assert!(recorded.config_map.is_none(), "no projection this round");
         assert!(recorded.status_changed);
         assert_eq!(recorded.status.latest_revision, Some(2));
-        assert_eq!(recorded.status.current_revision, Some(2));
+        assert_eq!(
+            recorded.status.current_revision, first.status.current_revision,
+            "restarts are reckoned from what was projected before"
+        );
         assert_eq!(
             recorded.status.observed_generation, first.status.observed_generation,
             "the new generation is not looked at yet"

@@ -142,13 +142,29 @@ async fn check_kind<K: ConfigResource>(
             || plan.status_changed
             || plan.remove_rollback_annotation
         {
+            // Which status fields would change, for finding out why.
+            let fields: Vec<String> = match (
+                serde_json::to_value(status.cloned().unwrap_or_default()),
+                serde_json::to_value(&plan.status),
+            ) {
+                (Ok(serde_json::Value::Object(before)), Ok(serde_json::Value::Object(after))) => {
+                    let keys: std::collections::BTreeSet<&String> =
+                        before.keys().chain(after.keys()).collect();
+                    keys.into_iter()
+                        .filter(|k| before.get(*k) != after.get(*k))
+                        .map(|k| format!("{k}: {:?} -> {:?}", before.get(k), after.get(k)))
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
             Some(format!(
-                "a reconcile would still write (ConfigMap {}, Secret {}, status {}, annotation {}; would project {:?})",
+                "a reconcile would still write (ConfigMap {}, Secret {}, status {}, annotation {}; would project {:?}; status fields {})",
                 plan.config_map.is_some(),
                 plan.secret.is_some(),
                 plan.status_changed,
                 plan.remove_rollback_annotation,
                 plan.status.current_revision,
+                fields.join("; ").chars().take(600).collect::<String>(),
             ))
         } else {
             None
