@@ -132,14 +132,13 @@ pub(crate) fn decide_rollback<K: ConfigResource>(
                 .iter()
                 .map(|s| s.revision.to_string())
                 .collect();
+            // The condition says what is wrong and nothing that moves on its own: the history
+            // is trimmed after this step, so a list of revisions here would differ from the
+            // next reconcile's and the status would never settle (the chaos suite found it).
+            // The Warning names what is available.
             let message = format!(
-                "{}={requested} names no revision in history (available: {})",
+                "{}={requested} names no revision in history (see status.history)",
                 names::ROLLBACK_TO,
-                if available.is_empty() {
-                    "none".to_string()
-                } else {
-                    available.join(", ")
-                }
             );
             if find_condition(prev, "RolledBack").map(|c| (&c.reason, &c.message))
                 != Some((&"RollbackTargetMissing".to_string(), &message))
@@ -147,7 +146,15 @@ pub(crate) fn decide_rollback<K: ConfigResource>(
                 draft.events.push(warning(
                     "RollbackTargetMissing",
                     "Rollback",
-                    message.clone(),
+                    format!(
+                        "{}={requested} names no revision in history (available: {})",
+                        names::ROLLBACK_TO,
+                        if available.is_empty() {
+                            "none".to_string()
+                        } else {
+                            available.join(", ")
+                        }
+                    ),
                 ));
             }
             // Everything stays as it is, an earlier pin included.
@@ -278,8 +285,9 @@ mod tests {
         let (rollback, draft) = decide(&obj, &Observed::test());
         assert_eq!(rollback.pinned, None);
         assert_eq!(rollback.condition.reason, "RollbackTargetMissing");
-        assert!(rollback.condition.message.contains("available: 1, 2"));
+        assert!(rollback.condition.message.contains("rollback-to=9"));
         assert_eq!(draft.events[0].reason, "RollbackTargetMissing");
+        assert!(draft.events[0].note.contains("available: 1, 2"));
         // With the condition already saying so, no second Warning.
         let mut again = obj.clone();
         let mut status = draft.status;
@@ -288,6 +296,34 @@ mod tests {
         again.status = Some(status);
         let (_, draft) = decide(&again, &Observed::test());
         assert!(draft.events.is_empty());
+    }
+
+    /// An unknown target while the history is trimmed: the status a reconcile writes is the
+    /// one the next reconcile would write (nothing moves on its own).
+    #[test]
+    fn an_unknown_target_under_a_trimmed_history_settles() {
+        let mut obj = at_revision(3);
+        obj.spec.revision_history_limit = Some(2);
+        let mut obj = obj
+            .with_value("v", 99)
+            .next_generation()
+            .with_annotation(names::ROLLBACK_TO, Some("1000"));
+        let observed = Observed::test();
+        let first = plan(&obj, &observed);
+        assert!(first.status.history.len() <= 2, "trimmed");
+        obj.status = Some(first.status.clone());
+        let second = plan(
+            &obj,
+            &Observed {
+                config_map: first.config_map.clone(),
+                ..Observed::test()
+            },
+        );
+        assert!(
+            !second.status_changed,
+            "{:?} then {:?}",
+            first.status.conditions, second.status.conditions
+        );
     }
 
     #[test]

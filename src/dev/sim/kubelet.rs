@@ -592,8 +592,9 @@ impl RunningAgent {
     }
 }
 
-// An HTTP GET of the agent's admin server: ready when it answers 2xx.
-async fn probe(port: u16, path: &str) -> bool {
+/// An HTTP GET of `path` on 127.0.0.1:`port` (an admin server): whether it answered 2xx within
+/// half a second.
+pub(crate) async fn probe(port: u16, path: &str) -> bool {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))

@@ -43,7 +43,7 @@ use tokio::sync::{broadcast, watch};
 pub mod agents;
 pub mod app;
 pub mod faults;
-mod kubelet;
+pub(crate) mod kubelet;
 pub mod node;
 mod pods;
 pub mod volumes;
