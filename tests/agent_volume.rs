@@ -313,6 +313,57 @@ async fn reloads_are_retried_until_the_app_answers_2xx_and_announced_again_later
     );
 }
 
+/// A write that fails (a file stands where the output's directory was) is tried again later:
+/// once the directory is back, the document is written and the app told, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_tried_again_until_it_lands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    let app_dir = tmp.path().join("app");
+    std::fs::create_dir(&app_dir).unwrap();
+    let output = app_dir.join("out.yaml");
+    let admin = free_addr();
+    let mut server = ReloadServer::start(Some(&output)).await;
+    swap(&mount, &doc(1, "rewrite"));
+    let _agent = spawn_agent(
+        "volume-rewrite",
+        &[
+            format!("--watch-dir={}", mount.display()),
+            format!("--output={}", output.display()),
+            format!("--reload-url={}", server.url),
+            format!("--admin-addr={admin}"),
+        ],
+        &[],
+    );
+    server
+        .until(&doc(1, "rewrite"), Duration::from_secs(30))
+        .await;
+    std::fs::remove_dir_all(&app_dir).unwrap();
+    std::fs::write(&app_dir, "not a directory").unwrap();
+    swap(&mount, &doc(2, "rewrite"));
+    wait_for(20, "the failed write to be counted", || async {
+        let n = metric(
+            &admin,
+            "hotconf_agent_reloads_total{result=\"write_failed\"}",
+        )
+        .await?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    assert!(server.drain().is_empty(), "nothing was announced");
+    std::fs::remove_file(&app_dir).unwrap();
+    std::fs::create_dir(&app_dir).unwrap();
+    let got = server
+        .until(&doc(2, "rewrite"), Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), doc(2, "rewrite"));
+    assert_eq!(
+        metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await,
+        Some(2.0)
+    );
+}
+
 /// `--signal HUP --pid-file F` and `--exec CMD` notify the application after each new document;
 /// `--expand-env` expands `${VAR}` and `${VAR:default}` in string values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,6 +278,7 @@ pub async fn run_until(
         last_good: None,
         settled: None,
         unannounced: None,
+        unwritten: None,
         first: true,
     };
     tracing::info!(
@@ -372,7 +373,17 @@ struct Agent {
     // The last document handed on, when notifying the application failed: announced again
     // later, until it takes it or a newer document replaces it.
     unannounced: Option<Unannounced>,
+    // The newest document, when writing it failed (a full or read-only disk): tried again
+    // later, until it is written or a newer document replaces it.
+    unwritten: Option<Unwritten>,
     first: bool,
+}
+
+// A document whose hand-off failed at the write.
+struct Unwritten {
+    snapshot: Snapshot,
+    at: Instant,
+    wait: Duration,
 }
 
 // Resolves when the receiver (if any) sees a change; pends forever without one, and drops a
@@ -416,6 +427,7 @@ impl Agent {
                 .as_ref()
                 .and_then(|r| self.arbiter.deadline(&r.borrow(), Instant::now()));
             let announce_at = self.unannounced.as_ref().map(|u| u.at);
+            let rewrite_at = self.unwritten.as_ref().map(|u| u.at);
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("stopping");
@@ -441,7 +453,27 @@ impl Agent {
                         None => std::future::pending().await,
                     }
                 } => self.announce_again().await,
+                _ = async {
+                    match rewrite_at {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.write_again().await,
             }
+        }
+    }
+
+    /// Hands off again the document whose write failed.
+    async fn write_again(&mut self) {
+        let Some(u) = self.unwritten.take() else {
+            return;
+        };
+        let wait = u.wait;
+        self.handle(u.snapshot).await;
+        // Failed again: the next attempt waits longer.
+        if let Some(again) = self.unwritten.as_mut() {
+            again.wait = (wait * 2).min(RENOTIFY_MAX);
+            again.at = Instant::now() + again.wait;
         }
     }
 
@@ -478,6 +510,8 @@ impl Agent {
     /// One snapshot through the pipeline, each stage once: check it, hand it off (write, then
     /// notify), then record and report what became of it.
     async fn handle(&mut self, snapshot: Snapshot) {
+        // Whatever comes of this one, it replaces a document that could not be written.
+        self.unwritten = None;
         let fate = match prepare(&snapshot, self.expand_env) {
             Ok(ready) => self.hand_off(&snapshot, ready).await,
             Err(reason) => Fate::Refused(reason),
@@ -554,11 +588,16 @@ impl Agent {
                 );
             }
             Fate::WriteFailed(reason) => {
-                tracing::error!(error = %reason, "hand-off failed; the previous file stays");
+                tracing::error!(error = %reason, "hand-off failed; the previous file stays, and the write is tried again");
                 self.metrics.count(Outcome::WriteFailed);
                 self.metrics.set_not_handed_on(reason.clone());
                 self.arbiter.handled(snapshot, false);
                 self.report(Some(reason), snapshot.revision);
+                self.unwritten = Some(Unwritten {
+                    snapshot: snapshot.clone(),
+                    at: Instant::now() + RENOTIFY_FIRST,
+                    wait: RENOTIFY_FIRST,
+                });
             }
             Fate::Applied {
                 hash,

@@ -94,11 +94,13 @@ pub enum FaultKind {
     VolumeRemoved,
     /// One pod's app refuses every reload for longer than the agent retries.
     ReloadDown,
+    /// Every pod's app answers reloads only after 2 s (within the agent's timeout).
+    ReloadSlow,
 }
 
 impl FaultKind {
     /// Every kind, in schedule order.
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::LeaderKill,
         FaultKind::Latency,
         FaultKind::Burst429,
@@ -117,6 +119,7 @@ impl FaultKind {
         FaultKind::ReloadDown,
         FaultKind::AgentStall,
         FaultKind::VolumeRemoved,
+        FaultKind::ReloadSlow,
     ];
 
     /// Whether it is injected on the pod side (agents, volumes, apps).
@@ -129,6 +132,7 @@ impl FaultKind {
                 | FaultKind::VolumeTorn
                 | FaultKind::VolumeRemoved
                 | FaultKind::ReloadDown
+                | FaultKind::ReloadSlow
         )
     }
 
@@ -153,6 +157,7 @@ impl FaultKind {
             FaultKind::VolumeTorn => "volume-torn",
             FaultKind::VolumeRemoved => "volume-removed",
             FaultKind::ReloadDown => "reload-down",
+            FaultKind::ReloadSlow => "reload-slow",
         }
     }
 
@@ -744,7 +749,8 @@ impl Faulting<'_> {
             | FaultKind::AgentStall
             | FaultKind::VolumeTorn
             | FaultKind::VolumeRemoved
-            | FaultKind::ReloadDown => unreachable!("pod-side faults are injected above"),
+            | FaultKind::ReloadDown
+            | FaultKind::ReloadSlow => unreachable!("pod-side faults are injected above"),
             FaultKind::Stall => {
                 let leader = self.leader().await?;
                 let admin = self.replicas[leader].admin_port;

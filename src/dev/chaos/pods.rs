@@ -202,6 +202,17 @@ impl PodSide {
                 self.annotate(&pod, None).await?;
                 format!("{pod}'s app refused every reload for {down:?}")
             }
+            FaultKind::ReloadSlow => {
+                let pods: Vec<String> = self.pods.iter().map(|(p, _)| p.clone()).collect();
+                for p in &pods {
+                    self.annotate(p, Some("reload-slow=2s")).await?;
+                }
+                tokio::time::sleep(hold).await;
+                for p in &pods {
+                    self.annotate(p, None).await?;
+                }
+                format!("every app answered reloads 2 s late for {hold:?}")
+            }
             other => return Err(fault(format!("{} is not a pod-side fault", other.name()))),
         };
         Ok(note)

@@ -1,7 +1,8 @@
 //! The stand-in application of simulated pods: one HTTP server on 127.0.0.1 that answers every
 //! pod's reload POST on its own path (`/pods/NAMESPACE/NAME/...`), reads the file the agent
 //! names in its `{"revision","hash","file"}` body, records the reload, and answers 204 — or 500
-//! while the pod's fault is `reload-fails` (gated on the revision handed off).
+//! while the pod's fault is `reload-fails`, or 204 late while it is `reload-slow=DURATION`
+//! (gated on the revision handed off).
 
 use std::{
     collections::HashMap,
@@ -126,13 +127,30 @@ async fn handle(app: &App, ns: &str, name: &str, body: &str) -> StatusCode {
         None => None,
     };
     let key = format!("{ns}/{name}");
+    let applying = |pod: &AppPod| {
+        pod.fault
+            .as_ref()
+            .filter(|f| f.applies(pod.restart_revision.as_deref(), revision))
+            .map(|f| f.fault)
+    };
+    // A slow app: the answer comes later (the lock is not held meanwhile).
+    let slow = app
+        .pods
+        .lock()
+        .expect("app lock")
+        .get(&key)
+        .and_then(|pod| match applying(pod) {
+            Some(Fault::ReloadSlow(d)) => Some(d),
+            _ => None,
+        });
+    if let Some(d) = slow {
+        tokio::time::sleep(d).await;
+    }
     let mut pods = app.pods.lock().expect("app lock");
     let Some(pod) = pods.get_mut(&key) else {
         return StatusCode::NOT_FOUND;
     };
-    let fails = pod.fault.as_ref().is_some_and(|f| {
-        f.fault == Fault::ReloadFails && f.applies(pod.restart_revision.as_deref(), revision)
-    });
+    let fails = applying(pod) == Some(Fault::ReloadFails);
     let status = if fails {
         StatusCode::INTERNAL_SERVER_ERROR
     } else {

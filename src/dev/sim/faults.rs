@@ -31,6 +31,15 @@ pub enum Fault {
     NotReadyAfter(Duration),
     /// The stand-in app answers the agent's reload POST with 500.
     ReloadFails,
+    /// The stand-in app answers the agent's reload POST, 204, only after this long.
+    ReloadSlow(Duration),
+}
+
+impl Fault {
+    /// Whether the stand-in app plays it (the pod itself runs normally).
+    pub fn in_the_app(self) -> bool {
+        matches!(self, Fault::ReloadFails | Fault::ReloadSlow(_))
+    }
 }
 
 /// A fault and its gates, as the annotations declare them.
@@ -66,14 +75,22 @@ impl std::str::FromStr for Fault {
             "never-ready" => Ok(Fault::NeverReady),
             "crash-loop" => Ok(Fault::CrashLoop),
             "reload-fails" => Ok(Fault::ReloadFails),
-            other => match other.strip_prefix("not-ready-after=") {
-                Some(d) => crate::duration::parse(d)
-                    .map(Fault::NotReadyAfter)
-                    .map_err(|e| bad(format!("{d:?}: {e}"))),
-                None => Err(bad(format!(
-                    "unknown fault {other:?} (never-ready, crash-loop, not-ready-after=DURATION, reload-fails)"
-                ))),
-            },
+            other => {
+                let timed = |prefix: &str, make: fn(Duration) -> Fault| {
+                    other.strip_prefix(prefix).map(|d| {
+                        crate::duration::parse(d)
+                            .map(make)
+                            .map_err(|e| bad(format!("{d:?}: {e}")))
+                    })
+                };
+                timed("not-ready-after=", Fault::NotReadyAfter)
+                    .or_else(|| timed("reload-slow=", Fault::ReloadSlow))
+                    .unwrap_or_else(|| {
+                        Err(bad(format!(
+                            "unknown fault {other:?} (never-ready, crash-loop, not-ready-after=DURATION, reload-fails, reload-slow=DURATION)"
+                        )))
+                    })
+            }
         }
     }
 }
@@ -143,6 +160,11 @@ mod tests {
         assert_eq!("never-ready".parse(), Ok(Fault::NeverReady));
         assert_eq!("crash-loop".parse(), Ok(Fault::CrashLoop));
         assert_eq!("reload-fails".parse(), Ok(Fault::ReloadFails));
+        assert_eq!(
+            "reload-slow=2s".parse(),
+            Ok(Fault::ReloadSlow(Duration::from_secs(2)))
+        );
+        assert!("reload-slow=soon".parse::<Fault>().is_err());
         assert_eq!(
             "not-ready-after=5s".parse(),
             Ok(Fault::NotReadyAfter(Duration::from_secs(5)))

@@ -312,7 +312,7 @@ impl Life {
         );
         let spec = spec?;
         let applies = spec.applies(restart.as_deref(), faults::applied_revision(&annotations));
-        (applies && spec.fault != Fault::ReloadFails).then_some(spec.fault)
+        (applies && !spec.fault.in_the_app()).then_some(spec.fault)
     }
 
     async fn bind(&self) -> Result<(), kube::Error> {
