@@ -81,10 +81,14 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         if let Some(snapshot) = unrecorded_projection(cx, cm_revision, cm_hash.as_deref(), &hash) {
             return recover(draft, snapshot);
         }
-        let revision = match (cm_revision, &cm_hash) {
-            (Some(r), Some(h)) if *h == hash && r > prev.latest_revision.unwrap_or(0) => r,
-            _ => history::next_revision(Some(prev), cm_revision),
+        // The ConfigMap already carries this very document under an unrecorded number: that
+        // number is taken over (adopted), and recorded before anything else is projected.
+        let recorded = history::next_revision(Some(prev), None) - 1;
+        let adopted = match (cm_revision, &cm_hash) {
+            (Some(r), Some(h)) if *h == hash && r > recorded => Some(r),
+            _ => None,
         };
+        let revision = adopted.unwrap_or_else(|| history::next_revision(Some(prev), cm_revision));
         let changed = document::changed_keys(
             latest_entry.map(|s| s.document.value()).as_ref(),
             &eff.document,
@@ -108,6 +112,16 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             ..Default::default()
         });
         status.latest_revision = Some(revision);
+        if adopted.is_some() {
+            // Like any unrecorded projection: this round writes status only (a pin projected
+            // now would overwrite the one place this number is known; the chaos suite found
+            // it given to another document that way).
+            return Revision {
+                errors: Vec::new(),
+                sensitive,
+                recovered: adopted,
+            };
+        }
     }
     Revision {
         errors: Vec::new(),
@@ -334,11 +348,18 @@ mod tests {
         assert_eq!(find_valid(&invalid.status), Some("False"));
         assert_eq!(invalid.status.latest_revision, Some(2));
 
-        // The same spec as the unrecorded projection: that revision is adopted, not repeated.
-        let mut again = v2.clone();
+        // The same spec as the unrecorded projection: that revision is adopted, not repeated,
+        // and recorded first (nothing projected this round), even under a pin.
+        let mut again = v2.clone().with_annotation(names::ROLLBACK_TO, Some("1"));
         again.status = Some(first.status.clone());
         let adopted = crate::reconcile::plan(&again, &projected);
         let numbers: Vec<i64> = adopted.status.history.iter().map(|h| h.revision).collect();
         assert_eq!(numbers, vec![1, 2]);
+        assert!(adopted.config_map.is_none(), "the pin waits for the record");
+        again.status = Some(adopted.status.clone());
+        let pinned = crate::reconcile::plan(&again, &projected);
+        let numbers: Vec<i64> = pinned.status.history.iter().map(|h| h.revision).collect();
+        assert_eq!(numbers, vec![1, 2], "not repeated");
+        assert_eq!(pinned.status.current_revision, Some(1), "then the pin");
     }
 }
