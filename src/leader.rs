@@ -142,7 +142,9 @@ impl Timing {
         Timing {
             duration,
             renew_every: duration - Duration::from_secs(grace),
-            margin: (duration / 8).max(Duration::from_millis(250)),
+            // A quarter: room for a write that passed the check to reach the server (through a
+            // slow or resetting network) before anyone may take over.
+            margin: (duration / 4).max(Duration::from_millis(250)),
             retry: (duration / 8).max(Duration::from_millis(250)),
             request_timeout: duration / 2,
         }
@@ -265,8 +267,11 @@ struct Elector {
 impl Elector {
     async fn run(self, mut stop: oneshot::Receiver<()>) {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        // Half a second between attempts after an error, never more: a follower whose watch is
+        // down notices the holder's renewals only by the 409 of a takeover attempt, and then
+        // waits a whole duration again (the default backoff, up to 30 s, made failovers slow).
         let events = watcher(self.leases.clone(), config)
-            .default_backoff()
+            .backoff(Every(self.timing.retry))
             .applied_objects();
         tokio::pin!(events);
         let mut view = View::default();
@@ -433,6 +438,21 @@ impl Elector {
     }
 }
 
+// A fixed pause between attempts.
+struct Every(Duration);
+
+impl Iterator for Every {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.0)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Every {
+    fn reset(&mut self) {}
+}
+
 fn holder_of(spec: &LeaseSpec) -> Option<&str> {
     spec.holder_identity.as_deref().filter(|h| !h.is_empty())
 }
@@ -497,9 +517,9 @@ mod tests {
         let t = Timing::new(4, 2);
         assert_eq!(t.duration, Duration::from_secs(4));
         assert_eq!(t.renew_every, Duration::from_secs(2));
-        assert_eq!(t.margin, Duration::from_millis(500));
+        assert_eq!(t.margin, Duration::from_secs(1));
         let t0 = Instant::now();
-        assert_eq!(t.writes_until(t0), t0 + Duration::from_millis(3500));
+        assert_eq!(t.writes_until(t0), t0 + Duration::from_secs(3));
         // A grace as long as the duration is cut to leave a renewal period.
         assert_eq!(Timing::new(2, 5).renew_every, Duration::from_secs(1));
     }
