@@ -307,10 +307,12 @@ async fn reloads_are_retried_until_the_app_answers_2xx_and_announced_again_later
         3 + 6 + 1,
         "revision 1's three, two failed announcements of three attempts each, then 200"
     );
-    assert_eq!(
-        metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await,
-        Some(2.0)
-    );
+    // Counted once the agent has the answer (the app saw the POST first).
+    wait_for(10, "the second success to be counted", || async {
+        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await?;
+        (n == 2.0).then_some(())
+    })
+    .await;
 }
 
 /// A write that fails (a file stands where the output's directory was) is tried again later:
@@ -358,10 +360,12 @@ async fn a_failed_write_is_tried_again_until_it_lands() {
         .await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), doc(2, "rewrite"));
-    assert_eq!(
-        metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await,
-        Some(2.0)
-    );
+    // Counted once the agent has the answer (the app saw the POST first).
+    wait_for(10, "the second success to be counted", || async {
+        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await?;
+        (n == 2.0).then_some(())
+    })
+    .await;
 }
 
 /// `--signal HUP --pid-file F` and `--exec CMD` notify the application after each new document;
