@@ -185,15 +185,14 @@ pub enum Step {
 fn record(lease: &Lease) -> (Option<&str>, Option<&MicroTime>, Option<&MicroTime>) {
     let spec = lease.spec.as_ref();
     (
-        spec.and_then(|s| s.holder_identity.as_deref())
-            .filter(|h| !h.is_empty()),
+        spec.and_then(holder_of),
         spec.and_then(|s| s.acquire_time.as_ref()),
         spec.and_then(|s| s.renew_time.as_ref()),
     )
 }
 
 fn holder(lease: &Lease) -> Option<&str> {
-    record(lease).0
+    lease.spec.as_ref().and_then(holder_of)
 }
 
 impl View {
@@ -271,7 +270,7 @@ impl Elector {
         // down notices the holder's renewals only by the 409 of a takeover attempt, and then
         // waits a whole duration again (the default backoff, up to 30 s, made failovers slow).
         let events = watcher(self.leases.clone(), config)
-            .backoff(Every(self.timing.retry))
+            .backoff(crate::health::FixedBackoff(self.timing.retry))
             .applied_objects();
         tokio::pin!(events);
         let mut view = View::default();
@@ -420,7 +419,7 @@ impl Elector {
         let Some(Some(mut lease)) = view.lease.clone() else {
             return;
         };
-        if !held || lease.spec.as_ref().and_then(holder_of) != Some(self.identity.as_str()) {
+        if !held || holder(&lease) != Some(self.identity.as_str()) {
             return;
         }
         if let Some(spec) = lease.spec.as_mut() {
@@ -436,21 +435,6 @@ impl Elector {
             Err(_) => tracing::warn!("releasing the leader lease timed out"),
         }
     }
-}
-
-// A fixed pause between attempts.
-struct Every(Duration);
-
-impl Iterator for Every {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(self.0)
-    }
-}
-
-impl kube::runtime::utils::Backoff for Every {
-    fn reset(&mut self) {}
 }
 
 fn holder_of(spec: &LeaseSpec) -> Option<&str> {

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use agent_common::{ReloadServer, free_addr, metric, wait_for};
+use agent_common::{ReloadServer, free_addr, metric, wait_for, wait_reloads};
 use common::TestEnv;
 use hotconf::agent::report::Applied;
 use hotconf::crd::{Format, names};
@@ -189,9 +189,8 @@ async fn api_changes_reach_the_app_and_corrupt_documents_are_refused() {
         "values: [check_interval: 30\n".to_string(),
     )]);
     write(&api, &projected(bad, 3, &document::hash(&lazy(1, "X")))).await;
-    wait_for(30, "the refusal of revision 3", || async {
-        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await?;
-        (n == 1.0).then_some(())
+    wait_reloads(&admin, "refused", 30, "the refusal of revision 3", |n| {
+        n == 1.0
     })
     .await;
     let report = wait_for(30, "the Pod annotation naming the refusal", || async {
@@ -219,9 +218,8 @@ async fn api_changes_reach_the_app_and_corrupt_documents_are_refused() {
     let v4 = lazy(60, "CONSERVATIVE");
     let data = projection::config_map_data(&v4, &target());
     write(&api, &projected(data, 4, &document::hash(&v2))).await;
-    wait_for(30, "the refusal of revision 4", || async {
-        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await?;
-        (n == 2.0).then_some(())
+    wait_reloads(&admin, "refused", 30, "the refusal of revision 4", |n| {
+        n == 2.0
     })
     .await;
     let report = wait_for(

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_common::proxy::{FaultProxy, upstream_of};
-use agent_common::{ReloadServer, doc, doc_value, free_addr, http_status, metric, wait_for};
+use agent_common::{
+    ReloadServer, doc, doc_value, free_addr, http_status, metric, wait_for, wait_reloads,
+};
 use common::TestEnv;
 use hotconf::agent::volume::kubelet_write;
 use hotconf::crd::names;
@@ -160,11 +162,7 @@ async fn readiness_waits_for_a_good_document_and_the_volume_signal_follows_the_m
 
     // Only a refused document: still not ready, and /readyz says why; the volume is up.
     mount(&mount_dir, &data(1, Some("sha256:not-this-one")));
-    wait_for(10, "the refusal", || async {
-        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await?;
-        (n == 1.0).then_some(())
-    })
-    .await;
+    wait_reloads(&admin, "refused", 10, "the refusal", |n| n == 1.0).await;
     let (code, body) = readyz(&admin).await.unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(
@@ -189,11 +187,7 @@ async fn readiness_waits_for_a_good_document_and_the_volume_signal_follows_the_m
 
     // A refused document later: the last good one stays, and so does readiness.
     mount(&mount_dir, &data(3, Some("sha256:not-this-one")));
-    wait_for(10, "the second refusal", || async {
-        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"refused\"}").await?;
-        (n == 2.0).then_some(())
-    })
-    .await;
+    wait_reloads(&admin, "refused", 10, "the second refusal", |n| n == 2.0).await;
     assert_eq!(readyz(&admin).await.unwrap().0, 200);
     assert_eq!(std::fs::read_to_string(&output).unwrap(), doc(2, "health"));
 

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_common::{ReloadServer, doc, free_addr, metric, spawn_agent, verify, wait_for};
+use agent_common::{
+    ReloadServer, doc, free_addr, metric, spawn_agent, verify, wait_for, wait_reloads,
+};
 use common::{TestEnv, eventually};
 use hotconf::agent::report::Applied;
 use hotconf::agent::volume::kubelet_write;
@@ -283,14 +285,13 @@ async fn reloads_are_retried_until_the_app_answers_2xx_and_announced_again_later
     // 2 s, then 4 s more) until the application takes it.
     server.fail_next.store(6, Ordering::SeqCst);
     swap(&mount, &doc(2, "retry"));
-    wait_for(20, "the failed notification to be counted", || async {
-        let n = metric(
-            &admin,
-            "hotconf_agent_reloads_total{result=\"notify_failed\"}",
-        )
-        .await?;
-        (n >= 1.0).then_some(())
-    })
+    wait_reloads(
+        &admin,
+        "notify_failed",
+        20,
+        "the failed notification to be counted",
+        |n| n >= 1.0,
+    )
     .await;
     assert_eq!(std::fs::read_to_string(&output).unwrap(), doc(2, "retry"));
     assert!(server.drain().is_empty());
@@ -308,10 +309,13 @@ async fn reloads_are_retried_until_the_app_answers_2xx_and_announced_again_later
         "revision 1's three, two failed announcements of three attempts each, then 200"
     );
     // Counted once the agent has the answer (the app saw the POST first).
-    wait_for(10, "the second success to be counted", || async {
-        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await?;
-        (n == 2.0).then_some(())
-    })
+    wait_reloads(
+        &admin,
+        "success",
+        10,
+        "the second success to be counted",
+        |n| n == 2.0,
+    )
     .await;
 }
 
@@ -343,14 +347,13 @@ async fn a_failed_write_is_tried_again_until_it_lands() {
     std::fs::remove_dir_all(&app_dir).unwrap();
     std::fs::write(&app_dir, "not a directory").unwrap();
     swap(&mount, &doc(2, "rewrite"));
-    wait_for(20, "the failed write to be counted", || async {
-        let n = metric(
-            &admin,
-            "hotconf_agent_reloads_total{result=\"write_failed\"}",
-        )
-        .await?;
-        (n >= 1.0).then_some(())
-    })
+    wait_reloads(
+        &admin,
+        "write_failed",
+        20,
+        "the failed write to be counted",
+        |n| n >= 1.0,
+    )
     .await;
     assert!(server.drain().is_empty(), "nothing was announced");
     std::fs::remove_file(&app_dir).unwrap();
@@ -361,10 +364,13 @@ async fn a_failed_write_is_tried_again_until_it_lands() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(std::fs::read_to_string(&output).unwrap(), doc(2, "rewrite"));
     // Counted once the agent has the answer (the app saw the POST first).
-    wait_for(10, "the second success to be counted", || async {
-        let n = metric(&admin, "hotconf_agent_reloads_total{result=\"success\"}").await?;
-        (n == 2.0).then_some(())
-    })
+    wait_reloads(
+        &admin,
+        "success",
+        10,
+        "the second success to be counted",
+        |n| n == 2.0,
+    )
     .await;
 }
 

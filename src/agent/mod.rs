@@ -352,12 +352,41 @@ pub const RENOTIFY_FIRST: Duration = Duration::from_secs(2);
 /// The longest wait between two announcements of the same document.
 pub const RENOTIFY_MAX: Duration = Duration::from_secs(60);
 
+// When to try again: first after RENOTIFY_FIRST, then twice as long each time, up to
+// RENOTIFY_MAX.
+struct Later {
+    at: Instant,
+    wait: Duration,
+}
+
+impl Later {
+    fn first() -> Later {
+        Later {
+            at: Instant::now() + RENOTIFY_FIRST,
+            wait: RENOTIFY_FIRST,
+        }
+    }
+
+    // The attempt at `at` failed.
+    fn failed_again(&mut self) {
+        self.wait = (self.wait * 2).min(RENOTIFY_MAX);
+        self.at = Instant::now() + self.wait;
+    }
+}
+
+// Resolves at `at`; never without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 // A document written for the application but not announced to it yet.
 struct Unannounced {
     handed: Handed,
     identity: String,
-    at: Instant,
-    wait: Duration,
+    later: Later,
 }
 
 struct Agent {
@@ -382,8 +411,7 @@ struct Agent {
 // A document whose hand-off failed at the write.
 struct Unwritten {
     snapshot: Snapshot,
-    at: Instant,
-    wait: Duration,
+    later: Later,
 }
 
 // Resolves when the receiver (if any) sees a change; pends forever without one, and drops a
@@ -426,8 +454,8 @@ impl Agent {
             let deadline = api_rx
                 .as_ref()
                 .and_then(|r| self.arbiter.deadline(&r.borrow(), Instant::now()));
-            let announce_at = self.unannounced.as_ref().map(|u| u.at);
-            let rewrite_at = self.unwritten.as_ref().map(|u| u.at);
+            let announce_at = self.unannounced.as_ref().map(|u| u.later.at);
+            let rewrite_at = self.unwritten.as_ref().map(|u| u.later.at);
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("stopping");
@@ -441,39 +469,27 @@ impl Agent {
                         tracing::debug!(error = %e, "API source failing; the volume is the fallback");
                     }
                 }
-                _ = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-                _ = async {
-                    match announce_at {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => self.announce_again().await,
-                _ = async {
-                    match rewrite_at {
-                        Some(d) => tokio::time::sleep_until(d.into()).await,
-                        None => std::future::pending().await,
-                    }
-                } => self.write_again().await,
+                _ = sleep_until_some(deadline) => {}
+                _ = sleep_until_some(announce_at) => self.announce_again().await,
+                _ = sleep_until_some(rewrite_at) => self.write_again().await,
             }
         }
     }
 
     /// Hands off again the document whose write failed.
     async fn write_again(&mut self) {
-        let Some(u) = self.unwritten.take() else {
+        let Some(Unwritten {
+            snapshot,
+            mut later,
+        }) = self.unwritten.take()
+        else {
             return;
         };
-        let wait = u.wait;
-        self.handle(u.snapshot).await;
+        self.handle(snapshot).await;
         // Failed again: the next attempt waits longer.
         if let Some(again) = self.unwritten.as_mut() {
-            again.wait = (wait * 2).min(RENOTIFY_MAX);
-            again.at = Instant::now() + again.wait;
+            later.failed_again();
+            again.later = later;
         }
     }
 
@@ -494,12 +510,11 @@ impl Agent {
                 self.report(None, None);
             }
             Err(e) => {
-                u.wait = (u.wait * 2).min(RENOTIFY_MAX);
-                u.at = Instant::now() + u.wait;
+                u.later.failed_again();
                 tracing::warn!(
                     revision = ?u.handed.revision,
                     error = %e,
-                    next_in = ?u.wait,
+                    next_in = ?u.later.wait,
                     "notifying the application failed again; it will be told again"
                 );
                 self.unannounced = Some(u);
@@ -595,8 +610,7 @@ impl Agent {
                 self.report(Some(reason), snapshot.revision);
                 self.unwritten = Some(Unwritten {
                     snapshot: snapshot.clone(),
-                    at: Instant::now() + RENOTIFY_FIRST,
-                    wait: RENOTIFY_FIRST,
+                    later: Later::first(),
                 });
             }
             Fate::Applied {
@@ -645,8 +659,7 @@ impl Agent {
                         self.unannounced = Some(Unannounced {
                             handed,
                             identity: snapshot.identity.clone(),
-                            at: Instant::now() + RENOTIFY_FIRST,
-                            wait: RENOTIFY_FIRST,
+                            later: Later::first(),
                         });
                     }
                 }

@@ -248,22 +248,6 @@ fn stop(
     }
 }
 
-/// No backoff: an error is followed at once by the next poll (the stream behind it waits).
-#[derive(Clone, Copy, Debug, Default)]
-struct NoBackoff;
-
-impl Iterator for NoBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(Duration::ZERO)
-    }
-}
-
-impl kube::runtime::utils::Backoff for NoBackoff {
-    fn reset(&mut self) {}
-}
-
 /// How many reconciles of one kind and scope run at once. Unbounded, a burst (a restart over
 /// thousands of objects) puts every object in flight at once, each on its own API connection.
 const MAX_CONCURRENT_RECONCILES: u16 = 16;
@@ -375,7 +359,7 @@ fn controller_for<K: ConfigResource>(
         // Every watch backs off by itself (see `health::watch`); kube-runtime's backoff on the
         // merged triggers would, after a run of errors on any one of them, hold every watch of
         // this controller for up to 30 s (the chaos suite found relists 8-30 s late).
-        .trigger_backoff(NoBackoff)
+        .trigger_backoff(crate::health::FixedBackoff(Duration::ZERO))
         .owns_stream(projected_changes(cms))
         .owns_stream(projected_changes(projected_secrets))
         .reconcile_on(heartbeats);

@@ -146,6 +146,15 @@ impl FaultHandle {
         self.with(|f| f.unavailable = on);
     }
 
+    /// Cuts every client off (`on`): requests are answered 503 and the connections open now are
+    /// reset; `cut(false)` lets requests through again.
+    pub fn cut(&self, on: bool) {
+        self.set_unavailable(on);
+        if on {
+            self.reset_all();
+        }
+    }
+
     /// Lifts every fault (stalled watches stay stalled).
     pub fn clear(&self) {
         self.with(|f| *f = Faults::default());

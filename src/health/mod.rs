@@ -48,6 +48,23 @@ impl Default for HealthArgs {
     }
 }
 
+/// A kube-runtime backoff that always waits the same (`Duration::ZERO`: polls again at once),
+/// for streams that back off by themselves or must not wait long (see `health::watch`).
+#[derive(Clone, Copy, Debug)]
+pub struct FixedBackoff(pub Duration);
+
+impl Iterator for FixedBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.0)
+    }
+}
+
+impl kube::runtime::utils::Backoff for FixedBackoff {
+    fn reset(&mut self) {}
+}
+
 /// The bounds health is judged by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {

@@ -199,6 +199,22 @@ pub async fn http_status(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body.to_string()))
 }
 
+/// Waits up to `secs` until the agent's `hotconf_agent_reloads_total{result}` satisfies `ok`.
+pub async fn wait_reloads(
+    admin: &str,
+    result: &str,
+    secs: u64,
+    what: &str,
+    ok: impl Fn(f64) -> bool,
+) {
+    let name = format!("hotconf_agent_reloads_total{{result=\"{result}\"}}");
+    wait_for(secs, what, || async {
+        let n = metric(admin, &name).await?;
+        ok(n).then_some(())
+    })
+    .await
+}
+
 /// Polls `check` every 20 ms until it returns `Some` or `secs` pass.
 pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where

@@ -651,14 +651,11 @@ impl Faulting<'_> {
         let started = Instant::now();
         let hold = self.o.hold;
         let proxy = self.proxy.clone();
-        if kind.on_pods() {
-            let note = match self.pods.as_mut() {
+        let note = match kind {
+            kind if kind.on_pods() => match self.pods.as_mut() {
                 Some(pods) => pods.inject(kind, &mut self.rng, hold).await?,
                 None => "skipped: the run has no agents".into(),
-            };
-            return Ok((started.elapsed().as_secs_f64(), note));
-        }
-        let note = match kind {
+            },
             FaultKind::LeaderKill | FaultKind::Handover => {
                 let i = self.leader().await?;
                 let old = self.replicas[i].identity;
@@ -689,12 +686,11 @@ impl Faulting<'_> {
                 };
                 // The replicas meet the API server again only once it serves them, as behind a
                 // load balancer that checks readiness: until then the proxy answers 503.
-                proxy.set_unavailable(true);
-                proxy.reset_all();
+                proxy.cut(true);
                 self.plane.restart_component(component, Stop::Kill).await?;
                 let took = started.elapsed().as_secs_f64();
                 self.wait_serving().await?;
-                proxy.set_unavailable(false);
+                proxy.cut(false);
                 if kind == FaultKind::ApiserverRestart {
                     self.figures.apiserver_restart_s.push(took);
                 } else {
@@ -744,13 +740,6 @@ impl Faulting<'_> {
                 proxy.reset_next(0);
                 format!("every connection reset, and the next {count} requests'")
             }
-            FaultKind::AgentKill
-            | FaultKind::AgentCut
-            | FaultKind::AgentStall
-            | FaultKind::VolumeTorn
-            | FaultKind::VolumeRemoved
-            | FaultKind::ReloadDown
-            | FaultKind::ReloadSlow => unreachable!("pod-side faults are injected above"),
             FaultKind::Stall => {
                 let leader = self.leader().await?;
                 let admin = self.replicas[leader].admin_port;
@@ -803,6 +792,8 @@ impl Faulting<'_> {
                     detected.map_or("(not seen)".to_string(), |d| format!("{d:.2}s"))
                 )
             }
+            // The pod-side kinds are taken by the first arm.
+            _ => unreachable!("{} is a pod-side fault", kind.name()),
         };
         Ok((started.elapsed().as_secs_f64(), note))
     }

@@ -151,9 +151,9 @@ impl PodSide {
                 format!("{pod}'s agent SIGKILLed, running again after {took:.2}s")
             }
             FaultKind::AgentCut => {
-                cut(&proxy, true);
+                proxy.cut(true);
                 tokio::time::sleep(hold).await;
-                cut(&proxy, false);
+                proxy.cut(false);
                 format!("every agent's API connection cut for {hold:?}")
             }
             FaultKind::AgentStall => {
@@ -169,7 +169,7 @@ impl PodSide {
                     .sim
                     .volume_dir(&self.ns, &pod, "source")
                     .ok_or_else(|| fault(format!("{pod} has no source volume")))?;
-                cut(&proxy, true);
+                proxy.cut(true);
                 let what = if kind == FaultKind::VolumeTorn {
                     let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.ns);
                     let current = cms.get(&cm).await?;
@@ -189,7 +189,7 @@ impl PodSide {
                     "its files removed"
                 };
                 tokio::time::sleep(hold).await;
-                cut(&proxy, false);
+                proxy.cut(false);
                 format!(
                     "{pod}'s volume left with {what} while its API was cut for {hold:?} (the kubelet rewrites it on the next change)"
                 )
@@ -286,14 +286,6 @@ impl PodSide {
     /// Stops the simulator (and with it the agents).
     pub async fn stop(self) {
         self.sim.stop().await;
-    }
-}
-
-// Cuts (or heals) every connection through the proxy: requests answered 503, open ones reset.
-fn cut(proxy: &FaultHandle, on: bool) {
-    proxy.set_unavailable(on);
-    if on {
-        proxy.reset_all();
     }
 }
 
