@@ -8,8 +8,10 @@ use std::process::Command;
 
 use common::{TestEnv, eventually, repo};
 use hotconf::crd::{PoolBudget, RuntimeConfig};
+use hotconf::dev::control_plane::{ControlPlane, Options};
 use hotconf::kinds::ConfigResource;
 use kube::Api;
+use tokio::sync::OnceCell;
 
 /// Renders the chart with extra renderer arguments; panics with the renderer's error.
 fn render(args: &[&str]) -> String {
@@ -320,24 +322,75 @@ async fn the_operator_works_with_exactly_the_namespaced_chart_rbac() {
     }
 }
 
+/// A control plane of its own: an operator in the chart's default mode sees every namespace,
+/// and on the shared plane it would reconcile other tests' objects beside their operators.
+static CLUSTER_WIDE: OnceCell<ControlPlane> = OnceCell::const_new();
+
+/// The arguments of the rendered Deployment's operator container, with the admin server moved
+/// to a free loopback port (the pod's `0.0.0.0:8080` is no address to take on a shared host).
+fn deployment_args(rendered: &str) -> Vec<String> {
+    let deployment = docs(rendered)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    args.as_sequence()
+        .expect("container args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .map(|a| match a.starts_with("--admin-addr=") {
+            true => format!("--admin-addr=127.0.0.1:{}", common::free_port()),
+            false => a,
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn the_operator_works_with_exactly_the_cluster_wide_chart_rbac() {
-    let env = TestEnv::new("rbac-cluster").await;
-    let release = env.plane.namespace("hotconf-cluster").await.unwrap();
+async fn the_operator_works_in_the_charts_default_mode_across_namespaces() {
+    let plane = CLUSTER_WIDE
+        .get_or_init(|| async {
+            ControlPlane::start(Options {
+                log_dir: Some(repo().join("target/control-plane-logs/chart-cluster-wide")),
+                crds: vec![repo().join("crds")],
+                ..Options::default()
+            })
+            .await
+            .expect("a control plane for the cluster-wide operator")
+        })
+        .await;
+    let first = TestEnv::on(plane, "wide-a").await;
+    let second = TestEnv::on(plane, "wide-b").await;
+    let release = plane.namespace("hotconf-cluster").await.unwrap();
+    // The chart's defaults, untouched: no watchNamespaces, so a ClusterRole and no
+    // `--namespaces` argument.
     let rendered = render(&["-n", &release, "--name", "wide"]);
-    kubectl_apply(&env, &rendered, false);
+    assert!(kinds(&rendered).contains(&"ClusterRole/wide-hotconf".to_string()));
+    let args = deployment_args(&rendered);
+    assert!(
+        !args.iter().any(|a| a.starts_with("--namespaces")),
+        "{args:?}"
+    );
+    kubectl_apply(&first, &rendered, false);
     let sa = format!("system:serviceaccount:{release}:wide-hotconf");
-    let _operator = env.start_operator_with(&sa, &[]);
-    examples_reconcile(&env).await;
-    for denied in [
-        vec!["patch", "deployments", "-n", env.ns.as_str()],
-        vec!["create", "pods", "-n", env.ns.as_str()],
-        vec!["create", "clusterrolebindings"],
-        vec!["escalate", "clusterroles"],
-        vec!["update", "runtimeconfigs", "-n", env.ns.as_str()],
-        vec!["get", "nodes"],
-    ] {
-        assert!(!can_i(&env, &sa, &denied), "the operator may {denied:?}");
+    let log = plane.log_dir().join("operator-cluster-wide.log");
+    let _operator = first.spawn_operator(&sa, &args, &log);
+    examples_reconcile(&first).await;
+    examples_reconcile(&second).await;
+
+    for env in [&first, &second] {
+        let ns = env.ns.as_str();
+        assert!(can_i(env, &sa, &["get", "secrets", "-n", ns]));
+        assert!(can_i(env, &sa, &["patch", "configmaps", "-n", ns]));
+        for denied in [
+            vec!["patch", "deployments", "-n", ns],
+            vec!["create", "pods", "-n", ns],
+            vec!["update", "runtimeconfigs", "-n", ns],
+            vec!["create", "clusterrolebindings"],
+            vec!["escalate", "clusterroles"],
+            vec!["get", "nodes"],
+        ] {
+            assert!(!can_i(env, &sa, &denied), "the operator may {denied:?}");
+        }
     }
     // Restart targets (a later feature) switch workload access on.
     let with_workloads = render(&[

@@ -82,7 +82,7 @@ fn every_valid_example_passes() {
     let out = hotconf(&["validate", "-f", "examples/lazy-loading.yaml"]);
     assert!(!stderr(&out).contains("cannot be resolved offline"));
     assert!(stderr(&out).contains(
-        "examples/lazy-loading.yaml:0 Secret/default/lazy-loading-db: note: not a hotconf kind"
+        "examples/lazy-loading.yaml:3 Secret/default/lazy-loading-db: note: not a hotconf kind"
     ));
 }
 
@@ -90,7 +90,7 @@ fn every_valid_example_passes() {
 fn the_invalid_example_fails_with_every_message() {
     let out = hotconf(&["validate", "-f", "examples/invalid.yaml"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    let prefix = "examples/invalid.yaml:0 RuntimeConfig/default/broken-config";
+    let prefix = "examples/invalid.yaml:6 RuntimeConfig/default/broken-config";
     assert_lines(
         &stdout(&out),
         &[
@@ -114,7 +114,7 @@ fn the_examples_directory_fails_only_for_the_invalid_example() {
     assert!(
         stdout(&out)
             .lines()
-            .all(|l| l.starts_with("examples/invalid.yaml:0 RuntimeConfig/default/broken-config: ")),
+            .all(|l| l.starts_with("examples/invalid.yaml:6 RuntimeConfig/default/broken-config: ")),
         "{}",
         stdout(&out)
     );
@@ -125,8 +125,8 @@ fn the_examples_directory_fails_only_for_the_invalid_example() {
     );
 }
 
-const RTC: &str = "tests/fixtures/invalid/runtime-config.yaml:0 RuntimeConfig/shop/checkout";
-const PB: &str = "tests/fixtures/invalid/pool-budgets.yaml:1 PoolBudget/default/budget";
+const RTC: &str = "tests/fixtures/invalid/runtime-config.yaml:2 RuntimeConfig/shop/checkout";
+const PB: &str = "tests/fixtures/invalid/pool-budgets.yaml:9 PoolBudget/default/budget";
 
 fn fixture_errors() -> Vec<String> {
     [
@@ -162,9 +162,9 @@ fn fixture_errors() -> Vec<String> {
             "{PB}: spec.pools.redis.retryDelay: must be a duration such as 30s, 5m or 1h30m: expected a number before each unit (got \"soon\")"
         ),
         format!("{PB}: spec.pools.cache.maxEntries: must be between 1 and 10000000 (got 0)"),
-        "tests/fixtures/invalid/mixed.yaml:1 PoolBudget/default/typed: spec.pools.database.maxConnections: invalid type: string \"ten\", expected i64".to_string(),
-        "tests/fixtures/invalid/mixed.yaml:2 RuntimeConfig/default/future: apiVersion: is not served: use hotconf.dev/v1alpha1 (got \"hotconf.dev/v1\")".to_string(),
-        "tests/fixtures/invalid/syntax-error.yaml:1: cannot parse YAML: did not find expected ',' or ']' at line 13 column 20, while parsing a flow sequence at line 13 column 15".to_string(),
+        "tests/fixtures/invalid/mixed.yaml:10 PoolBudget/default/typed: spec.pools.database.maxConnections: invalid type: string \"ten\", expected i64".to_string(),
+        "tests/fixtures/invalid/mixed.yaml:20 RuntimeConfig/default/future: apiVersion: is not served: use hotconf.dev/v1alpha1 (got \"hotconf.dev/v1\")".to_string(),
+        "tests/fixtures/invalid/syntax-error.yaml:8: cannot parse YAML: did not find expected ',' or ']' at line 13 column 20, while parsing a flow sequence at line 13 column 15".to_string(),
     ]
     .into()
 }
@@ -179,7 +179,7 @@ fn every_invalid_fixture_is_reported_at_once() {
     let err = stderr(&out);
     assert!(
         err.contains(
-            "tests/fixtures/invalid/mixed.yaml:0 Deployment/default/web: note: not a hotconf kind: skipped"
+            "tests/fixtures/invalid/mixed.yaml:2 Deployment/default/web: note: not a hotconf kind: skipped"
         ),
         "{err}"
     );
@@ -284,7 +284,7 @@ fn stdin_is_read_with_a_dash_and_namespaced_with_n() {
     assert_eq!(code(&out), 1);
     assert!(
         stdout(&out).starts_with(
-            "<stdin>:0 RuntimeConfig/team-a/broken-config: spec.values.check_interval: "
+            "<stdin>:6 RuntimeConfig/team-a/broken-config: spec.values.check_interval: "
         ),
         "{}",
         stdout(&out)
@@ -310,7 +310,7 @@ fn unresolvable_references_are_a_note_unless_strict() {
     assert_eq!(code(&out), 0, "{}", stdout(&out));
     assert!(
         stderr(&out).contains(
-            "<stdin>:0 RuntimeConfig/default/lazy-loading: note: spec.valuesFrom[0] (db_password): key \"password\" of Secret \"lazy-loading-db\" cannot be resolved offline"
+            "<stdin>:1 RuntimeConfig/default/lazy-loading: note: spec.valuesFrom[0] (db_password): key \"password\" of Secret \"lazy-loading-db\" cannot be resolved offline"
         ),
         "{}",
         stderr(&out)
@@ -325,7 +325,7 @@ fn unresolvable_references_are_a_note_unless_strict() {
     assert_lines(
         &stdout(&out),
         &[
-            "<stdin>:0 RuntimeConfig/default/lazy-loading: spec.valuesFrom[0].secretKeyRef: cannot read key \"password\" of Secret \"lazy-loading-db\": no Secret manifest among the inputs provides it, and Secrets in the cluster are not read offline",
+            "<stdin>:1 RuntimeConfig/default/lazy-loading: spec.valuesFrom[0].secretKeyRef: cannot read key \"password\" of Secret \"lazy-loading-db\": no Secret manifest among the inputs provides it, and Secrets in the cluster are not read offline",
         ],
     );
 }

@@ -219,13 +219,18 @@ async fn examples_are_projected_with_defaults_filled_in() {
     assert_stamped(&cm, &rtc, 1, &document::hash(&expected.document));
     wait_event(&env, "trading-bot", "Projected").await;
 
-    // feature-flags: properties, flattened keys, a maintenance window still open.
+    // feature-flags: properties, flattened keys, a maintenance window that is open until its
+    // `until` (which the wall clock decides, not the year this test was written in).
     let rtc: RuntimeConfig = ready_at(&env, "storefront-flags", 1).await;
     let cm = config_map(&env, "storefront-flags").await;
     let data = cm.data.as_ref().unwrap();
     assert_eq!(data["featureFlags.new_ui.rolloutPercentage"], "25");
     assert_eq!(data["featureFlags.new_ui.allow.0"], "user-1");
-    assert_eq!(data["maintenance.enabled"], "true");
+    let maintenance = rtc.spec.maintenance.as_ref().unwrap();
+    let until =
+        chrono::DateTime::parse_from_rfc3339(maintenance.until.as_deref().unwrap()).unwrap();
+    let open = maintenance.enabled && until > chrono::Utc::now();
+    assert_eq!(data["maintenance.enabled"], open.to_string());
     let props = &data["config.properties"];
     assert!(
         props.contains("featureFlags.legacy_checkout.enabled=false\n"),

@@ -282,9 +282,9 @@ pub async fn run_until(
         first: true,
     };
     tracing::info!(
-        watch_dir = ?args.watch_dir,
-        configmap = ?args.configmap,
-        output = ?args.output,
+        watch_dir = args.watch_dir.as_ref().map(|d| d.display().to_string()),
+        configmap = args.configmap.as_deref(),
+        output = args.output.as_ref().map(|o| o.display().to_string()),
         watch_timeout = ?bounds.timeout,
         watch_idle_timeout = ?bounds.idle,
         "agent started"
@@ -501,7 +501,7 @@ impl Agent {
         match self.notifier.notify(&u.handed).await {
             Ok(()) => {
                 tracing::info!(
-                    revision = ?u.handed.revision,
+                    revision = u.handed.revision,
                     hash = %u.handed.hash,
                     "the application took the document on a later attempt"
                 );
@@ -512,7 +512,7 @@ impl Agent {
             Err(e) => {
                 u.later.failed_again();
                 tracing::warn!(
-                    revision = ?u.handed.revision,
+                    revision = u.handed.revision,
                     error = %e,
                     next_in = ?u.later.wait,
                     "notifying the application failed again; it will be told again"
@@ -587,7 +587,7 @@ impl Agent {
                 };
                 tracing::warn!(
                     source,
-                    revision = ?snapshot.revision,
+                    revision = snapshot.revision,
                     key = %snapshot.key,
                     reason = %reason,
                     "refused a new document; the last good one stays"
@@ -639,7 +639,7 @@ impl Agent {
                         }
                         tracing::info!(
                             source,
-                            revision = ?snapshot.revision,
+                            revision = snapshot.revision,
                             hash = %hash,
                             latency_ms = latency.as_secs_f64() * 1000.0,
                             unchanged,
@@ -650,7 +650,7 @@ impl Agent {
                     Err(e) => {
                         tracing::error!(
                             source,
-                            revision = ?snapshot.revision,
+                            revision = snapshot.revision,
                             error = %e,
                             "written, but notifying the application failed"
                         );

@@ -101,6 +101,8 @@ pub struct Doc {
     /// The document's index in its file, from 0 (empty documents count too); `None` for a
     /// problem with the whole file.
     pub index: Option<usize>,
+    /// The 1-based line where the document's content starts (its `---` line when it has none).
+    pub line: Option<usize>,
     /// `kind`, when the document has one.
     pub kind: Option<String>,
     /// The namespace (the manifest's, else `--namespace`).
@@ -116,10 +118,11 @@ pub struct Doc {
 }
 
 impl Doc {
-    fn new(file: &str, index: usize) -> Self {
+    fn new(file: &str, index: usize, line: usize) -> Self {
         Doc {
             file: file.to_string(),
             index: Some(index),
+            line: Some(line),
             kind: None,
             namespace: None,
             name: None,
@@ -129,10 +132,11 @@ impl Doc {
         }
     }
 
-    /// `file:index` (`file` for the whole file).
+    /// `file:line`, the line where the document starts (`file` for the whole file), as editors
+    /// and compilers name a place.
     pub fn location(&self) -> String {
-        match self.index {
-            Some(index) => format!("{}:{index}", self.file),
+        match self.line {
+            Some(line) => format!("{}:{line}", self.file),
             None => self.file.clone(),
         }
     }
@@ -211,8 +215,9 @@ pub fn read_text(file: &str, text: &str, namespace: &str) -> Inputs {
 }
 
 fn unreadable(file: &str, error: &str) -> Doc {
-    let mut doc = Doc::new(file, 0);
+    let mut doc = Doc::new(file, 0, 1);
     doc.index = None;
+    doc.line = None;
     doc.content = Content::Unreadable;
     doc.problems.push(Problem {
         path: String::new(),
@@ -249,13 +254,42 @@ fn expand(path: &Path, recursive: bool) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The 1-based line where each YAML document of `text` starts, in the parser's order: the first
+/// line of its content, or its `---` line when it has none. A leading stretch of comments
+/// before the first `---` is no document, as the parser sees it.
+fn document_lines(text: &str) -> Vec<usize> {
+    let content = |l: &str| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#') && t != "..." && !t.starts_with('%')
+    };
+    let mut starts = Vec::new();
+    // The open document: its `---` line (None for an implicit one) and its first content line;
+    // an implicit one with no content is no document.
+    let mut open: (Option<usize>, Option<usize>) = (None, None);
+    for (i, l) in text.lines().enumerate() {
+        let n = i + 1;
+        let rest = l.strip_prefix("---");
+        if rest.is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t'])) {
+            starts.extend(open.1.or(open.0));
+            let inline = rest.is_some_and(content);
+            open = (Some(n), inline.then_some(n));
+        } else if open.1.is_none() && content(l) {
+            open.1 = Some(n);
+        }
+    }
+    starts.extend(open.1.or(open.0));
+    starts
+}
+
 fn parse_text(file: &str, text: &str, default_ns: &str, inputs: &mut Inputs) {
+    let lines = document_lines(text);
+    let line_of = |index: usize| lines.get(index).copied().unwrap_or(index + 1);
     for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = match <Value as serde::Deserialize>::deserialize(de) {
             Ok(Value::Null) => continue,
             Ok(value) => value,
             Err(e) => {
-                let mut doc = Doc::new(file, index);
+                let mut doc = Doc::new(file, index, line_of(index));
                 doc.content = Content::Unreadable;
                 doc.problems.push(Problem {
                     path: String::new(),
@@ -269,7 +303,7 @@ fn parse_text(file: &str, text: &str, default_ns: &str, inputs: &mut Inputs) {
         };
         inputs.docs.push(classify(
             file,
-            index,
+            (index, line_of(index)),
             value,
             default_ns,
             &mut inputs.secrets,
@@ -279,12 +313,12 @@ fn parse_text(file: &str, text: &str, default_ns: &str, inputs: &mut Inputs) {
 
 fn classify(
     file: &str,
-    index: usize,
+    (index, line): (usize, usize),
     mut value: Value,
     default_ns: &str,
     secrets: &mut SecretManifests,
 ) -> Doc {
-    let mut doc = Doc::new(file, index);
+    let mut doc = Doc::new(file, index, line);
     let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
     let api_version = text(&value, "/apiVersion");
     doc.kind = text(&value, "/kind");
@@ -524,6 +558,19 @@ mod tests {
     }
 
     #[test]
+    fn documents_are_named_by_the_line_they_start_on() {
+        let text = "# a comment\n---\n\na: 1\n---\n---\n# note\nb: 2\n--- {c: 3}\n";
+        assert_eq!(document_lines(text), vec![4, 5, 8, 9]);
+        assert_eq!(document_lines("a: 1\n---\nb: 2\n"), vec![1, 3]);
+        assert_eq!(document_lines("---\na: 1\n"), vec![2]);
+        assert_eq!(document_lines(""), Vec::<usize>::new());
+        let mut inputs = Inputs::default();
+        parse_text("t.yaml", text, "default", &mut inputs);
+        let named: Vec<String> = inputs.docs.iter().map(Doc::location).collect();
+        assert_eq!(named, ["t.yaml:4", "t.yaml:8", "t.yaml:9"]);
+    }
+
+    #[test]
     fn a_yaml_error_names_the_document() {
         let mut inputs = Inputs::default();
         parse_text(
@@ -533,7 +580,7 @@ mod tests {
             &mut inputs,
         );
         let last = inputs.docs.last().unwrap();
-        assert_eq!(last.location(), "t.yaml:1");
+        assert_eq!(last.location(), "t.yaml:3");
         assert!(last.problems[0].rule.starts_with("cannot parse YAML"));
         assert_eq!(json!(inputs.docs.len()), json!(2));
     }

@@ -1,6 +1,6 @@
 //! `hotconf validate -f PATH...`: the operator's own validation, offline, for GitOps CI.
 //!
-//! Every error is one line on stdout, `file:doc-index Kind/namespace/name: field.path: rule`;
+//! Every error is one line on stdout, `file:line Kind/namespace/name: field.path: rule`;
 //! notes (skipped documents, references that cannot be resolved offline) go to stderr. The exit
 //! code is 1 when anything is wrong, 0 otherwise. `valuesFrom` references resolve against Secret
 //! manifests among the inputs; the others cannot be read offline and are a note, or an error
@@ -141,6 +141,7 @@ fn entry(doc: &Doc) -> serde_json::Value {
     json!({
         "file": doc.file,
         "index": doc.index,
+        "line": doc.line,
         "kind": doc.kind,
         "namespace": doc.namespace,
         "name": doc.name,

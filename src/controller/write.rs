@@ -65,7 +65,7 @@ pub(super) async fn execute<K: ConfigResource>(
     if let Some(cm) = &plan.config_map {
         fence()?;
         cms.patch(&cm.name_any(), &apply, &Patch::Apply(cm)).await?;
-        info!(kind = K::KIND, %name, configmap = %cm.name_any(), revision = ?plan.status.current_revision, "projected");
+        info!(kind = K::KIND, %name, configmap = %cm.name_any(), revision = plan.status.current_revision, "projected");
     }
     let ns = obj.namespace().unwrap_or_default();
     for (kind, target, revision) in &plan.restart {

@@ -127,8 +127,19 @@ impl TestEnv {
             args.push(format!("--admin-addr=127.0.0.1:{}", free_port()));
         }
         args.extend(extra.iter().cloned());
+        self.spawn_operator(user, &args, &log)
+    }
+
+    /// Starts the hotconf binary as `user` with exactly `args` (no namespace added: an operator
+    /// started this way may see every namespace of the plane), logging to `log`.
+    pub fn spawn_operator(
+        &self,
+        user: &str,
+        args: &[String],
+        log: &std::path::Path,
+    ) -> hotconf::dev::control_plane::Process {
         self.plane
-            .spawn("hotconf-operator", &hotconf_bin(), &args, user, &log)
+            .spawn("hotconf-operator", &hotconf_bin(), args, user, log)
             .expect("starting the operator")
     }
 
