@@ -780,6 +780,8 @@ async fn maintenance_ends_by_itself_at_until() {
     assert_eq!(off["maintenance"]["reason"], "upgrade");
     let history = rtc.status.unwrap().history;
     assert_eq!(history[1].changed_keys, vec!["maintenance.enabled"]);
+    assert_eq!(history[1].reason.as_deref(), Some("MaintenanceEnded"));
+    assert_eq!(history[1].changed_by.as_deref(), Some("hotconf"));
     assert_eq!(history[1].generation, history[0].generation);
 }
 

@@ -93,6 +93,7 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             latest_entry.map(|s| s.document.value()).as_ref(),
             &eff.document,
         );
+        let (reason, changed_by) = authorship(obj, latest_entry, cx.generation, &changed);
         let status = &mut draft.status;
         // The first revision restarts nothing: the consumers started without it.
         status.pending_restart = if latest_entry.is_some() {
@@ -105,8 +106,8 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             hash,
             created_at: now_string(now),
             generation: cx.generation,
-            reason: obj.annotations().get(names::CHANGE_REASON).cloned(),
-            changed_by: changed_by(obj),
+            reason,
+            changed_by,
             changed_keys: changed,
             document: eff.document.into(),
             ..Default::default()
@@ -178,6 +179,35 @@ fn unrecorded_projection<K: ConfigResource>(
     })
 }
 
+/// Who made a new revision, and why (SPEC §5.4). A revision of a new spec generation carries the
+/// `hotconf.dev/change-reason` written with that change and its author. Within one generation
+/// only the operator can make one, from the inputs beside the spec: the clock ending a
+/// maintenance window, or a `valuesFrom` Secret's new value; a stale human reason would lie
+/// there, so it gets the operator's own reason and field manager.
+fn authorship<K: kube::Resource>(
+    obj: &K,
+    latest: Option<&Snapshot>,
+    generation: i64,
+    changed: &[String],
+) -> (Option<String>, Option<String>) {
+    if latest.is_none_or(|s| s.generation != generation) {
+        return (
+            obj.annotations().get(names::CHANGE_REASON).cloned(),
+            changed_by(obj),
+        );
+    }
+    let maintenance = !changed.is_empty() && changed.iter().all(|k| k.starts_with("maintenance"));
+    let reason = if maintenance {
+        "MaintenanceEnded"
+    } else {
+        "SecretRotated"
+    };
+    (
+        Some(reason.to_string()),
+        Some(crate::crd::MANAGER.to_string()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +249,40 @@ mod tests {
         again.status = Some(draft.status.clone());
         let (_, draft) = decide(&again, &Observed::test());
         assert_eq!(draft.status.history.len(), 1);
+    }
+
+    #[test]
+    fn a_revision_the_operator_makes_carries_its_own_reason_not_the_stale_one() {
+        let mut obj = RuntimeConfig::test()
+            .with_value("level", "info")
+            .with_annotation(names::CHANGE_REASON, Some("planned upgrade"));
+        obj.spec = obj.spec.clone().with_until("2026-06-01T00:00:00Z");
+        let mut observed = Observed::test();
+        observed.now = "2026-05-31T23:00:00Z".parse().unwrap();
+        let (_, draft) = decide(&obj, &observed);
+        assert_eq!(
+            draft.status.history[0].reason.as_deref(),
+            Some("planned upgrade")
+        );
+
+        // The window ends in the same generation: the timer made this revision.
+        obj.status = Some(draft.status.clone());
+        observed.now = "2026-06-01T00:00:01Z".parse().unwrap();
+        let (_, draft) = decide(&obj, &observed);
+        let ended = &draft.status.history[1];
+        assert_eq!(ended.changed_keys, vec!["maintenance.enabled"]);
+        assert_eq!(ended.reason.as_deref(), Some("MaintenanceEnded"));
+        assert_eq!(ended.changed_by.as_deref(), Some(crate::crd::MANAGER));
+
+        // A new generation is a person's change again, with the reason written with it.
+        obj.status = Some(draft.status.clone());
+        obj.metadata.generation = Some(2);
+        obj.spec = obj.spec.clone().with_value("level", "debug");
+        let (_, draft) = decide(&obj, &observed);
+        assert_eq!(
+            draft.status.history[2].reason.as_deref(),
+            Some("planned upgrade")
+        );
     }
 
     #[test]
