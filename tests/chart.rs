@@ -230,6 +230,13 @@ fn can_i(env: &TestEnv, sa: &str, args: &[&str]) -> bool {
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
+/// Asserts that `sa` may do none of `denied` (each a `kubectl auth can-i` argument list).
+fn assert_denied(env: &TestEnv, sa: &str, denied: &[Vec<&str>]) {
+    for args in denied {
+        assert!(!can_i(env, sa, args), "the operator may {args:?}");
+    }
+}
+
 async fn examples_reconcile(env: &TestEnv) {
     for name in [
         "lazy-loading",
@@ -299,7 +306,7 @@ async fn the_operator_works_with_exactly_the_namespaced_chart_rbac() {
     );
     assert!(can_i(&env, &sa, &["patch", "configmaps", "-n", ns]));
     assert!(can_i(&env, &sa, &["update", "leases", "-n", &release]));
-    for denied in [
+    let denied = [
         vec!["get", "secrets", "-n", "kube-system"],
         vec!["list", "secrets", "--all-namespaces"],
         vec!["get", "configmaps", "-n", "default"],
@@ -317,9 +324,8 @@ async fn the_operator_works_with_exactly_the_namespaced_chart_rbac() {
         vec!["bind", "clusterroles"],
         vec!["list", "customresourcedefinitions"],
         vec!["update", "customresourcedefinitions"],
-    ] {
-        assert!(!can_i(&env, &sa, &denied), "the operator may {denied:?}");
-    }
+    ];
+    assert_denied(&env, &sa, &denied);
 }
 
 /// A control plane of its own: an operator in the chart's default mode sees every namespace,
@@ -381,16 +387,15 @@ async fn the_operator_works_in_the_charts_default_mode_across_namespaces() {
         let ns = env.ns.as_str();
         assert!(can_i(env, &sa, &["get", "secrets", "-n", ns]));
         assert!(can_i(env, &sa, &["patch", "configmaps", "-n", ns]));
-        for denied in [
+        let denied = [
             vec!["patch", "deployments", "-n", ns],
             vec!["create", "pods", "-n", ns],
             vec!["update", "runtimeconfigs", "-n", ns],
             vec!["create", "clusterrolebindings"],
             vec!["escalate", "clusterroles"],
             vec!["get", "nodes"],
-        ] {
-            assert!(!can_i(env, &sa, &denied), "the operator may {denied:?}");
-        }
+        ];
+        assert_denied(env, &sa, &denied);
     }
     // Restart targets (a later feature) switch workload access on.
     let with_workloads = render(&[

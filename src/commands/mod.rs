@@ -32,8 +32,8 @@ pub enum Tools {
     /// Validate RuntimeConfig and PoolBudget manifests offline, exactly as the operator would.
     ///
     /// Prints every error as `file:line Kind/namespace/name: field.path: message` (the line
-    /// where the document starts, from 1) and exits 1 on any error, 0 otherwise. Fields the CRD does not declare
-    /// and fields of the wrong type are errors too. Other kinds are skipped with a note on
+    /// where the document starts, from 1) and exits 1 on any error, 0 otherwise. Fields the CRD
+    /// does not declare and fields of the wrong type are errors too. Other kinds are skipped with a note on
     /// stderr. A `valuesFrom` reference is resolved from a Secret manifest among the inputs (same
     /// namespace); otherwise it cannot be checked offline, which is a note, or an error with
     /// `--strict-refs`.
