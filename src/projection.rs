@@ -189,23 +189,41 @@ pub fn config_map(document: &Value, target: &ResolvedTarget, stamp: &Stamp) -> C
     }
 }
 
-/// The desired Secret for sensitive values (one key per value).
+/// The desired Secret for sensitive values: one key per value, and the metadata key
+/// [`META_KEY`] with the revision and hash of the document these values belong to, so that an
+/// agent reading the mounted Secret pairs it with the matching ConfigMap version (a volume has
+/// no annotations). A `valuesFrom` key may not take that name (validation refuses it).
 pub fn secret(
     sensitive: &BTreeMap<String, String>,
     target: &ResolvedTarget,
     stamp: &Stamp,
 ) -> Secret {
+    let mut data: BTreeMap<String, ByteString> = sensitive
+        .iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+        .collect();
+    data.insert(
+        META_KEY.to_string(),
+        ByteString(Meta::of(target, stamp).to_text().into_bytes()),
+    );
     Secret {
         metadata: meta(target, stamp),
         type_: Some("Opaque".into()),
-        data: Some(
-            sensitive
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
+        data: Some(data),
         ..Default::default()
     }
+}
+
+/// The sensitive values a projected Secret holds (its data keys but the metadata key).
+pub fn secret_values(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .chain(secret.string_data.clone().unwrap_or_default())
+        .filter(|(k, _)| k != META_KEY)
+        .collect()
 }
 
 fn owned_meta_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
@@ -393,5 +411,18 @@ mod tests {
         );
         assert_eq!(s.data.as_ref().unwrap()["db_password"].0, b"pw");
         assert!(secret_matches(&s, &s));
+        let meta = Meta::parse(&String::from_utf8_lossy(
+            &s.data.as_ref().unwrap()[META_KEY].0,
+        ));
+        assert_eq!(
+            meta.map(|m| (m.revision, m.hash)).ok(),
+            Some((3, stamp().hash)),
+            "the Secret names the document it belongs to"
+        );
+        assert_eq!(
+            secret_values(&s),
+            BTreeMap::from([("db_password".to_string(), "pw".to_string())]),
+            "the metadata key is not a value"
+        );
     }
 }

@@ -8,6 +8,7 @@ mod agent_common;
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent_common::{ReloadServer, free_addr, metric, wait_for, wait_reloads};
@@ -16,7 +17,7 @@ use hotconf::agent::report::Applied;
 use hotconf::crd::{Format, names};
 use hotconf::document;
 use hotconf::projection::{self, ResolvedTarget};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -319,7 +320,7 @@ async fn the_client_follows_the_configmap_through_the_api() {
 }
 
 /// examples/agent-sidecar.yaml applies as it is, and its Role gives the agent exactly what it
-/// needs: the one ConfigMap (get, list, watch) and pod patches, nothing else.
+/// needs: the one ConfigMap and its Secret (get, list, watch) and pod patches, nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_example_applies_with_least_privilege() {
     let env = TestEnv::new("agent-example").await;
@@ -341,6 +342,7 @@ async fn the_sidecar_example_applies_with_least_privilege() {
         .filter_map(Value::as_str)
         .collect();
     assert!(args.contains(&"--reload-url=http://localhost:8080/-/reload"));
+    assert!(args.contains(&"--secret=$(POD_NAMESPACE)/lazy-loading-config"));
     assert_eq!(args[0], "agent");
     let sa = format!("system:serviceaccount:{}:lazy-loading", env.ns);
     let can = |verb: &str, what: &str| {
@@ -353,6 +355,276 @@ async fn the_sidecar_example_applies_with_least_privilege() {
     assert!(can("patch", "pods"));
     assert!(!can("get", "configmaps/other"));
     assert!(!can("update", "configmaps/lazy-loading-config"));
+    // The projected Secret (sensitive values), read-only, and no other.
+    for verb in ["get", "list", "watch"] {
+        assert!(can(verb, "secrets/lazy-loading-config"), "{verb}");
+    }
+    assert!(!can("get", "secrets/lazy-loading-db"));
+    assert!(!can("update", "secrets/lazy-loading-config"));
     assert!(!can("get", "secrets"));
     assert!(!can("delete", "pods"));
+}
+
+// The projected ConfigMap `name` (and its Secret, with `secret_dir`), copied into kubelet-style
+// volumes as the kubelet would.
+async fn mirror(env: &TestEnv, name: &str, cm_dir: &Path, secret_dir: Option<&Path>, stamp: &str) {
+    let cm = Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
+        .get(name)
+        .await
+        .unwrap();
+    let data = cm.data.unwrap_or_default();
+    let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    hotconf::agent::volume::kubelet_write(cm_dir, stamp, &pairs).unwrap();
+    if let Some(dir) = secret_dir {
+        let secret = Api::<Secret>::namespaced(env.client.clone(), &env.ns)
+            .get(name)
+            .await
+            .unwrap();
+        let data: BTreeMap<String, String> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect();
+        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        hotconf::agent::volume::kubelet_write(dir, stamp, &pairs).unwrap();
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn yaml(path: &Path) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+async fn projected_revision(env: &TestEnv, name: &str, revision: i64) {
+    wait_for(60, &format!("revision {revision} projected"), || async {
+        let cm = Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
+            .get_opt(name)
+            .await
+            .ok()??;
+        let secret = Api::<Secret>::namespaced(env.client.clone(), &env.ns)
+            .get_opt(name)
+            .await
+            .ok()??;
+        let stamped = |m: &ObjectMeta| projection::stamped(m);
+        (stamped(&cm.metadata).0 == Some(revision)
+            && stamped(&cm.metadata) == stamped(&secret.metadata))
+        .then_some(())
+    })
+    .await;
+}
+
+/// Sensitive values reach the application end to end: the operator projects a `valuesFrom`
+/// value into its Secret; one agent follows ConfigMap and Secret through the API (with only
+/// get/list/watch on those two) and merges the value into its 0600 output, another follows
+/// both mounted volumes and writes the value to a separate 0600 file. A rotated Secret value
+/// is a new revision that reaches both as a reload; a ConfigMap whose Secret has not arrived
+/// waits for it rather than pairing the new document with the old password; and the value
+/// never appears in the ConfigMap, the CR, Events, logs or metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_values_reach_the_app_with_their_own_revision() {
+    let env = TestEnv::new("agent-secret").await;
+    let operator = env.start_operator();
+    let pod = "app-0";
+    let planted = format!("planted-{}", env.ns);
+    env.apply_yaml(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{password: {planted}}}
+---
+apiVersion: hotconf.dev/v1alpha1
+kind: RuntimeConfig
+metadata: {{name: app}}
+spec:
+  schema:
+    db_password: {{type: string, sensitive: true}}
+    port: {{type: integer, default: 5432}}
+  valuesFrom:
+  - {{key: db_password, secretKeyRef: {{name: creds, key: password}}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: hotconf-agent}}
+rules:
+- apiGroups: [""]
+  resources: [configmaps, secrets]
+  resourceNames: [app]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: hotconf-agent}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: hotconf-agent}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}}}
+spec:
+  containers:
+  - {{name: app, image: busybox}}
+"#
+    ));
+    projected_revision(&env, "app", 1).await;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (cm_dir, secret_dir) = (tmp.path().join("cm"), tmp.path().join("secret"));
+    mirror(&env, "app", &cm_dir, Some(&secret_dir), "1").await;
+    let merged = tmp.path().join("a/config.yaml");
+    let (plain, separate) = (
+        tmp.path().join("b/config.yaml"),
+        tmp.path().join("b/secrets.yaml"),
+    );
+    let (admin_a, admin_b) = (free_addr(), free_addr());
+    let mut server_a = ReloadServer::start(Some(&merged)).await;
+    let mut server_b = ReloadServer::start(Some(&separate)).await;
+    let kubeconfig = env.plane.kubeconfig_for("alice").unwrap();
+    let api_agent = agent_common::spawn_agent(
+        "secret-api-agent",
+        &[
+            format!("--configmap={}/app", env.ns),
+            format!("--secret={}/app", env.ns),
+            format!("--output={}", merged.display()),
+            format!("--reload-url={}", server_a.url),
+            format!("--admin-addr={admin_a}"),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAME", pod),
+            ("POD_NAMESPACE", env.ns.as_str()),
+        ],
+    );
+    let volume_agent = agent_common::spawn_agent(
+        "secret-volume-agent",
+        &[
+            format!("--watch-dir={}", cm_dir.display()),
+            format!("--secret-dir={}", secret_dir.display()),
+            format!("--output={}", plain.display()),
+            format!("--secrets-output={}", separate.display()),
+            format!("--reload-url={}", server_b.url),
+            format!("--admin-addr={admin_b}"),
+        ],
+        &[],
+    );
+
+    // Revision 1: the value is in the merged output (0600), or in the separate file (0600)
+    // beside an output that stays as projected.
+    let first = server_a
+        .next(Duration::from_secs(60))
+        .await
+        .expect("a reload");
+    assert_eq!(first.body["revision"], 1);
+    let doc = yaml(&merged);
+    assert_eq!(doc["values"]["db_password"], planted.as_str());
+    assert_eq!(doc["values"]["port"], 5432);
+    assert_eq!(mode(&merged), 0o600);
+    let first = server_b
+        .next(Duration::from_secs(60))
+        .await
+        .expect("a reload");
+    assert_eq!(first.body["revision"], 1);
+    assert_eq!(yaml(&separate)["values"]["db_password"], planted.as_str());
+    assert_eq!(mode(&separate), 0o600);
+    assert!(yaml(&plain)["values"].get("db_password").is_none());
+    assert!(yaml(&plain)["secrets"]["db_password"]["fingerprint"].is_string());
+
+    // Rotation: a new revision, reloaded by the API agent with the new value.
+    let rotated = format!("{planted}-rotated");
+    env.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds}}\nstringData: {{password: {rotated}}}\n"
+    ));
+    projected_revision(&env, "app", 2).await;
+    let got = server_a
+        .next(Duration::from_secs(30))
+        .await
+        .expect("a reload");
+    assert_eq!(got.body["revision"], 2);
+    assert_eq!(yaml(&merged)["values"]["db_password"], rotated.as_str());
+    wait_for(30, "the Pod annotation for revision 2", || async {
+        applied(&env, pod)
+            .await
+            .filter(|a| a.revision == Some(2) && a.error.is_none())
+    })
+    .await;
+
+    // The volume agent: the kubelet brings the ConfigMap first; the new document waits for its
+    // Secret (no reload with the old password), then goes with it.
+    mirror(&env, "app", &cm_dir, None, "2").await;
+    wait_for(30, "the volume agent to wait for the Secret", || async {
+        std::fs::read_to_string(&volume_agent.log)
+            .ok()
+            .filter(|l| l.contains("waits for its Secret"))
+    })
+    .await;
+    assert!(server_b.drain().is_empty(), "no reload without its Secret");
+    assert_eq!(yaml(&separate)["values"]["db_password"], planted.as_str());
+    mirror(&env, "app", &cm_dir, Some(&secret_dir), "3").await;
+    let got = server_b
+        .next(Duration::from_secs(30))
+        .await
+        .expect("a reload");
+    assert_eq!(got.body["revision"], 2);
+    assert_eq!(
+        serde_yaml::from_str::<Value>(got.file.as_deref().unwrap()).unwrap()["values"]["db_password"],
+        rotated.as_str(),
+        "the separate file is in place when the application is told"
+    );
+
+    // The client library through the API: ConfigMap and Secret together.
+    let config = hotconf::client::Config::options()
+        .env_lookup(|_| None)
+        .with_secret()
+        .watch_configmap(env.client.clone(), &env.ns, "app")
+        .await
+        .unwrap();
+    assert_eq!(config.revision(), Some(2));
+    assert_eq!(config.get::<String>("db_password").unwrap(), rotated);
+
+    // The value is nowhere else: not in the ConfigMap, the CR, Events, any log or metrics.
+    let cm = Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
+        .get("app")
+        .await
+        .unwrap();
+    let rtc: Value =
+        serde_json::from_str(&env.kubectl(&["get", "runtimeconfig", "app", "-o", "json"])).unwrap();
+    let events = env.kubectl(&["get", "events", "-o", "json"]);
+    let mut places = vec![
+        ("ConfigMap", serde_json::to_string(&cm).unwrap()),
+        ("RuntimeConfig", rtc.to_string()),
+        ("Events", events),
+        (
+            "operator log",
+            std::fs::read_to_string(operator.log()).unwrap(),
+        ),
+    ];
+    for (agent, admin) in [(&api_agent, &admin_a), (&volume_agent, &admin_b)] {
+        places.push(("agent log", std::fs::read_to_string(&agent.log).unwrap()));
+        let (code, metrics) = agent_common::http_status(admin, "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        places.push(("agent metrics", metrics));
+    }
+    for (place, text) in &places {
+        assert!(
+            !text.contains(&planted),
+            "the sensitive value leaked into the {place}"
+        );
+    }
+
+    // Least privilege: the API agent's only writes were patches of its Pod.
+    for w in &env.plane.audit_writes("alice") {
+        assert_eq!(
+            (w.verb.as_str(), w.resource.as_str()),
+            ("patch", "pods"),
+            "{w:?}"
+        );
+    }
 }

@@ -132,6 +132,115 @@ async fn the_handle_follows_kubelet_swaps_whole() {
     assert!(reader.join().unwrap() > 300);
 }
 
+// The projected ConfigMap and Secret of revision `revision` (password `password`), as the
+// operator builds them, written as kubelet volumes at `cm` and `secret` (either may be left out).
+fn project_with_secret(
+    cm: Option<&std::path::Path>,
+    secret: Option<&std::path::Path>,
+    revision: i64,
+    password: &str,
+) {
+    use hotconf::projection::{self, ResolvedTarget, Stamp};
+    let doc = json!({
+        "values": {"port": 5432},
+        "secrets": {"db_password": {"secretKeyRef": {"name": "creds", "key": "password"},
+                                    "fingerprint": format!("f{revision}")}},
+        "featureFlags": {}, "maintenance": {"enabled": false, "reason": "", "until": null},
+    });
+    let target = ResolvedTarget::resolve(None, "app");
+    let stamp = Stamp {
+        kind: "RuntimeConfig",
+        owner_name: "app".into(),
+        namespace: "shop".into(),
+        owner: Default::default(),
+        revision,
+        hash: document::hash(&doc),
+    };
+    let stampname = revision.to_string();
+    if let Some(dir) = cm {
+        let data = projection::config_map(&doc, &target, &stamp).data.unwrap();
+        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        kubelet_write(dir, &stampname, &pairs).unwrap();
+    }
+    if let Some(dir) = secret {
+        let values = BTreeMap::from([("db_password".to_string(), password.to_string())]);
+        let data: Vec<(String, String)> = projection::secret(&values, &target, &stamp)
+            .data
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect();
+        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        kubelet_write(dir, &stampname, &pairs).unwrap();
+    }
+}
+
+/// With the projected Secret followed too, `get` finds a sensitive value; a rotation (a new
+/// revision) swaps the document and its value together, and a document whose Secret has not
+/// arrived waits for it instead of pairing with the old value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_values_are_read_from_the_projected_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cm, secret) = (tmp.path().join("cm"), tmp.path().join("secret"));
+    project_with_secret(Some(&cm), Some(&secret), 1, "pw-1");
+    let config = Config::options()
+        .env_lookup(|_| None)
+        .secret_dir(&secret)
+        .watch_dir(&cm)
+        .await
+        .unwrap();
+    assert_eq!(config.get::<String>("db_password").unwrap(), "pw-1");
+    assert_eq!(config.get::<u64>("port").unwrap(), 5432);
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _sub = {
+        let heard = heard.clone();
+        config.subscribe("db_password", move |v| {
+            heard.lock().unwrap().push(v.cloned())
+        })
+    };
+    assert!(
+        !format!("{config:?}").contains("pw-1"),
+        "the handle's Debug shows no value"
+    );
+
+    project_with_secret(Some(&cm), None, 2, "pw-2");
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while !config
+            .last_error()
+            .is_some_and(|e| e.contains("waiting for the projected Secret"))
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the new document waits for its Secret");
+    assert_eq!(config.revision(), Some(1));
+    assert_eq!(config.get::<String>("db_password").unwrap(), "pw-1");
+
+    project_with_secret(None, Some(&secret), 2, "pw-2");
+    let mut changes = config.changes();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        changes.wait_for(|_| config.revision() == Some(2)),
+    )
+    .await
+    .expect("revision 2 with its Secret")
+    .unwrap();
+    assert_eq!(config.get::<String>("db_password").unwrap(), "pw-2");
+    assert_eq!(*heard.lock().unwrap(), [Some(json!("pw-2"))]);
+
+    // Without the Secret followed, the document reads as projected: no sensitive value.
+    let plain = Config::options()
+        .env_lookup(|_| None)
+        .watch_dir(&cm)
+        .await
+        .unwrap();
+    assert!(matches!(
+        plain.get::<String>("db_password"),
+        Err(ClientError::Missing { .. })
+    ));
+}
+
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
     let map: HashMap<String, String> = vars
         .iter()

@@ -1,4 +1,5 @@
-//! The API source: a list-and-watch of the one named ConfigMap (field selector
+//! The API source: a list-and-watch of the one named ConfigMap (or projected Secret, see
+//! [`Followed`]; field selector
 //! `metadata.name=NAME`, so a Role limited by `resourceNames` is enough), with reconnects and
 //! exponential backoff. It sees a change as soon as the API server stores it, without the
 //! kubelet's 60–120 s volume refresh.
@@ -19,7 +20,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::runtime::utils::Backoff as _;
 use kube::runtime::watcher::DefaultBackoff;
@@ -114,6 +116,37 @@ pub fn snapshot_of(cm: &ConfigMap, key: Option<&str>) -> Snapshot {
     snapshot
 }
 
+/// An object the API source follows: a ConfigMap (one data key is the document) or the
+/// projected Secret (its values, see [`super::secrets`]).
+pub trait Followed:
+    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind, for logs and errors.
+    const WHAT: &'static str;
+    /// The snapshot of this version (`key`: the data key asked for, where one is read).
+    fn snapshot(&self, key: Option<&str>) -> Snapshot;
+}
+
+impl Followed for ConfigMap {
+    const WHAT: &'static str = "ConfigMap";
+    fn snapshot(&self, key: Option<&str>) -> Snapshot {
+        snapshot_of(self, key)
+    }
+}
+
+impl Followed for Secret {
+    const WHAT: &'static str = "Secret";
+    fn snapshot(&self, _key: Option<&str>) -> Snapshot {
+        super::secrets::snapshot_of(self)
+    }
+}
+
 /// The bounds of the API watch (`--watch-timeout`, `--watch-idle-timeout`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WatchBounds {
@@ -175,7 +208,7 @@ impl WatchBounds {
     }
 }
 
-/// Watches one ConfigMap through the API server.
+/// Watches one ConfigMap (or Secret) through the API server.
 #[derive(Clone)]
 pub struct ApiSource {
     /// The client.
@@ -209,23 +242,28 @@ impl ApiSource {
     /// a backoff; a 410 lists again at once; a watch that delivers nothing within the idle
     /// bound is stalled: it is dropped (with its connection) and the ConfigMap listed again.
     pub async fn run(self, tx: watch::Sender<ApiState>) {
+        self.follow::<ConfigMap>(tx).await;
+    }
+
+    /// [`ApiSource::run`] for any [`Followed`] kind (a projected Secret).
+    pub async fn follow<K: Followed>(self, tx: watch::Sender<ApiState>) {
         tx.send_modify(|s| s.health = ApiHealth::Connecting);
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut backoff = DefaultBackoff::default();
         loop {
             let end = tokio::select! {
                 _ = tx.closed() => return,
-                end = self.session(&api, &tx, &mut backoff) => end,
+                end = self.session::<K>(&api, &tx, &mut backoff) => end,
             };
             // A stall already waited the whole bound: it lists again at once.
             let (why, wait) = match end {
                 End::Expired => {
-                    tracing::info!(configmap = %self.name, namespace = %self.namespace, "the watch's resource version expired (410); listing again");
+                    tracing::info!(kind = K::WHAT, name = %self.name, namespace = %self.namespace, "the watch's resource version expired (410); listing again");
                     self.health().restarted(Restart::Expired);
                     continue;
                 }
                 End::Stalled => {
-                    tracing::warn!(configmap = %self.name, namespace = %self.namespace, idle = ?self.bounds.idle, "the API watch stalled; dropping it and listing again");
+                    tracing::warn!(kind = K::WHAT, name = %self.name, namespace = %self.namespace, idle = ?self.bounds.idle, "the API watch stalled; dropping it and listing again");
                     self.health().restarted(Restart::Stalled);
                     let why = format!(
                         "stalled: nothing from the API server (no event, bookmark or end of the watch) for {:?}",
@@ -234,7 +272,7 @@ impl ApiSource {
                     (why, false)
                 }
                 End::Failed(why) => {
-                    tracing::warn!(configmap = %self.name, namespace = %self.namespace, error = %why, "watching the ConfigMap failed; listing again with backoff");
+                    tracing::warn!(kind = K::WHAT, name = %self.name, namespace = %self.namespace, error = %why, "watching the object failed; listing again with backoff");
                     self.health().restarted(Restart::Error);
                     (why, true)
                 }
@@ -266,9 +304,9 @@ impl ApiSource {
     }
 
     /// One list, then watches from its resource version until something goes wrong.
-    async fn session(
+    async fn session<K: Followed>(
         &self,
-        api: &Api<ConfigMap>,
+        api: &Api<K>,
         tx: &watch::Sender<ApiState>,
         backoff: &mut DefaultBackoff,
     ) -> End {
@@ -279,14 +317,14 @@ impl ApiSource {
             .await
         {
             None => return End::Stalled,
-            Some(Err(e)) => return End::Failed(format!("listing the ConfigMap: {e}")),
+            Some(Err(e)) => return End::Failed(format!("listing the {}: {e}", K::WHAT)),
             Some(Ok(list)) => list,
         };
         let Some(mut version) = list.metadata.resource_version.filter(|v| !v.is_empty()) else {
             return End::Failed("the list has no resourceVersion".into());
         };
-        if let Some(cm) = list.items.into_iter().find(|c| c.name_any() == self.name) {
-            self.apply(tx, &cm);
+        if let Some(obj) = list.items.into_iter().find(|c| c.name_any() == self.name) {
+            self.apply(tx, &obj);
         }
         self.health().listed(Instant::now());
         tx.send_if_modified(|s| {
@@ -300,7 +338,7 @@ impl ApiSource {
         loop {
             let stream = match self.within(api.watch(&params, &version)).await {
                 None => return End::Stalled,
-                Some(Err(e)) => return End::Failed(format!("watching the ConfigMap: {e}")),
+                Some(Err(e)) => return End::Failed(format!("watching the {}: {e}", K::WHAT)),
                 Some(Ok(stream)) => stream,
             };
             let opened = Instant::now();
@@ -317,13 +355,13 @@ impl ApiSource {
                 delivered = true;
                 backoff.reset();
                 match event {
-                    WatchEvent::Added(cm) | WatchEvent::Modified(cm) => {
-                        version = cm.resource_version().unwrap_or(version);
-                        self.apply(tx, &cm);
+                    WatchEvent::Added(obj) | WatchEvent::Modified(obj) => {
+                        version = obj.resource_version().unwrap_or(version);
+                        self.apply(tx, &obj);
                     }
-                    WatchEvent::Deleted(cm) => {
-                        version = cm.resource_version().unwrap_or(version);
-                        tracing::warn!(configmap = %self.name, namespace = %self.namespace, "the ConfigMap was deleted; the last good document stays");
+                    WatchEvent::Deleted(obj) => {
+                        version = obj.resource_version().unwrap_or(version);
+                        tracing::warn!(kind = K::WHAT, name = %self.name, namespace = %self.namespace, "the object was deleted; the last good document stays");
                     }
                     WatchEvent::Bookmark(bookmark) => {
                         tracing::debug!(version = %bookmark.metadata.resource_version, "watch bookmark");
@@ -353,9 +391,9 @@ impl ApiSource {
         }
     }
 
-    // Publishes the ConfigMap's state when it changed.
-    fn apply(&self, tx: &watch::Sender<ApiState>, cm: &ConfigMap) {
-        let snapshot = snapshot_of(cm, self.key.as_deref());
+    // Publishes the object's state when it changed.
+    fn apply<K: Followed>(&self, tx: &watch::Sender<ApiState>, obj: &K) {
+        let snapshot = obj.snapshot(self.key.as_deref());
         tx.send_if_modified(|s| {
             let changed = s.latest.as_ref().map(Snapshot::state) != Some(snapshot.state());
             let healed = s.health != ApiHealth::Synced;

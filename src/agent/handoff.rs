@@ -25,6 +25,11 @@ pub const MAX_RETRY: Duration = Duration::from_secs(5);
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename
 /// over `path`, fsync of the directory. A reader sees the old file or the new one, whole.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// [`write_atomic`] with the file's mode (0600 for a file that holds sensitive values).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -43,7 +48,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;

@@ -34,6 +34,12 @@
 //!   a refused document into an outage. Until then it is 503 with the reason.
 //! - The sources' staleness is in metrics, not in readiness ([`health`]): an API server
 //!   outage must not make every pod unready either. A stalled API watch is re-established.
+//! - Sensitive values come from the projected Secret ([`secrets`]), through the API
+//!   (`--secret`) and/or its mounted volume (`--secret-dir`). A document that names them is
+//!   handed on with the Secret version stamped with its hash, merged under `values` (the output
+//!   then has mode 0600) or written to `--secrets-output`; until that version arrives it waits
+//!   (reported as not handed on). Without a Secret source the document is handed on as
+//!   projected, without them, as before.
 //! - At start, an output file that already holds the document (a restarted sidecar) is not
 //!   rewritten and the application is not notified again. Nor is it when the content handed on
 //!   last comes again under another revision (a rollback to an equal document, the metadata
@@ -46,6 +52,7 @@ pub mod handoff;
 pub mod health;
 pub mod metrics;
 pub mod report;
+pub mod secrets;
 pub mod source;
 pub mod volume;
 
@@ -62,6 +69,7 @@ use arbiter::Arbiter;
 use handoff::{Handed, Notifier, Target};
 use metrics::{Metrics, Outcome};
 use report::{Applied, Reporter};
+use secrets::Feeds;
 use source::{Origin, Owner, Snapshot};
 use volume::VolumeSource;
 
@@ -83,6 +91,19 @@ pub struct AgentArgs {
     /// Where to write each good document (atomically: temporary file, fsync, rename).
     #[arg(long, env = "HOTCONF_OUTPUT")]
     pub output: Option<PathBuf>,
+    /// Follow the projected Secret (the ConfigMap's name) through the API server too:
+    /// NAMESPACE/NAME, or NAME in the Pod's namespace. Its values are handed to the
+    /// application with the document they belong to (see --secrets-output).
+    #[arg(long, env = "HOTCONF_SECRET")]
+    pub secret: Option<String>,
+    /// The directory where the projected Secret is mounted (the fallback to --secret, or the
+    /// only Secret source).
+    #[arg(long, env = "HOTCONF_SECRET_DIR")]
+    pub secret_dir: Option<PathBuf>,
+    /// Write the sensitive values to this file ({"values": {key: value}} in the document's
+    /// format, mode 0600) instead of merging them into --output (whose mode is then 0600).
+    #[arg(long, env = "HOTCONF_SECRETS_OUTPUT")]
+    pub secrets_output: Option<PathBuf>,
     /// POST here after each new document (http://; retried with backoff, 2xx is success).
     #[arg(long, env = "HOTCONF_RELOAD_URL")]
     pub reload_url: Option<String>,
@@ -155,6 +176,15 @@ pub async fn run_until(
     if args.watch_dir.is_none() && args.configmap.is_none() {
         bail!("give a source: --watch-dir DIR and/or --configmap NAMESPACE/NAME");
     }
+    let follows_secret = args.secret.is_some() || args.secret_dir.is_some();
+    if args.secrets_output.is_some() && !follows_secret {
+        bail!(
+            "--secrets-output needs a Secret source: --secret NAMESPACE/NAME and/or --secret-dir DIR"
+        );
+    }
+    if follows_secret && args.output.is_none() && args.secrets_output.is_none() {
+        bail!("the Secret's values need a file: give --output (merged) or --secrets-output");
+    }
     let bounds = WatchBounds::new(args.watch_timeout, args.watch_idle_timeout)?;
     let started = Instant::now();
     let volume_health = args
@@ -185,11 +215,13 @@ pub async fn run_until(
         args.exec.clone(),
     )
     .map_err(anyhow::Error::msg)?;
-    if let Some(dir) = args.output.as_ref().and_then(|o| o.parent())
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the output directory {}", dir.display()))?;
+    for file in [&args.output, &args.secrets_output].into_iter().flatten() {
+        if let Some(dir) = file.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the output directory {}", dir.display()))?;
+        }
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -210,11 +242,12 @@ pub async fn run_until(
 
     // A client is needed for the API source and for the Pod annotation.
     let pod = args.pod_name.clone().zip(args.pod_namespace.clone());
-    let client = if args.configmap.is_some() || pod.is_some() {
+    let needs_api = args.configmap.is_some() || args.secret.is_some();
+    let client = if needs_api || pod.is_some() {
         match kube::Client::try_default().await {
             Ok(c) => Some(c),
-            Err(e) if args.configmap.is_some() => {
-                return Err(e).context("connecting to the API server for --configmap");
+            Err(e) if needs_api => {
+                return Err(e).context("connecting to the API server for --configmap/--secret");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "no Kubernetes client: the Pod will not be annotated");
@@ -240,6 +273,7 @@ pub async fn run_until(
         let source = VolumeSource {
             dir: dir.clone(),
             key: args.file.clone(),
+            every_key: false,
             debounce: args.debounce,
             health: health.clone(),
         };
@@ -248,13 +282,7 @@ pub async fn run_until(
     }
     let mut api_rx = None;
     if let (Some(spec), Some(client), Some(health)) = (&args.configmap, &client, &api_health) {
-        let (namespace, name) = match spec.split_once('/') {
-            Some((ns, name)) => (ns.to_string(), name.to_string()),
-            None => match &args.pod_namespace {
-                Some(ns) => (ns.clone(), spec.clone()),
-                None => bail!("--configmap {spec}: give NAMESPACE/NAME or set POD_NAMESPACE"),
-            },
-        };
+        let (namespace, name) = qualified("--configmap", spec, args.pod_namespace.as_deref())?;
         let (tx, rx) = watch::channel(ApiState::default());
         let source = ApiSource {
             client: client.clone(),
@@ -267,11 +295,21 @@ pub async fn run_until(
         tokio::spawn(source.run(tx));
         api_rx = Some(rx);
     }
+    let mut secret_feeds = Feeds::default();
+    if let (Some(spec), Some(client)) = (&args.secret, &client) {
+        let (namespace, name) = qualified("--secret", spec, args.pod_namespace.as_deref())?;
+        secret_feeds.follow_api(client.clone(), namespace, name, bounds);
+    }
+    if let Some(dir) = &args.secret_dir {
+        secret_feeds.follow_dir(dir.clone(), args.debounce);
+    }
 
     let mut agent = Agent {
         arbiter: Arbiter::new(Instant::now()),
         notifier,
         output: args.output.clone(),
+        secrets_output: args.secrets_output.clone(),
+        awaiting: None,
         expand_env: args.expand_env,
         metrics,
         reporter,
@@ -289,9 +327,22 @@ pub async fn run_until(
         watch_idle_timeout = ?bounds.idle,
         "agent started"
     );
-    agent.run(volume_rx, api_rx, shutdown).await;
+    agent.run(volume_rx, api_rx, secret_feeds, shutdown).await;
     let _ = stop_tx.send(true);
     Ok(ExitCode::SUCCESS)
+}
+
+// NAMESPACE/NAME, or NAME in the Pod's namespace.
+fn qualified(
+    flag: &str,
+    spec: &str,
+    pod_namespace: Option<&str>,
+) -> anyhow::Result<(String, String)> {
+    match (spec.split_once('/'), pod_namespace) {
+        (Some((ns, name)), _) => Ok((ns.to_string(), name.to_string())),
+        (None, Some(ns)) => Ok((ns.to_string(), spec.to_string())),
+        (None, None) => bail!("{flag} {spec}: give NAMESPACE/NAME or set POD_NAMESPACE"),
+    }
 }
 
 // What was handed on last, for reports after a refusal.
@@ -306,6 +357,12 @@ struct Good {
 struct Ready {
     hash: String,
     bytes: String,
+    // Whether the document names sensitive values (a `secrets` section).
+    names_secrets: bool,
+    // The `--secrets-output` file's bytes, when there is one to write.
+    secrets: Option<String>,
+    // Whether the output holds sensitive values (written with mode 0600).
+    private: bool,
 }
 
 /// The check stage: the text parses, its hash matches the annotation; the bytes to write
@@ -327,13 +384,43 @@ fn prepare(snapshot: &Snapshot, expand_env: bool) -> Result<Ready, String> {
     Ok(Ready {
         hash: checked.hash,
         bytes,
+        names_secrets: secrets::named(text, checked.document.as_ref(), format),
+        secrets: None,
+        private: false,
     })
+}
+
+/// The Secret stage: a document that names sensitive values gets the values of the Secret
+/// version stamped with its hash, merged into the output or as the separate file. `Err`: that
+/// version has not arrived (why the document waits).
+fn add_secrets(
+    snapshot: &Snapshot,
+    mut ready: Ready,
+    feeds: &Feeds,
+    separate: bool,
+) -> Result<Ready, String> {
+    if !ready.names_secrets {
+        return Ok(ready);
+    }
+    let Some(values) = feeds.values_for(snapshot.hash.as_deref())? else {
+        return Ok(ready);
+    };
+    let format = snapshot.format();
+    if separate {
+        ready.secrets = Some(secrets::file(&values, format));
+    } else {
+        ready.bytes = secrets::merge(&ready.bytes, format, &values)?;
+        ready.private = true;
+    }
+    Ok(ready)
 }
 
 /// What became of one snapshot.
 enum Fate {
     /// It did not pass the checks (why).
     Refused(String),
+    /// It waits for the Secret version it belongs to (why).
+    Awaiting(String),
     /// The output file could not be written (why); the previous one stays.
     WriteFailed(String),
     /// Handed off: written (unless `unchanged` at start-up), and the application notified or
@@ -393,6 +480,10 @@ struct Agent {
     arbiter: Arbiter,
     notifier: Notifier,
     output: Option<PathBuf>,
+    secrets_output: Option<PathBuf>,
+    // A document waiting for the Secret version it belongs to: handled again when a Secret
+    // source changes, until it is handed on or a newer document replaces it.
+    awaiting: Option<Snapshot>,
     expand_env: bool,
     metrics: Arc<Metrics>,
     reporter: Option<Reporter>,
@@ -416,7 +507,7 @@ struct Unwritten {
 
 // Resolves when the receiver (if any) sees a change; pends forever without one, and drops a
 // receiver whose source ended.
-async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) {
+pub(crate) async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) {
     match rx {
         Some(r) => {
             if r.changed().await.is_err() {
@@ -432,6 +523,7 @@ impl Agent {
         &mut self,
         mut volume_rx: Option<watch::Receiver<Option<Snapshot>>>,
         mut api_rx: Option<watch::Receiver<ApiState>>,
+        mut secret_feeds: Feeds,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut shutdown = std::pin::pin!(shutdown);
@@ -447,7 +539,7 @@ impl Agent {
                     .map(|r| r.borrow_and_update().clone())
                     .unwrap_or_else(|| no_api.clone());
                 match self.arbiter.pick(volume.as_ref(), &api, Instant::now()) {
-                    Some(snapshot) => self.handle(snapshot).await,
+                    Some(snapshot) => self.handle(snapshot, &secret_feeds).await,
                     None => break,
                 }
             }
@@ -471,13 +563,18 @@ impl Agent {
                 }
                 _ = sleep_until_some(deadline) => {}
                 _ = sleep_until_some(announce_at) => self.announce_again().await,
-                _ = sleep_until_some(rewrite_at) => self.write_again().await,
+                _ = sleep_until_some(rewrite_at) => self.write_again(&secret_feeds).await,
+                _ = secret_feeds.changed() => {
+                    if let Some(snapshot) = self.awaiting.take() {
+                        self.handle(snapshot, &secret_feeds).await;
+                    }
+                }
             }
         }
     }
 
     /// Hands off again the document whose write failed.
-    async fn write_again(&mut self) {
+    async fn write_again(&mut self, feeds: &Feeds) {
         let Some(Unwritten {
             snapshot,
             mut later,
@@ -485,7 +582,7 @@ impl Agent {
         else {
             return;
         };
-        self.handle(snapshot).await;
+        self.handle(snapshot, feeds).await;
         // Failed again: the next attempt waits longer.
         if let Some(again) = self.unwritten.as_mut() {
             later.failed_again();
@@ -524,11 +621,17 @@ impl Agent {
 
     /// One snapshot through the pipeline, each stage once: check it, hand it off (write, then
     /// notify), then record and report what became of it.
-    async fn handle(&mut self, snapshot: Snapshot) {
-        // Whatever comes of this one, it replaces a document that could not be written.
+    async fn handle(&mut self, snapshot: Snapshot, feeds: &Feeds) {
+        // Whatever comes of this one, it replaces a document that could not be written or
+        // waited for its Secret.
         self.unwritten = None;
+        self.awaiting = None;
+        let separate = self.secrets_output.is_some();
         let fate = match prepare(&snapshot, self.expand_env) {
-            Ok(ready) => self.hand_off(&snapshot, ready).await,
+            Ok(ready) => match add_secrets(&snapshot, ready, feeds, separate) {
+                Ok(ready) => self.hand_off(&snapshot, ready).await,
+                Err(reason) => Fate::Awaiting(reason),
+            },
             Err(reason) => Fate::Refused(reason),
         };
         self.record(&snapshot, fate);
@@ -538,22 +641,40 @@ impl Agent {
     /// An output file that already holds this document is left alone and the application is
     /// not notified again: at start-up (after an agent restart), and when the application has
     /// this very content already (it came again under another revision).
-    async fn hand_off(&mut self, snapshot: &Snapshot, ready: Ready) -> Fate {
+    async fn hand_off(&mut self, snapshot: &Snapshot, mut ready: Ready) -> Fate {
         let first = std::mem::replace(&mut self.first, false);
         let settled = self.settled.as_deref() == Some(snapshot.identity.as_str());
-        let mut unchanged = settled;
-        if let Some(path) = &self.output {
-            unchanged = (first || settled)
-                && std::fs::read(path).is_ok_and(|b| b == ready.bytes.as_bytes());
-            if !unchanged {
-                let path = path.clone();
-                let data = ready.bytes.into_bytes();
-                let written =
-                    tokio::task::spawn_blocking(move || handoff::write_atomic(&path, &data))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // The values first, so that the application never reads a document without them.
+        let files: Vec<(PathBuf, String, bool)> = [
+            (self.secrets_output.clone(), ready.secrets.take(), true),
+            (
+                self.output.clone(),
+                Some(ready.bytes.clone()),
+                ready.private,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(path, bytes, private)| Some((path?, bytes?, private)))
+        .collect();
+        let unchanged = if files.is_empty() {
+            settled
+        } else {
+            (first || settled)
+                && files.iter().all(|(path, bytes, _)| {
+                    std::fs::read(path).is_ok_and(|b| b == bytes.as_bytes())
+                })
+        };
+        if !unchanged {
+            for (path, bytes, private) in files {
+                let mode = if private { 0o600 } else { 0o644 };
+                let shown = path.display().to_string();
+                let written = tokio::task::spawn_blocking(move || {
+                    handoff::write_atomic_mode(&path, bytes.as_bytes(), mode)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 if let Err(e) = written {
-                    return Fate::WriteFailed(format!("writing {}: {e}", self.output_display()));
+                    return Fate::WriteFailed(format!("writing {shown}: {e}"));
                 }
             }
         }
@@ -601,6 +722,19 @@ impl Agent {
                     snapshot.revision,
                     &snapshot.owner,
                 );
+            }
+            Fate::Awaiting(reason) => {
+                tracing::info!(
+                    source,
+                    revision = snapshot.revision,
+                    reason = %reason,
+                    "a new document waits for its Secret"
+                );
+                self.metrics.set_not_handed_on(reason.clone());
+                // Not handled yet: the arbiter does not offer it again, the Secret feeds do.
+                self.arbiter.handled(snapshot, false);
+                self.report_for(Some(reason), snapshot.revision, &snapshot.owner);
+                self.awaiting = Some(snapshot.clone());
             }
             Fate::WriteFailed(reason) => {
                 tracing::error!(error = %reason, "hand-off failed; the previous file stays, and the write is tried again");
@@ -665,13 +799,6 @@ impl Agent {
                 }
             }
         }
-    }
-
-    fn output_display(&self) -> String {
-        self.output
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
     }
 
     // `failed`: the revision the error is about, so the operator counts it against the right one.

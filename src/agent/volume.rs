@@ -59,10 +59,25 @@ pub enum Read {
     NotReady,
 }
 
+/// What a read takes from the volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick<'a> {
+    /// One data key, the document (`None`: see [`default_key`]).
+    Key(Option<&'a str>),
+    /// Every data key but the metadata key, as one JSON object of key to text: the values of a
+    /// mounted projected Secret (see [`super::secrets`]).
+    Every,
+}
+
 /// Reads the data key `key` (default: see [`default_key`]) from a ConfigMap volume at `dir`.
 /// With the kubelet's layout the read goes through one resolution of `..data`; a plain
 /// directory of files is read directly.
 pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
+    read_pick(dir, Pick::Key(key))
+}
+
+/// [`read`] with a choice of what to take.
+pub fn read_pick(dir: &Path, pick: Pick<'_>) -> std::io::Result<Read> {
     // A swap between resolving `..data` and reading may remove the old directory: try again.
     for _ in 0..16 {
         let base = match std::fs::read_link(dir.join("..data")) {
@@ -93,6 +108,14 @@ pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
             .map(String::as_str)
             .filter(|k| !k.starts_with("..") && *k != META_KEY)
             .collect();
+        let key = match pick {
+            Pick::Key(key) => key,
+            Pick::Every => match read_every(&base, &keys)? {
+                Some(read) => return Ok(read),
+                // The directory went away under the read: the next one is read whole.
+                None => continue,
+            },
+        };
         let Some(key) = key
             .map(str::to_string)
             .or_else(|| default_key(keys.clone()))
@@ -147,6 +170,41 @@ pub fn read(dir: &Path, key: Option<&str>) -> std::io::Result<Read> {
     Ok(Read::NotReady)
 }
 
+// Every key in `base` as one JSON object, with the metadata; `None` when `base` went away.
+fn read_every(base: &Path, keys: &[&str]) -> std::io::Result<Option<Read>> {
+    let mut values = std::collections::BTreeMap::new();
+    let mut problem = None;
+    for key in keys {
+        match std::fs::read(base.join(key)) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    values.insert(*key, text);
+                }
+                Err(_) => problem = Some(format!("data key {key} is not UTF-8 text")),
+            },
+            Err(e) if e.kind() == ErrorKind::NotFound && !base.exists() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let meta = match read_meta(base) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            problem.get_or_insert(e.to_string());
+            None
+        }
+    };
+    let text = match problem {
+        Some(p) => Err(p),
+        None => Ok(serde_json::to_string(&values).expect("a map of strings serializes")),
+    };
+    Ok(Some(Read::Found {
+        key: String::new(),
+        text,
+        meta,
+    }))
+}
+
 /// The metadata key in `base` (`None`: there is none). `NotFound` means `base` itself is gone;
 /// any other error says why the metadata cannot be trusted.
 fn read_meta(base: &Path) -> std::io::Result<Option<Meta>> {
@@ -170,9 +228,20 @@ fn read_meta(base: &Path) -> std::io::Result<Option<Meta>> {
 /// describes the key read (its `fileName`), the revision and the hash the check stage compares
 /// the document with, as the annotations do for the API source.
 pub fn snapshot_of(key: String, text: Result<String, String>, meta: Option<Meta>) -> Snapshot {
+    described_snapshot(key, text, meta, false)
+}
+
+// `every`: the snapshot holds every key (a Secret's values), which the metadata describes as a
+// whole.
+fn described_snapshot(
+    key: String,
+    text: Result<String, String>,
+    meta: Option<Meta>,
+    every: bool,
+) -> Snapshot {
     let mut snapshot = Snapshot::new(Origin::Volume, key, text.map_err(Unreadable));
     if let Some(meta) = meta {
-        if meta.file_name == snapshot.key {
+        if every || meta.file_name == snapshot.key {
             snapshot.revision = Some(meta.revision);
             snapshot.hash = Some(meta.hash);
         }
@@ -210,6 +279,9 @@ pub struct VolumeSource {
     pub dir: PathBuf,
     /// The data key; `None`: the only key, else `config.yaml` (see [`default_key`]).
     pub key: Option<String>,
+    /// Read every data key as one JSON object instead of one key ([`Pick::Every`]): the
+    /// directory is a mounted projected Secret.
+    pub every_key: bool,
     /// How long the directory must be quiet before it is read.
     pub debounce: Duration,
     /// Where the source reports its health: up after each successful read of the directory,
@@ -345,7 +417,11 @@ impl VolumeSource {
         last: &mut Option<State>,
         seen_at: std::time::Instant,
     ) {
-        let (key, text, meta) = match read(&self.dir, self.key.as_deref()) {
+        let pick = match self.every_key {
+            true => Pick::Every,
+            false => Pick::Key(self.key.as_deref()),
+        };
+        let (key, text, meta) = match read_pick(&self.dir, pick) {
             Ok(Read::Found { key, text, meta }) => {
                 self.set_health(|h| h.listed(Instant::now().into_std()));
                 (key, text, meta)
@@ -362,7 +438,7 @@ impl VolumeSource {
                 return;
             }
         };
-        let mut snapshot = snapshot_of(key, text, meta);
+        let mut snapshot = described_snapshot(key, text, meta, self.every_key);
         // Unchanged content under a new revision is published too: it is reported.
         if last.as_ref() == Some(&snapshot.state()) {
             return;

@@ -37,7 +37,7 @@ pub use budget::{
 };
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -49,6 +49,7 @@ use tokio::task::AbortHandle;
 use crate::agent::api::{ApiSource, ApiState, WatchBounds};
 use crate::agent::check;
 use crate::agent::health;
+use crate::agent::secrets::{self, Feeds};
 use crate::agent::source::Snapshot;
 use crate::agent::volume::VolumeSource;
 use crate::crd::Format;
@@ -175,11 +176,15 @@ pub struct Options {
     env: EnvLookup,
     wait: Duration,
     debounce: Duration,
+    secret_dir: Option<PathBuf>,
+    api_secret: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
+            secret_dir: None,
+            api_secret: false,
             file: None,
             defaults: BTreeMap::new(),
             env: Arc::new(|name| std::env::var(name).ok()),
@@ -232,6 +237,38 @@ impl Options {
         self
     }
 
+    /// Also follow the projected Secret mounted at `dir`: sensitive values (`valuesFrom`) are
+    /// merged under `values`, so [`Config::get`] finds them. A document that names them is
+    /// taken with the Secret version of its own hash only (it waits for it).
+    pub fn secret_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.secret_dir = Some(dir.into());
+        self
+    }
+
+    /// With [`Options::watch_configmap`], also follow the projected Secret of the same name
+    /// through the API (the Role needs get, list and watch on it), as [`Options::secret_dir`]
+    /// does through the volume.
+    pub fn with_secret(mut self) -> Self {
+        self.api_secret = true;
+        self
+    }
+
+    fn feeds(&self, api: Option<(&kube::Client, &str, &str)>) -> Feeds {
+        let mut feeds = Feeds::default();
+        if let Some((client, namespace, name)) = api.filter(|_| self.api_secret) {
+            feeds.follow_api(
+                client.clone(),
+                namespace.to_string(),
+                name.to_string(),
+                WatchBounds::default(),
+            );
+        }
+        if let Some(dir) = &self.secret_dir {
+            feeds.follow_dir(dir.clone(), self.debounce);
+        }
+        feeds
+    }
+
     fn settings(&self) -> Arc<Settings> {
         Arc::new(Settings {
             defaults: self.defaults.clone(),
@@ -253,11 +290,13 @@ impl Options {
         let source = VolumeSource {
             dir: dir.as_ref().to_path_buf(),
             key: self.file.clone(),
+            every_key: false,
             debounce: self.debounce,
             health: health::shared(crate::agent::volume::STALE, std::time::Instant::now()),
         };
         let task = tokio::spawn(source.run(tx)).abort_handle();
-        self.follow(rx, |s: &Option<Snapshot>| s.clone(), task)
+        let feeds = self.feeds(None);
+        self.follow(rx, |s: &Option<Snapshot>| s.clone(), task, feeds)
             .await
     }
 
@@ -269,6 +308,7 @@ impl Options {
         namespace: &str,
         name: &str,
     ) -> Result<Config, ClientError> {
+        let feeds = self.feeds(Some((&client, namespace, name)));
         let (tx, rx) = watch::channel(ApiState::default());
         let source = ApiSource {
             client,
@@ -279,7 +319,8 @@ impl Options {
             health: health::shared(WatchBounds::default().idle, std::time::Instant::now()),
         };
         let task = tokio::spawn(source.run(tx)).abort_handle();
-        self.follow(rx, |s: &ApiState| s.latest.clone(), task).await
+        self.follow(rx, |s: &ApiState| s.latest.clone(), task, feeds)
+            .await
     }
 
     async fn follow<T: Send + Sync + 'static>(
@@ -287,19 +328,24 @@ impl Options {
         mut rx: watch::Receiver<T>,
         latest: fn(&T) -> Option<Snapshot>,
         source_task: AbortHandle,
+        mut feeds: Feeds,
     ) -> Result<Config, ClientError> {
         let settings = self.settings();
         let mut reason = None;
         let first = tokio::time::timeout(self.wait, async {
             loop {
-                if let Some(snapshot) = latest(&rx.borrow_and_update()) {
-                    match load(&snapshot, &settings) {
+                let snapshot = latest(&rx.borrow_and_update());
+                if let Some(snapshot) = snapshot {
+                    match load(&snapshot, &settings, &feeds) {
                         Ok(doc) => return Some(doc),
                         Err(e) => reason = Some(e),
                     }
                 }
-                if rx.changed().await.is_err() {
-                    return None;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() {
+                        return None;
+                    },
+                    _ = feeds.changed() => {}
                 }
             }
         })
@@ -314,7 +360,14 @@ impl Options {
         let config = Config::new(doc, settings.clone());
         let weak = Arc::downgrade(&config.inner);
         let consumer = tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
+            loop {
+                // A new document, or (for one waiting for its values) a new Secret version.
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() {
+                        return;
+                    },
+                    _ = feeds.changed() => {}
+                }
                 let Some(snapshot) = latest(&rx.borrow_and_update()) else {
                     continue;
                 };
@@ -324,7 +377,7 @@ impl Options {
                 if inner.current().identity == snapshot.identity {
                     continue;
                 }
-                match load(&snapshot, &settings) {
+                match load(&snapshot, &settings, &feeds) {
                     Ok(doc) => Config { inner }.install(doc),
                     Err(e) => {
                         tracing::warn!(reason = %e, "refused a new document; the last good one stays");
@@ -361,8 +414,9 @@ fn document(
     }
 }
 
-// Checks a snapshot as the agent does and makes a document of it.
-fn load(snapshot: &Snapshot, settings: &Arc<Settings>) -> Result<Document, String> {
+// Checks a snapshot as the agent does and makes a document of it, with the sensitive values of
+// the Secret version of its hash when a Secret is followed (the hash stays the operator's).
+fn load(snapshot: &Snapshot, settings: &Arc<Settings>, feeds: &Feeds) -> Result<Document, String> {
     let text = snapshot.text.as_ref().map_err(|u| u.0.clone())?;
     let format = snapshot.format();
     if !matches!(format, Format::Yaml | Format::Json) {
@@ -375,12 +429,20 @@ fn load(snapshot: &Snapshot, settings: &Arc<Settings>) -> Result<Document, Strin
     let value = checked
         .document
         .expect("YAML and JSON documents are parsed");
-    Ok(document(
+    let values = match secrets::named(text, Some(&value), format) {
+        true => feeds.values_for(snapshot.hash.as_deref())?,
+        false => None,
+    };
+    let mut doc = document(
         value,
         snapshot.revision,
         Some(snapshot.identity.clone()),
         settings.clone(),
-    ))
+    );
+    if let Some(values) = values {
+        secrets::merge_value(&mut doc.value, &values)?;
+    }
+    Ok(doc)
 }
 
 impl Inner {

@@ -138,11 +138,8 @@ fn existing_secret_values(observed: &Observed) -> BTreeMap<String, String> {
     observed
         .secret
         .as_ref()
-        .and_then(|s| s.data.clone())
+        .map(projection::secret_values)
         .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-        .collect()
 }
 
 /// Whether `meta` names `obj` among its owners.

@@ -551,6 +551,21 @@ pub(super) fn check_values_from(
             } else {
                 seen.insert(key, i);
             }
+            // The key names a data key of the projected Secret, beside its metadata key.
+            if !is_data_key(key) {
+                errors.push(FieldError::new(format!("{base}.key"), DATA_KEY_RULE).with_value(key));
+            } else if key == crate::projection::META_KEY {
+                errors.push(
+                    FieldError::new(
+                        format!("{base}.key"),
+                        format!(
+                            "is reserved: the projected Secret carries hotconf's metadata under {}",
+                            crate::projection::META_KEY
+                        ),
+                    )
+                    .with_value(key),
+                );
+            }
             if spec.values.contains_key(key) {
                 errors.push(
                     FieldError::new(

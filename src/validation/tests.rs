@@ -965,6 +965,29 @@ fn values_from_references_are_complete_and_well_formed() {
 }
 
 #[test]
+fn a_values_from_key_must_be_a_data_key_of_the_projected_secret() {
+    // The key becomes a data key of the projected Secret: a write the server would refuse,
+    // or the metadata key's own name, is an error here instead.
+    let spec = rtc()
+        .with_secret("db password", "shop-db", "a")
+        .with_secret(crate::projection::META_KEY, "shop-db", "b");
+    let errors = check(&spec);
+    let found: Vec<(&str, bool)> = errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.rule.contains("alphanumerics")))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("spec.valuesFrom[0].key", true),
+            ("spec.valuesFrom[1].key", false)
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[1].rule.contains("reserved"), "{}", errors[1]);
+}
+
+#[test]
 fn offline_references_are_not_resolved() {
     let spec = rtc().with_secret("dsn", "missing", "dsn");
     assert_valid(validate_runtime_config(&spec, None));
