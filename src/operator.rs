@@ -99,11 +99,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     };
 
     // Every replica serves the webhook: admission does not write, so it needs no Lease.
+    // The webhook learns the attribution key; the controllers verify changed-by with it.
+    let attribution = Arc::new(crate::webhook::attribution::Keys::default());
     let webhook = if args.webhook.webhook {
         let webhook = crate::webhook::run(
             client.clone(),
             args.webhook.clone(),
             metrics.clone(),
+            attribution.clone(),
             stopped(&stop_tx),
         );
         Some(tokio::spawn(async move {
@@ -121,6 +124,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         metrics,
         is_leader: election.is_leader.clone(),
         health,
+        attribution,
     };
     let result = controller::run(client, scope, runtime, crate::shutdown::signal()).await;
     // The controllers have stopped: a successor may take over now.

@@ -894,3 +894,36 @@ async fn echo_detection_and_changed_by_with_status_subresource_entries() {
     let env = TestEnv::new("echo").await;
     common::echo_detection_and_changed_by(&env, true).await;
 }
+
+/// Without the webhook, `hotconf.dev/changed-by` is only a claim: anyone who may edit the
+/// object may write it (here with a made-up proof). History and the Projected Event name the
+/// field manager that set the spec, and the reason written with the change.
+#[tokio::test]
+async fn a_changed_by_annotation_without_the_webhooks_proof_is_not_trusted() {
+    let env = TestEnv::new("forged-author").await;
+    let _operator = env.start_operator();
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    let object = json!({
+        "apiVersion": "hotconf.dev/v1alpha1", "kind": "RuntimeConfig",
+        "metadata": {"name": "claimed", "annotations": {
+            "hotconf.dev/changed-by": "the-cto",
+            "hotconf.dev/changed-by-proof": "v1.bm90IGEgcHJvb2Y",
+            "hotconf.dev/change-reason": "raise the limit"}},
+        "spec": {"values": {"limit": 10}}});
+    rtcs.patch(
+        "claimed",
+        &PatchParams::apply("release-bot"),
+        &Patch::Apply(&object),
+    )
+    .await
+    .unwrap();
+    let rtc: RuntimeConfig = ready_at(&env, "claimed", 1).await;
+    let entry = &rtc.status.unwrap().history[0];
+    assert_eq!(entry.changed_by.as_deref(), Some("release-bot"));
+    assert_eq!(entry.reason.as_deref(), Some("raise the limit"));
+    let note = wait_event(&env, "claimed", "Projected").await;
+    assert_eq!(
+        note,
+        "revision 1 projected to ConfigMap claimed (changed by release-bot: raise the limit)"
+    );
+}

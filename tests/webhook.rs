@@ -266,6 +266,13 @@ async fn spec_changes_are_attributed_to_the_requesting_user() {
     .await;
     assert_eq!(history[1].changed_by.as_deref(), Some("bob"));
     assert_eq!(history[1].reason.as_deref(), Some("raise v for the sale"));
+    // The proof the webhook wrote is what the operator trusted: it is there, for bob.
+    let obj = bob.get("shared").await.unwrap();
+    assert!(
+        obj.annotations()["hotconf.dev/changed-by-proof"].starts_with("v1."),
+        "{:?}",
+        obj.annotations()
+    );
     // A user cannot claim someone else's change: the webhook overwrites the annotation.
     bob.patch(
         "shared",

@@ -79,6 +79,8 @@ pub struct Context {
     pods: Option<Arc<PodCache>>,
     // Watch and loop health (`/readyz`, `/healthz`).
     health: Arc<Health>,
+    // Verifies the webhook's changed-by proofs.
+    attribution: Arc<crate::webhook::attribution::Keys>,
 }
 
 impl Context {
@@ -88,16 +90,16 @@ impl Context {
         metrics: Arc<OperatorMetrics>,
         is_leader: watch::Receiver<bool>,
     ) -> Arc<Self> {
-        Self::with_pods(client, metrics, is_leader, None, Arc::default())
+        let runtime = Runtime {
+            metrics,
+            is_leader,
+            health: Arc::default(),
+            attribution: Arc::default(),
+        };
+        Self::with_pods(client, &runtime, None)
     }
 
-    fn with_pods(
-        client: Client,
-        metrics: Arc<OperatorMetrics>,
-        is_leader: watch::Receiver<bool>,
-        pods: Option<Arc<PodCache>>,
-        health: Arc<Health>,
-    ) -> Arc<Self> {
+    fn with_pods(client: Client, runtime: &Runtime, pods: Option<Arc<PodCache>>) -> Arc<Self> {
         let reporter = Reporter {
             controller: "hotconf".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -105,12 +107,13 @@ impl Context {
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            metrics,
-            is_leader,
+            metrics: runtime.metrics.clone(),
+            is_leader: runtime.is_leader.clone(),
             written: Mutex::new(HashMap::new()),
             backoff: Backoff::default(),
             pods,
-            health,
+            health: runtime.health.clone(),
+            attribution: runtime.attribution.clone(),
         })
     }
 
@@ -128,6 +131,9 @@ pub struct Runtime {
     pub is_leader: watch::Receiver<bool>,
     /// Where every watch and controller loop reports (`/readyz`, `/healthz`).
     pub health: Arc<Health>,
+    /// The keys that verify the webhook's `hotconf.dev/changed-by` (none without the webhook:
+    /// the annotation is then not trusted).
+    pub attribution: Arc<crate::webhook::attribution::Keys>,
 }
 
 /// What the operator watches: all namespaces or a list, and whether the consumer pods.
@@ -202,13 +208,7 @@ pub async fn run(
         }));
         cache
     });
-    let ctx = Context::with_pods(
-        client.clone(),
-        runtime.metrics.clone(),
-        runtime.is_leader.clone(),
-        pods,
-        runtime.health.clone(),
-    );
+    let ctx = Context::with_pods(client.clone(), &runtime, pods);
     let mut synced = Vec::new();
     for api in scope.apis::<RuntimeConfig>(&client) {
         let (run, ready) = controller_for(api, client.clone(), ctx.clone(), stop(&tx));
@@ -571,6 +571,27 @@ fn writes(plan: &Plan) -> bool {
         || !plan.delete_secrets.is_empty()
 }
 
+/// The author the admission webhook vouches for: `hotconf.dev/changed-by` when its
+/// `hotconf.dev/changed-by-proof` verifies for this object and its spec as they are now.
+pub fn attested_author<K: ConfigResource>(
+    obj: &K,
+    keys: &crate::webhook::attribution::Keys,
+) -> Option<String> {
+    use crate::webhook::attribution::{Claim, spec_digest};
+    let annotations = obj.annotations();
+    let user = annotations.get(crate::crd::names::CHANGED_BY)?;
+    let proof = annotations.get(crate::crd::names::CHANGED_BY_PROOF)?;
+    let spec = spec_digest(obj);
+    let claim = Claim {
+        kind: K::KIND,
+        namespace: obj.meta().namespace.as_deref().unwrap_or("default"),
+        name: obj.meta().name.as_deref().unwrap_or_default(),
+        user,
+        spec: &spec,
+    };
+    keys.verify(&claim, proof).then(|| user.clone())
+}
+
 // What a reconcile of `obj` reads besides the object.
 async fn observe<K: ConfigResource>(
     obj: &K,
@@ -589,6 +610,7 @@ async fn observe<K: ConfigResource>(
             None
         },
         secrets: resolve_secrets(obj, secrets).await?,
+        attested_author: attested_author(obj, &ctx.attribution),
         now: chrono::Utc::now(),
         workloads: workloads(&ctx.client, &ns, obj.restart_targets()).await?,
         consumers: match (

@@ -42,6 +42,9 @@ pub mod names {
     pub const CHANGE_REASON: &str = "hotconf.dev/change-reason";
     /// Annotation naming who changed the spec (set by an admission webhook when present).
     pub const CHANGED_BY: &str = "hotconf.dev/changed-by";
+    /// The mutating webhook's proof that it wrote [`CHANGED_BY`] for this spec (an HMAC the
+    /// operator verifies; see `webhook::attribution`).
+    pub const CHANGED_BY_PROOF: &str = "hotconf.dev/changed-by-proof";
     /// Annotation the agent writes on its Pod.
     pub const APPLIED: &str = "hotconf.dev/applied";
     /// Pod-template annotation the operator stamps on restart targets: the revision whose

@@ -144,6 +144,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         metrics: std::sync::Arc::new(crate::metrics::OperatorMetrics::register(&mut registry)),
         is_leader: election.is_leader.clone(),
         health: Default::default(),
+        attribution: Default::default(),
     };
     let operator = crate::controller::run(
         client.clone(),

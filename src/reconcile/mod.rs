@@ -14,7 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{ConfigStatus, WorkloadKind, names};
+use crate::crd::{ConfigStatus, WorkloadKind};
 use crate::document::ResolvedSecret;
 use crate::history;
 use crate::kinds::ConfigResource;
@@ -38,6 +38,9 @@ pub struct Observed {
     pub secret: Option<Secret>,
     /// `valuesFrom` resolution: document key → value (with its Secret's uid) or why not.
     pub secrets: BTreeMap<String, Result<ResolvedSecret, String>>,
+    /// Who changed the spec, as the admission webhook vouched (`hotconf.dev/changed-by` with a
+    /// proof that verifies for this spec); `None`: the field manager is the author.
+    pub attested_author: Option<String>,
     /// The time of this reconcile.
     pub now: DateTime<Utc>,
     /// The restart targets as they are now (`spec.restartTargets` resolved).
@@ -121,12 +124,13 @@ fn now_string(now: DateTime<Utc>) -> String {
     now.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// The best known identity of whoever changed the spec last: the `hotconf.dev/changed-by`
-/// annotation (set by the admission webhook), else the field manager of the newest managed-fields
-/// entry that touches `spec`.
-pub fn changed_by<K: Resource>(obj: &K) -> Option<String> {
-    if let Some(by) = obj.annotations().get(names::CHANGED_BY) {
-        return Some(by.clone());
+/// The best known identity of whoever changed the spec last: the author the admission webhook
+/// vouched for (`attested`, see [`Observed::attested_author`]), else the field manager of the
+/// newest managed-fields entry that touches `spec`. The `hotconf.dev/changed-by` annotation on
+/// its own is not trusted: anyone who may edit the object may set it.
+pub fn changed_by<K: Resource>(obj: &K, attested: Option<&str>) -> Option<String> {
+    if let Some(by) = attested {
+        return Some(by.to_string());
     }
     obj.meta()
         .managed_fields
@@ -301,7 +305,7 @@ fn warning(reason: &'static str, action: &'static str, note: String) -> PlannedE
 mod tests {
     use super::conditions::find_condition;
     use super::*;
-    use crate::crd::RuntimeConfig;
+    use crate::crd::{RuntimeConfig, names};
 
     /// One reconcile, with its outcome written back the way the controller writes it.
     fn step(obj: &mut RuntimeConfig, observed: &mut Observed) -> Plan {
@@ -444,6 +448,7 @@ mod tests {
 #[cfg(test)]
 mod changed_by_tests {
     use super::*;
+    use crate::crd::names;
     use crate::crd::{RuntimeConfig, RuntimeConfigSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
 
@@ -485,7 +490,14 @@ mod changed_by_tests {
                 None,
             ),
         ]);
-        assert_eq!(changed_by(&obj).as_deref(), Some("alice-tool"));
+        assert_eq!(changed_by(&obj, None).as_deref(), Some("alice-tool"));
+        // The annotation alone is not trusted; only what the webhook vouched for is.
+        obj.metadata.annotations = Some(BTreeMap::from([(
+            names::CHANGED_BY.to_string(),
+            "mallory".to_string(),
+        )]));
+        assert_eq!(changed_by(&obj, None).as_deref(), Some("alice-tool"));
+        assert_eq!(changed_by(&obj, Some("bob")).as_deref(), Some("bob"));
         // On a current server the status entry names its subresource; spec entries are kept.
         let statusy = entry(
             "hotconf",
@@ -500,6 +512,7 @@ mod changed_by_tests {
 mod history_tests {
     use super::*;
     use crate::crd::RuntimeConfig;
+    use crate::crd::names;
 
     #[test]
     fn history_is_trimmed_through_the_plan_keeping_the_pin() {
@@ -548,6 +561,7 @@ mod history_tests {
 #[cfg(test)]
 mod outcome_tests {
     use super::*;
+    use crate::crd::names;
     use crate::crd::{ParamType, Parameter, PoolBudget, RuntimeConfig};
 
     #[test]

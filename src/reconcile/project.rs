@@ -79,8 +79,9 @@ pub(crate) fn decide_projection<K: ConfigResource>(
                 "Projected",
                 "Project",
                 format!(
-                    "revision {revision_number} projected to ConfigMap {}",
-                    target.name
+                    "revision {revision_number} projected to ConfigMap {}{}",
+                    target.name,
+                    authored(&draft.status, *revision_number)
                 ),
             ));
             draft.plan.config_map = Some(desired);
@@ -130,6 +131,22 @@ pub(crate) fn decide_projection<K: ConfigResource>(
         source,
         projected_now,
         conflict,
+    }
+}
+
+/// Who made revision `revision` and why, as its history entry says, for the Event that records
+/// the change: ` (changed by alice: raise v for the sale)`, or nothing when neither is known.
+fn authored(status: &crate::crd::ConfigStatus, revision: i64) -> String {
+    let entry = status.history.iter().find(|s| s.revision == revision);
+    let by = entry.and_then(|s| s.changed_by.as_deref());
+    let reason = entry
+        .and_then(|s| s.reason.as_deref())
+        .filter(|r| !r.is_empty());
+    match (by, reason) {
+        (Some(by), Some(reason)) => format!(" (changed by {by}: {reason})"),
+        (Some(by), None) => format!(" (changed by {by})"),
+        (None, Some(reason)) => format!(" ({reason})"),
+        (None, None) => String::new(),
     }
 }
 

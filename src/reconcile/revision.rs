@@ -93,7 +93,8 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             latest_entry.map(|s| s.document.value()).as_ref(),
             &eff.document,
         );
-        let (reason, changed_by) = authorship(obj, latest_entry, cx.generation, &changed);
+        let attested = observed.attested_author.as_deref();
+        let (reason, changed_by) = authorship(obj, attested, latest_entry, cx.generation, &changed);
         let status = &mut draft.status;
         // The first revision restarts nothing: the consumers started without it.
         status.pending_restart = if latest_entry.is_some() {
@@ -186,6 +187,7 @@ fn unrecorded_projection<K: ConfigResource>(
 /// there, so it gets the operator's own reason and field manager.
 fn authorship<K: kube::Resource>(
     obj: &K,
+    attested: Option<&str>,
     latest: Option<&Snapshot>,
     generation: i64,
     changed: &[String],
@@ -193,7 +195,7 @@ fn authorship<K: kube::Resource>(
     if latest.is_none_or(|s| s.generation != generation) {
         return (
             obj.annotations().get(names::CHANGE_REASON).cloned(),
-            changed_by(obj),
+            changed_by(obj, attested),
         );
     }
     let maintenance = !changed.is_empty() && changed.iter().all(|k| k.starts_with("maintenance"));

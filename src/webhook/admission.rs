@@ -9,6 +9,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use kube::{Api, Client};
 use serde_json::Value;
 
+use super::attribution::{self, Claim, Keys};
 use crate::crd::{PoolBudget, RuntimeConfig, names};
 use crate::kinds::ConfigResource;
 use crate::validation::{FieldError, SecretValues};
@@ -83,6 +84,25 @@ pub async fn validate(client: &Client, req: &AdmissionRequest<DynamicObject>) ->
     }
 }
 
+// The proof for `user` of the object under review, from its typed spec (as the operator reads
+// it); `None` without a key or for an object that does not parse (validation refuses it).
+fn proof(req: &AdmissionRequest<DynamicObject>, user: &str, keys: &Keys) -> Option<String> {
+    let object = req.object.as_ref()?;
+    let value = serde_json::to_value(object).ok()?;
+    let spec = match req.kind.kind.as_str() {
+        "RuntimeConfig" => attribution::spec_digest(&typed::<RuntimeConfig>(value).ok()?),
+        "PoolBudget" => attribution::spec_digest(&typed::<PoolBudget>(value).ok()?),
+        _ => return None,
+    };
+    keys.sign(&Claim {
+        kind: &req.kind.kind,
+        namespace: req.namespace.as_deref().unwrap_or("default"),
+        name: object.metadata.name.as_deref().unwrap_or(&req.name),
+        user,
+        spec: &spec,
+    })
+}
+
 /// The message of a refusal: every error, one per line.
 pub fn denial(kind: &str, name: &str, errors: &[FieldError]) -> String {
     let list: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
@@ -95,8 +115,9 @@ pub fn denial(kind: &str, name: &str, errors: &[FieldError]) -> String {
 }
 
 /// The mutating webhook's answer: `hotconf.dev/changed-by` = the requesting user on create and
-/// on spec changes; nothing else is touched.
-pub fn attribute(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+/// on spec changes, with `hotconf.dev/changed-by-proof` that the operator verifies (see
+/// [`attribution`]; empty before the webhook has its key); nothing else is touched.
+pub fn attribute(req: &AdmissionRequest<DynamicObject>, keys: &Keys) -> AdmissionResponse {
     let response = AdmissionResponse::from(req);
     if !spec_changed(req) {
         return response;
@@ -104,22 +125,28 @@ pub fn attribute(req: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
     let Some(user) = req.user_info.username.clone().filter(|u| !u.is_empty()) else {
         return response;
     };
+    let proof = proof(req, &user, keys).unwrap_or_default();
     let has_annotations = req
         .object
         .as_ref()
         .is_some_and(|o| o.metadata.annotations.is_some());
-    let op = if has_annotations {
-        PatchOperation::Add(AddOperation {
-            path: PointerBuf::from_tokens(["metadata", "annotations", names::CHANGED_BY]),
-            value: Value::String(user),
-        })
+    let ops = if has_annotations {
+        [(names::CHANGED_BY, user), (names::CHANGED_BY_PROOF, proof)]
+            .into_iter()
+            .map(|(key, value)| {
+                PatchOperation::Add(AddOperation {
+                    path: PointerBuf::from_tokens(["metadata", "annotations", key]),
+                    value: Value::String(value),
+                })
+            })
+            .collect()
     } else {
-        PatchOperation::Add(AddOperation {
+        vec![PatchOperation::Add(AddOperation {
             path: PointerBuf::from_tokens(["metadata", "annotations"]),
-            value: serde_json::json!({ names::CHANGED_BY: user }),
-        })
+            value: serde_json::json!({ names::CHANGED_BY: user, names::CHANGED_BY_PROOF: proof }),
+        })]
     };
-    match response.clone().with_patch(Patch(vec![op])) {
+    match response.clone().with_patch(Patch(ops)) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "could not build the attribution patch");
@@ -183,24 +210,49 @@ mod tests {
     }
 
     #[test]
-    fn creates_are_attributed() {
-        let r = attribute(&review(
-            "CREATE",
-            rtc(None, json!({"values": {"a": 1}})),
-            None,
-        ));
+    fn creates_are_attributed_with_a_proof_the_operator_verifies() {
+        let keys = Keys::default();
+        keys.learn(b"the CA key");
+        let object = rtc(None, json!({"values": {"a": 1}}));
+        let r = attribute(&review("CREATE", object.clone(), None), &keys);
+        let patch = patch_of(&r);
+        assert_eq!(patch[0]["path"], "/metadata/annotations");
+        let annotations = &patch[0]["value"];
+        assert_eq!(annotations[names::CHANGED_BY], "alice");
+        let proof = annotations[names::CHANGED_BY_PROOF].as_str().unwrap();
+
+        // The operator's check, on the object as stored (the webhook's patch applied).
+        let mut stored: RuntimeConfig = serde_json::from_value(object).unwrap();
+        stored.metadata.annotations = Some(serde_json::from_value(annotations.clone()).unwrap());
+        let attested = |o: &RuntimeConfig| crate::controller::attested_author(o, &keys);
+        assert_eq!(attested(&stored).as_deref(), Some("alice"));
+        // Without the key (no webhook), or with the annotation edited, or with the spec
+        // changed past the webhook, nobody is vouched for.
         assert_eq!(
-            patch_of(&r),
-            json!([{"op": "add", "path": "/metadata/annotations", "value": {"hotconf.dev/changed-by": "alice"}}])
+            crate::controller::attested_author(&stored, &Keys::default()),
+            None
         );
-        let r = attribute(&review(
-            "CREATE",
-            rtc(Some(json!({"x": "y"})), json!({})),
-            None,
-        ));
+        stored.spec.values.insert("a".into(), json!(2));
+        assert_eq!(attested(&stored), None, "a spec the webhook did not see");
+        stored.spec.values.insert("a".into(), json!(1));
+        assert_eq!(attested(&stored).as_deref(), Some("alice"));
+        let a = stored.metadata.annotations.as_mut().unwrap();
+        a.insert(names::CHANGED_BY.into(), "mallory".into());
+        assert_eq!(attested(&stored), None, "a claim the webhook did not make");
+        assert!(!proof.is_empty());
+
+        // An object with annotations gets both keys added; before the webhook has a key, the
+        // proof is empty (and verifies for nobody).
+        let r = attribute(
+            &review("CREATE", rtc(Some(json!({"x": "y"})), json!({})), None),
+            &Keys::default(),
+        );
         assert_eq!(
             patch_of(&r),
-            json!([{"op": "add", "path": "/metadata/annotations/hotconf.dev~1changed-by", "value": "alice"}])
+            json!([
+                {"op": "add", "path": "/metadata/annotations/hotconf.dev~1changed-by", "value": "alice"},
+                {"op": "add", "path": "/metadata/annotations/hotconf.dev~1changed-by-proof", "value": ""}
+            ])
         );
     }
 
@@ -211,14 +263,14 @@ mod tests {
             Some(json!({"hotconf.dev/rollback-to": "2"})),
             json!({"values": {"a": 1}}),
         );
-        let r = attribute(&review("UPDATE", same, Some(old.clone())));
+        let r = attribute(&review("UPDATE", same, Some(old.clone())), &Keys::default());
         assert_eq!(
             patch_of(&r),
             Value::Null,
             "an annotation change is left alone"
         );
         let changed = rtc(None, json!({"values": {"a": 2}}));
-        let r = attribute(&review("UPDATE", changed, Some(old)));
+        let r = attribute(&review("UPDATE", changed, Some(old)), &Keys::default());
         assert_ne!(patch_of(&r), Value::Null);
     }
 

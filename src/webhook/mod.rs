@@ -6,6 +6,7 @@
 //! current) or mounted from a Secret that cert-manager maintains.
 
 pub mod admission;
+pub mod attribution;
 pub mod certs;
 
 use std::net::SocketAddr;
@@ -127,6 +128,7 @@ impl ResolvesServerCert for CertSlot {
 struct HookState {
     client: Client,
     metrics: Arc<OperatorMetrics>,
+    keys: Arc<attribution::Keys>,
 }
 
 async fn validate_handler(
@@ -150,7 +152,7 @@ async fn mutate_handler(
     let Ok(req): Result<AdmissionRequest<DynamicObject>, _> = review.try_into() else {
         return Json(AdmissionResponse::invalid("not an AdmissionReview request").into_review());
     };
-    let response = admission::attribute(&req);
+    let response = admission::attribute(&req, &state.keys);
     state.observe("mutate", &req, &response, started);
     Json(response.into_review())
 }
@@ -179,24 +181,27 @@ impl HookState {
 }
 
 /// Starts the webhook: certificates first, then the TLS server and the renewal loop. Returns
-/// when `shutdown` resolves.
+/// when `shutdown` resolves. `keys` learns the attribution key from the certificates' key
+/// material (the operator verifies `hotconf.dev/changed-by` with it).
 pub async fn run(
     client: Client,
     args: WebhookArgs,
     metrics: Arc<OperatorMetrics>,
+    keys: Arc<attribution::Keys>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let slot = Arc::new(CertSlot::default());
     let renewal: futures::future::BoxFuture<'static, ()> = match &args.webhook_cert_dir {
         Some(dir) => {
             let dir = dir.clone();
-            load_dir(&slot, &dir)?;
+            load_dir(&slot, &dir, &keys)?;
             let slot = slot.clone();
+            let keys = keys.clone();
             let every = args.webhook_check_interval.min(Duration::from_secs(60));
             Box::pin(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(e) = load_dir(&slot, &dir) {
+                    if let Err(e) = load_dir(&slot, &dir, &keys) {
                         tracing::warn!(error = %e, "reloading the webhook certificate failed");
                     }
                 }
@@ -206,7 +211,9 @@ pub async fn run(
             let manager = self_managed(&client, &args);
             let mut current = manager.ensure(None).await?;
             slot.set(&current.cert, &current.key)?;
+            keys.learn(current.ca_key.as_bytes());
             let slot = slot.clone();
+            let keys = keys.clone();
             let every = args.webhook_check_interval;
             let propagation = args.webhook_bundle_propagation;
             Box::pin(async move {
@@ -220,7 +227,10 @@ pub async fn run(
                                 tokio::time::sleep(propagation).await;
                             }
                             match slot.set(&m.cert, &m.key) {
-                                Ok(()) => current = m,
+                                Ok(()) => {
+                                    keys.learn(m.ca_key.as_bytes());
+                                    current = m;
+                                }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "serving the renewed certificate failed")
                                 }
@@ -255,7 +265,11 @@ pub async fn run(
     let app = Router::new()
         .route("/validate", post(validate_handler))
         .route("/mutate", post(mutate_handler))
-        .with_state(HookState { client, metrics });
+        .with_state(HookState {
+            client,
+            metrics,
+            keys,
+        });
 
     let serve = async move {
         loop {
@@ -318,12 +332,15 @@ fn self_managed(client: &Client, args: &WebhookArgs) -> certs::SelfManaged {
     }
 }
 
-fn load_dir(slot: &CertSlot, dir: &std::path::Path) -> Result<(), Error> {
+fn load_dir(slot: &CertSlot, dir: &std::path::Path, keys: &attribution::Keys) -> Result<(), Error> {
     let read = |f: &str| {
         std::fs::read_to_string(dir.join(f)).map_err(|source| Error::Io {
             path: dir.join(f),
             source,
         })
     };
-    slot.set(&read("tls.crt")?, &read("tls.key")?)
+    let key = read("tls.key")?;
+    slot.set(&read("tls.crt")?, &key)?;
+    keys.learn(key.as_bytes());
+    Ok(())
 }
