@@ -490,7 +490,11 @@ async fn rollback_by_annotation_pins_and_releases() {
     let cm = config_map(&env, "svc").await;
     assert_eq!(level(&cm), json!("two"));
     assert_eq!(cm.annotations()[names::REVISION], "2");
-    wait_event(&env, "svc", "RolledBack").await;
+    let note = wait_event(&env, "svc", "RolledBack").await;
+    assert_eq!(
+        note, "revision 2 pinned by hotconf.dev/rollback-to=2 (set by kubectl-annotate)",
+        "the Event names who asked"
+    );
 
     // Remove the annotation: the current spec is projected again, no new revision.
     env.kubectl(&["annotate", "rtc/svc", "hotconf.dev/rollback-to-"]);

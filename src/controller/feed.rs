@@ -83,15 +83,30 @@ impl<K: ConfigResource> CacheFeed<K> {
 }
 
 // What the cache keeps of an object: everything a reconcile reads. Of managedFields that is, per
-// `reconcile::changed_by`, which manager touched `spec` last, outside subresources.
+// `reconcile::changed_by`, which manager touched `spec` last, outside subresources, and, per
+// `reconcile::rollback_requester`, which one set the rollback annotation.
 pub(super) fn slim<K: ConfigResource>(obj: &mut K) {
     let meta = obj.meta_mut();
     if let Some(entries) = meta.managed_fields.as_mut() {
-        entries.retain(crate::reconcile::sets_spec);
-        // What `sets_spec` needs to say yes again, and no more.
-        for m in entries.iter_mut() {
-            m.fields_v1 = Some(FieldsV1(json!({"f:spec": {"f:set": {}}})));
-        }
+        let rollback = format!("f:{}", crate::crd::names::ROLLBACK_TO);
+        entries.retain_mut(|m| {
+            let spec = crate::reconcile::sets_spec(m);
+            let pins = m
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.get(&rollback))
+                .is_some();
+            // What the two readers need to say yes again, and no more.
+            let mut kept = json!({});
+            if spec {
+                kept["f:spec"] = json!({"f:set": {}});
+            }
+            if pins {
+                kept["f:metadata"] = json!({"f:annotations": {&rollback: {}}});
+            }
+            m.fields_v1 = Some(FieldsV1(kept));
+            spec || pins
+        });
     }
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);

@@ -141,6 +141,24 @@ pub fn changed_by<K: Resource>(obj: &K, attested: Option<&str>) -> Option<String
         .and_then(|m| m.manager.clone())
 }
 
+/// Who set the `hotconf.dev/rollback-to` annotation: the field manager of the newest
+/// managed-fields entry that owns it (`kubectl-annotate`, `hotconf-cli`, ...).
+pub fn rollback_requester<K: Resource>(obj: &K) -> Option<String> {
+    let key = format!("f:{}", crate::crd::names::ROLLBACK_TO);
+    obj.meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.get(&key))
+                .is_some()
+        })
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.clone())
+}
+
 /// Whether a managedFields entry sets a value of `spec` (outside subresources). An entry that
 /// owns only the spec's structure (`.` markers: servers before 1.22 leave those with a manager
 /// whose values another manager took over, under the same timestamp) set nothing.
@@ -498,6 +516,16 @@ mod changed_by_tests {
         )]));
         assert_eq!(changed_by(&obj, None).as_deref(), Some("alice-tool"));
         assert_eq!(changed_by(&obj, Some("bob")).as_deref(), Some("bob"));
+        assert_eq!(rollback_requester(&obj), None);
+        obj.metadata.managed_fields.as_mut().unwrap().push(entry(
+            "kubectl-annotate",
+            serde_json::json!({"f:metadata": {"f:annotations": {"f:hotconf.dev/rollback-to": {}}}}),
+            None,
+        ));
+        assert_eq!(
+            rollback_requester(&obj).as_deref(),
+            Some("kubectl-annotate")
+        );
         // On a current server the status entry names its subresource; spec entries are kept.
         let statusy = entry(
             "hotconf",

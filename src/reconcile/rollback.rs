@@ -68,8 +68,11 @@ pub(crate) fn decide_rollback<K: ConfigResource>(
                         "RolledBack",
                         "Rollback",
                         format!(
-                            "revision {target} pinned by {}={requested}",
-                            names::ROLLBACK_TO
+                            "revision {target} pinned by {}={requested}{}",
+                            names::ROLLBACK_TO,
+                            super::rollback_requester(obj)
+                                .map(|by| format!(" (set by {by})"))
+                                .unwrap_or_default()
                         ),
                     ),
                 });
