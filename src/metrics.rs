@@ -24,6 +24,15 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Labels of a rollback: the kind, and whether it was automatic.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RollbackLabels {
+    /// `RuntimeConfig` or `PoolBudget`.
+    pub kind: String,
+    /// `true` (consumers refused the latest revision) or `false` (the annotation).
+    pub automatic: String,
+}
+
 /// Labels of an admission request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
@@ -45,8 +54,8 @@ pub struct OperatorMetrics {
     pub revisions_projected: Family<KindLabels, Counter>,
     /// Reconciles that found the spec invalid, by kind.
     pub validation_failures: Family<KindLabels, Counter>,
-    /// Rollback pins taking effect, by kind.
-    pub rollbacks: Family<KindLabels, Counter>,
+    /// Rollback pins taking effect, by kind and whether automatic.
+    pub rollbacks: Family<RollbackLabels, Counter>,
     /// Watch restarts (after an error, or a stall), by watched kind: `RuntimeConfig`,
     /// `PoolBudget`, `ConfigMap`, `Secret`, `Pod`.
     pub watch_restarts: Family<KindLabels, Counter>,
@@ -82,7 +91,11 @@ impl OperatorMetrics {
             let k = Self::kind(kind);
             let _ = metrics.revisions_projected.get_or_create(&k);
             let _ = metrics.validation_failures.get_or_create(&k);
-            let _ = metrics.rollbacks.get_or_create(&k);
+            for automatic in [false, true] {
+                let _ = metrics
+                    .rollbacks
+                    .get_or_create(&Self::rollback(kind, automatic));
+            }
             let _ = metrics.reconcile_duration.get_or_create(&k);
             let _ = metrics.reconciles.get_or_create(&ResultLabels {
                 kind: kind.into(),
@@ -106,12 +119,12 @@ impl OperatorMetrics {
         );
         registry.register(
             "validation_failures",
-            "Reconciles that found the spec invalid",
+            "Reconciles that found the spec invalid (each one counts)",
             metrics.validation_failures.clone(),
         );
         registry.register(
             "rollbacks",
-            "Rollback pins that took effect",
+            "Rollback pins that took effect, by annotation (automatic=\"false\") or automatically",
             metrics.rollbacks.clone(),
         );
         for kind in crate::health::WatchKind::ALL {
@@ -145,6 +158,14 @@ impl OperatorMetrics {
     /// Labels for a kind.
     pub fn kind(kind: &str) -> KindLabels {
         KindLabels { kind: kind.into() }
+    }
+
+    /// The rollback labels.
+    pub fn rollback(kind: &str, automatic: bool) -> RollbackLabels {
+        RollbackLabels {
+            kind: kind.into(),
+            automatic: automatic.to_string(),
+        }
     }
 }
 

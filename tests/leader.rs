@@ -232,7 +232,7 @@ async fn metrics_move_after_a_reconcile() {
     assert_eq!(metric(&before, "hotconf_leader", ""), 1.0, "{before}");
     let reconciles_before = metric(&before, "hotconf_reconciles_total", success);
     assert!(
-        before.contains("hotconf_rollbacks_total{kind=\"RuntimeConfig\"} 0"),
+        before.contains("hotconf_rollbacks_total{kind=\"RuntimeConfig\",automatic=\"true\"} 0"),
         "{before}"
     );
     env.apply_yaml(
@@ -256,6 +256,24 @@ async fn metrics_move_after_a_reconcile() {
         metric(&after, "hotconf_reconciles_total", success) > reconciles_before,
         "{after}"
     );
+    // Every reconcile that finds the spec invalid counts, not only the first: an annotation
+    // makes another one, with the same errors.
+    let failures = metric(
+        &after,
+        "hotconf_validation_failures_total",
+        r#"kind="RuntimeConfig""#,
+    );
+    env.kubectl(&["annotate", "rtc/bad", "note=again"]);
+    eventually(30, "the second invalid reconcile to count", || async {
+        let (_, body) = scrape(port, "/metrics").await;
+        (metric(
+            &body,
+            "hotconf_validation_failures_total",
+            r#"kind="RuntimeConfig""#,
+        ) > failures)
+            .then_some(())
+    })
+    .await;
     assert!(
         metric(
             &after,

@@ -378,7 +378,11 @@ async fn a_target_whose_new_pods_never_become_ready_halts_the_round() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_that_crash_loop_after_applying_a_revision_roll_it_back() {
     let env = TestEnv::new("crashloop").await;
-    let _operator = env.start_operator();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let _operator = env.start_operator_with(
+        hotconf::dev::control_plane::OPERATOR_USER,
+        &[format!("--admin-addr={admin}")],
+    );
     let sim = sim::simulator(&env, |_| {}).await;
     sim::agent_rbac(&env, "shop");
     env.apply_yaml(
@@ -438,6 +442,17 @@ async fn consumers_that_crash_loop_after_applying_a_revision_roll_it_back() {
     .await;
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].contains("crash-looping"), "{notes:?}");
+    // The metric counts it as automatic, and only once.
+    let rollbacks = |automatic: &str| {
+        let admin = admin.clone();
+        let series = format!(r#"kind="RuntimeConfig",automatic="{automatic}""#);
+        async move {
+            let text = common::http_get(&admin, "/metrics").await?;
+            common::sample(&text, &format!("hotconf_rollbacks_total{{{series}}}"))
+        }
+    };
+    assert_eq!(rollbacks("true").await, Some(1.0));
+    assert_eq!(rollbacks("false").await, Some(0.0));
     let pods = eventually(60, "every pod Ready on revision 2", || async {
         let pods = sim::pods(&env, "app=shop").await;
         (pods.len() == 3

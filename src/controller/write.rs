@@ -122,11 +122,14 @@ pub(super) async fn execute<K: ConfigResource>(
     for (happened, counter) in [
         (outcome.projected, &ctx.metrics.revisions_projected),
         (outcome.validation_failed, &ctx.metrics.validation_failures),
-        (outcome.rolled_back, &ctx.metrics.rollbacks),
     ] {
         if happened {
             counter.get_or_create(&kind).inc();
         }
+    }
+    if outcome.rolled_back {
+        let labels = OperatorMetrics::rollback(K::KIND, outcome.rolled_back_automatically);
+        ctx.metrics.rollbacks.get_or_create(&labels).inc();
     }
     let reference = obj.object_ref(&());
     for e in &plan.events {

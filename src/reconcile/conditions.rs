@@ -44,8 +44,8 @@ pub(crate) fn decide_conditions<K: ConfigResource>(
             draft
                 .events
                 .push(warning("ValidationFailed", "Validate", message.clone()));
-            draft.plan.outcome.validation_failed = true;
         }
+        draft.plan.outcome.validation_failed = true;
         cond_false("Valid", "ValidationFailed", &message)
     };
     let ready = if let Some(c) = &outcome.projection.conflict {

@@ -95,10 +95,12 @@ pub struct Plan {
 pub struct Outcome {
     /// A revision is written to the ConfigMap.
     pub projected: bool,
-    /// The spec was found invalid with errors not reported before.
+    /// The spec was found invalid (every such reconcile counts).
     pub validation_failed: bool,
     /// A rollback pin takes effect (by annotation or automatically).
     pub rolled_back: bool,
+    /// The pin that takes effect is an automatic one (consumers refused the latest revision).
+    pub rolled_back_automatically: bool,
 }
 
 /// Whether a reconcile of `obj` reads the projected Secret: the spec reads Secrets, or a Secret
@@ -613,7 +615,12 @@ mod outcome_tests {
             o.with_annotation(names::ROLLBACK_TO, Some("1"))
         };
         // Revision 1 is what is projected already: pinning it takes effect all the same.
-        assert!(plan(&pinned, &Observed::test()).outcome.rolled_back);
+        let pinned = plan(&pinned, &Observed::test()).outcome;
+        assert!(pinned.rolled_back && !pinned.rolled_back_automatically);
+        // An invalid spec counts on every reconcile, not only when its message is new.
+        let mut again = invalid.clone();
+        again.status = Some(plan(&invalid, &Observed::test()).status);
+        assert!(plan(&again, &Observed::test()).outcome.validation_failed);
 
         assert!(
             !needs_secret(&obj),

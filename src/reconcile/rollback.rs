@@ -58,6 +58,7 @@ pub(crate) fn decide_rollback<K: ConfigResource>(
             };
             if prev.rollback.as_ref().map(|p| p.target_revision) != Some(target) {
                 draft.plan.outcome.rolled_back = true;
+                draft.plan.outcome.rolled_back_automatically = auto.is_some();
                 draft.events.push(match &auto {
                     Some(reason) => warning(
                         "AutoRolledBack",
