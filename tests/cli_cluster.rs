@@ -125,7 +125,14 @@ async fn render_equals_what_the_operator_projects() {
         assert_eq!(doc["metadata"]["namespace"], env.ns.as_str());
         if doc["kind"] == "Secret" {
             let secret = secrets.get(name).await.unwrap();
-            let keys: Vec<&String> = secret.data.as_ref().unwrap().keys().collect();
+            // The metadata key names the revision, which render leaves out (as for ConfigMaps).
+            let keys: Vec<&String> = secret
+                .data
+                .as_ref()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != hotconf::projection::META_KEY)
+                .collect();
             let shown: Vec<&String> = doc["data"].as_object().unwrap().keys().collect();
             assert_eq!(shown, keys, "the Secret's shape");
             assert!(

@@ -931,3 +931,63 @@ async fn a_changed_by_annotation_without_the_webhooks_proof_is_not_trusted() {
         "revision 1 projected to ConfigMap claimed (changed by release-bot: raise the limit)"
     );
 }
+
+/// Limits are met before the server would refuse a write: a spec with a thousand errors still
+/// gets `Valid=False` (its message cut to fit the condition, the rest counted) and a Warning
+/// Event within the Event's limit; a valid spec whose document is too large to keep in history
+/// says so instead of failing its status write.
+#[tokio::test]
+async fn oversized_errors_and_documents_still_get_a_condition() {
+    let env = TestEnv::new("limits").await;
+    let _operator = env.start_operator();
+    let mut schema = serde_json::Map::new();
+    let mut values = serde_json::Map::new();
+    for i in 0..1000 {
+        let key = format!("a_parameter_with_a_rather_long_name_{i:04}");
+        schema.insert(key.clone(), json!({"type": "integer"}));
+        values.insert(key, json!("not a number"));
+    }
+    let spec = json!({"schema": schema, "values": values});
+    let object = json!({"apiVersion": "hotconf.dev/v1alpha1", "kind": "RuntimeConfig",
+                        "metadata": {"name": "many"}, "spec": spec});
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    rtcs.patch("many", &PatchParams::apply("test"), &Patch::Apply(&object))
+        .await
+        .unwrap();
+    let many: RuntimeConfig = wait_for(&env, "many", "Valid=False", |o: &RuntimeConfig| {
+        is(o.status.as_ref(), "Valid", "False")
+    })
+    .await;
+    let message = &condition(many.status.as_ref().unwrap(), "Valid")
+        .unwrap()
+        .message;
+    assert!(message.chars().count() <= 32768, "{}", message.len());
+    let (shown, note) = message.rsplit_once("; ").unwrap();
+    let shown = shown.split("; ").count();
+    assert_eq!(note, format!("… and {} more errors", 1000 - shown));
+    let event = wait_event(&env, "many", "ValidationFailed").await;
+    assert!(
+        event.len() <= 1024 && event.ends_with("more errors"),
+        "{event}"
+    );
+
+    let blob = "x".repeat(300 * 1024);
+    let object = json!({"apiVersion": "hotconf.dev/v1alpha1", "kind": "RuntimeConfig",
+                        "metadata": {"name": "huge"}, "spec": {"values": {"blob": blob}}});
+    rtcs.patch("huge", &PatchParams::apply("test"), &Patch::Apply(&object))
+        .await
+        .unwrap();
+    let huge: RuntimeConfig = wait_for(&env, "huge", "Valid=False", |o: &RuntimeConfig| {
+        is(o.status.as_ref(), "Valid", "False")
+    })
+    .await;
+    let status = huge.status.unwrap();
+    let message = &condition(&status, "Valid").unwrap().message;
+    assert!(
+        message.contains("one revision may take in .status.history"),
+        "{message}"
+    );
+    assert!(status.history.is_empty());
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    assert!(cms.get_opt("huge").await.unwrap().is_none());
+}

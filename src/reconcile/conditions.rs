@@ -9,6 +9,7 @@ use super::{Context, Draft, now_string, warning};
 use crate::crd::{Condition, ConfigStatus};
 use crate::kinds::ConfigResource;
 use crate::rollout;
+use crate::validation::{CONDITION_MESSAGE_BUDGET, EVENT_NOTE_BUDGET, summarize};
 
 /// What the earlier steps decided, as the conditions read it.
 pub(crate) struct Outcome<'a> {
@@ -31,19 +32,15 @@ pub(crate) fn decide_conditions<K: ConfigResource>(
     let valid_cond = if valid {
         cond_true("Valid", "Valid", "the spec is valid")
     } else {
-        let message = outcome
-            .revision
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
+        let errors = &outcome.revision.errors;
+        let message = summarize(errors, CONDITION_MESSAGE_BUDGET);
         if find_condition(prev, "Valid").map(|c| (&c.status, &c.message))
             != Some((&"False".to_string(), &message))
         {
+            let note = summarize(errors, EVENT_NOTE_BUDGET);
             draft
                 .events
-                .push(warning("ValidationFailed", "Validate", message.clone()));
+                .push(warning("ValidationFailed", "Validate", note));
         }
         draft.plan.outcome.validation_failed = true;
         cond_false("Valid", "ValidationFailed", &message)

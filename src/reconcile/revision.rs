@@ -46,8 +46,17 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         .as_ref()
         .map(|cm| projection::stamped(&cm.metadata))
         .unwrap_or_default();
-    let errors = obj.validate(Some(&secret_values(&observed.secrets)));
-    if !errors.is_empty() {
+    let mut errors = obj.validate(Some(&secret_values(&observed.secrets)));
+    let resolved: BTreeMap<String, ResolvedSecret> = observed
+        .secrets
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().ok().map(|s| (k.clone(), s.clone())))
+        .collect();
+    let evaluated = errors.is_empty().then(|| obj.evaluate(&resolved, now));
+    if let Some(eff) = &evaluated {
+        errors.extend(unprojectable(eff, &cx.target));
+    }
+    let Some(eff) = evaluated.filter(|_| errors.is_empty()) else {
         // An unrecorded projection is recorded even now: a pin may project an older revision
         // over it next, and its number must never be given to another document.
         if let Some(snapshot) = unrecorded_projection(cx, cm_revision, cm_hash.as_deref(), "") {
@@ -58,16 +67,10 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             sensitive: None,
             recovered: None,
         };
-    }
+    };
     let latest_entry = prev
         .latest_revision
         .and_then(|r| prev.history.iter().find(|s| s.revision == r));
-    let resolved: BTreeMap<String, ResolvedSecret> = observed
-        .secrets
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().ok().map(|s| (k.clone(), s.clone())))
-        .collect();
-    let eff = obj.evaluate(&resolved, now);
     let hash = document::hash(&eff.document);
     draft.plan.requeue_after = eff
         .next_change
@@ -178,6 +181,85 @@ fn unrecorded_projection<K: ConfigResource>(
         document: document.into(),
         ..Default::default()
     })
+}
+
+/// The most data a ConfigMap or Secret holds (the API server's limit on the sum of its keys and
+/// values).
+pub const MAX_PROJECTED_BYTES: usize = 1024 * 1024;
+
+/// A document that cannot be kept or projected: one revision would not fit the history's byte
+/// budget; the ConfigMap (with `flatten`, its flattened keys too) or the Secret would exceed
+/// [`MAX_PROJECTED_BYTES`]; or `flatten` would make a key that is not a valid data key. Errors
+/// like validation ones, so nothing is recorded or projected and the condition says why.
+pub(crate) fn unprojectable(
+    eff: &document::Effective,
+    target: &projection::ResolvedTarget,
+) -> Vec<FieldError> {
+    let size =
+        |data: &mut dyn Iterator<Item = (usize, usize)>| data.map(|(k, v)| k + v).sum::<usize>();
+    let data = projection::config_map_data(&eff.document, target);
+    // The metadata key is a few hundred bytes at most.
+    let cm = size(&mut data.iter().map(|(k, v)| (k.len(), v.len()))) + 512;
+    let secret = size(&mut eff.sensitive.iter().map(|(k, v)| (k.len(), v.len()))) + 512;
+    let mut errors = Vec::new();
+    // One revision must fit the history's byte budget (the status holds at least the current
+    // one), so the object stays within what the API server stores.
+    let document = serde_json::to_vec(&eff.document).map_or(0, |v| v.len());
+    let room = history::HISTORY_BYTE_BUDGET - 1024;
+    if document > room {
+        errors.push(FieldError::new(
+            "spec",
+            format!(
+                "the effective document is {document} bytes, more than the {room} one revision \
+                 may take in .status.history: make the configuration smaller or split it"
+            ),
+        ));
+    }
+    // With flatten, every leaf becomes a data key: one the API server would refuse is named
+    // here (it would otherwise be left out of the ConfigMap without a word).
+    if target.flatten {
+        let bad: Vec<String> = document::flatten(&eff.document)
+            .into_keys()
+            .filter(|k| !projection::is_valid_data_key(k))
+            .collect();
+        for key in bad.iter().take(20) {
+            errors.push(
+                FieldError::new(
+                    "spec.target.flatten",
+                    format!(
+                        "makes {key:?} a data key, which a ConfigMap cannot hold (alphanumerics, \
+                         '-', '_' or '.', at most 253 characters): rename the key or turn off flatten"
+                    ),
+                ),
+            );
+        }
+        if bad.len() > 20 {
+            errors.push(FieldError::new(
+                "spec.target.flatten",
+                format!(
+                    "and {} more keys that are not valid data keys",
+                    bad.len() - 20
+                ),
+            ));
+        }
+    }
+    for (what, bytes) in [("ConfigMap", cm), ("Secret", secret)] {
+        if bytes > MAX_PROJECTED_BYTES {
+            errors.push(FieldError::new(
+                "spec",
+                format!(
+                    "projects {bytes} bytes into the {what} {}, more than the {MAX_PROJECTED_BYTES}                      bytes a {what} can hold{}: make the configuration smaller or split it",
+                    target.name,
+                    if target.flatten && what == "ConfigMap" {
+                        " (target.flatten writes every value twice)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+    }
+    errors
 }
 
 /// Who made a new revision, and why (SPEC §5.4). A revision of a new spec generation carries the
@@ -296,6 +378,65 @@ mod tests {
         assert!(!revision.valid() && revision.sensitive.is_none());
         assert_eq!(revision.errors[0].path, "spec.values.n");
         assert!(draft.status.history.is_empty() && draft.status.latest_revision.is_none());
+    }
+
+    #[test]
+    fn a_document_that_cannot_be_kept_or_projected_is_refused_with_why() {
+        // With flatten, a key that cannot be a data key is named, not silently left out.
+        let odd = RuntimeConfig::test()
+            .with_value("has space", 1)
+            .with_spec(|mut s| {
+                s.target = Some(crate::crd::Target {
+                    flatten: true,
+                    ..Default::default()
+                });
+                s
+            });
+        let flat = projection::ResolvedTarget::resolve(odd.spec.target.as_ref(), "app");
+        let eff = odd.evaluate(&BTreeMap::new(), chrono::Utc::now());
+        let errors = unprojectable(&eff, &flat);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].rule.contains("\"values.has space\""),
+            "{}",
+            errors[0].rule
+        );
+        assert!(unprojectable(&eff, &projection::ResolvedTarget::resolve(None, "app")).is_empty());
+
+        // Valid by every rule, but one revision of it would not fit the history's budget.
+        let big = "x".repeat(history::HISTORY_BYTE_BUDGET);
+        let obj = RuntimeConfig::test().with_value("blob", big.as_str());
+        let (revision, draft) = decide(&obj, &Observed::test());
+        assert_eq!(revision.errors.len(), 1, "{:?}", revision.errors);
+        let rule = &revision.errors[0].rule;
+        assert!(
+            rule.contains("one revision may take in .status.history"),
+            "{rule}"
+        );
+        assert!(draft.status.history.is_empty());
+        // Just under: recorded.
+        let fits = "x".repeat(history::HISTORY_BYTE_BUDGET / 2);
+        let (revision, _) = decide(
+            &RuntimeConfig::test().with_value("blob", fits.as_str()),
+            &Observed::test(),
+        );
+        assert!(revision.valid(), "{:?}", revision.errors);
+
+        // A Secret's values are not in history: only the Secret's own limit applies.
+        let eff = document::Effective {
+            document: serde_json::json!({}),
+            sensitive: BTreeMap::from([("k".to_string(), "x".repeat(MAX_PROJECTED_BYTES))]),
+            restart_keys: Default::default(),
+            next_change: None,
+        };
+        let target = projection::ResolvedTarget::resolve(None, "app");
+        let errors = unprojectable(&eff, &target);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].rule.contains("into the Secret app"),
+            "{}",
+            errors[0].rule
+        );
     }
 
     #[test]

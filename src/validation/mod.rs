@@ -43,6 +43,58 @@ use runtime_config::*;
 // The PoolBudget defaults live with the bounds, in `crate::crd::bounds`.
 use crate::crd::bounds::defaults;
 
+/// The most a condition message may hold: the CRD's `maxLength` (32768 characters) with room to
+/// spare, in bytes (which are never fewer than characters).
+pub const CONDITION_MESSAGE_BUDGET: usize = 32_000;
+/// The most an Event note may hold (events.k8s.io/v1 allows 1 KiB), in bytes.
+pub const EVENT_NOTE_BUDGET: usize = 1_000;
+
+/// The errors as one message of at most `budget` bytes: as many whole errors as fit, `; `
+/// between them, then `; … and N more errors` for those left out. A spec with hundreds of errors
+/// still gets its condition and its Event written, not refused by the server for its size.
+pub fn summarize(errors: &[FieldError], budget: usize) -> String {
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let mut message = String::new();
+    for (i, text) in texts.iter().enumerate() {
+        let left = texts.len() - i - 1;
+        let separator = if message.is_empty() { "" } else { "; " };
+        // What must still fit after this error: the note for the ones after it, if any.
+        let tail = if left == 0 { 0 } else { more(left).len() + 2 };
+        if message.len() + separator.len() + text.len() + tail <= budget {
+            message.push_str(separator);
+            message.push_str(text);
+            continue;
+        }
+        let rest = texts.len() - i;
+        let note = more(rest);
+        if message.is_empty() {
+            // Not even the first error fits whole: as much of it as fits, on a char boundary.
+            let room = budget.saturating_sub(note.len() + 2);
+            let mut cut = room.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.push_str(&text[..cut]);
+            // That error counts as shown (cut), the note names the others.
+            if rest > 1 {
+                message.push_str("; ");
+                message.push_str(&more(rest - 1));
+            } else {
+                message.push('…');
+            }
+        } else {
+            message.push_str("; ");
+            message.push_str(&note);
+        }
+        return message;
+    }
+    message
+}
+
+fn more(n: usize) -> String {
+    format!("… and {n} more error{}", if n == 1 { "" } else { "s" })
+}
+
 /// One validation failure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -56,7 +108,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(path: impl Into<String>, rule: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, rule: impl Into<String>) -> Self {
         FieldError {
             path: path.into(),
             value: None,

@@ -313,11 +313,17 @@ pub(super) fn check_value(param: &Parameter, value: &Value, hidden: bool) -> Vec
         }
         // JSON Schema's `pattern` is an unanchored search, so `is_match` rather than a
         // whole-value match: users who want the whole value write `^...$` themselves.
-        if let Some(pattern) = &param.pattern
-            && let Ok(re) = compile_pattern(pattern)
-            && !re.is_match(s)
-        {
-            rules.push(format!("must match the pattern {pattern}"));
+        if let Some(pattern) = &param.pattern {
+            match compile_pattern(pattern) {
+                Ok(re) if !re.is_match(s) => {
+                    rules.push(format!("must match the pattern {pattern}"));
+                }
+                Ok(_) => {}
+                // Not skipped: a value that cannot be checked is not taken as valid.
+                Err(_) => rules.push(format!(
+                    "cannot be checked: its schema's pattern {pattern} does not compile"
+                )),
+            }
         }
     }
     if let Some(entries) = &param.enum_

@@ -497,6 +497,15 @@ fn patterns_are_compiled_once_and_errors_are_unchanged() {
             }]
         );
     }
+    // A value under that pattern is not taken as checked: it is an error where it is used too.
+    let errors = check(&spec.with_value("s", "anything"));
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["spec.schema.s.pattern", "spec.values.s"],
+        "{errors:#?}"
+    );
+    assert!(errors[1].rule.contains("does not compile"), "{}", errors[1]);
 }
 
 #[test]
@@ -1694,4 +1703,38 @@ proptest! {
             prop_assert!(!error.to_string().contains(&text), "{}", error);
         }
     }
+}
+
+#[test]
+fn a_summary_of_many_errors_fits_its_budget_and_counts_the_rest() {
+    let error = |i: usize| FieldError::new(format!("spec.values.k{i}"), "must be an integer");
+    let few: Vec<FieldError> = (0..3).map(error).collect();
+    let joined: Vec<String> = few.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        summarize(&few, 1000),
+        joined.join("; "),
+        "what fits is all there"
+    );
+
+    let many: Vec<FieldError> = (0..2000).map(error).collect();
+    for budget in [EVENT_NOTE_BUDGET, CONDITION_MESSAGE_BUDGET] {
+        let text = summarize(&many, budget);
+        assert!(text.len() <= budget, "{} > {budget}", text.len());
+        let (shown, note) = text.rsplit_once("; ").unwrap();
+        let shown = shown.split("; ").count();
+        assert_eq!(note, format!("… and {} more errors", 2000 - shown));
+        assert!(shown > 10, "{shown} shown of {budget} bytes");
+        assert!(text.starts_with("spec.values.k0: must be an integer; spec.values.k1:"));
+    }
+
+    // One error longer than the whole budget is cut, and the others are counted.
+    let long = vec![
+        FieldError::new("spec.values.x", "é".repeat(600)),
+        error(1),
+        error(2),
+    ];
+    let text = summarize(&long, 100);
+    assert!(text.len() <= 100, "{text}");
+    assert!(text.ends_with("; … and 2 more errors"), "{text}");
+    assert_eq!(summarize(&long[..1], 50).chars().last(), Some('…'));
 }
