@@ -605,3 +605,131 @@ fn without_age(table: &str) -> Vec<Vec<String>> {
         })
         .collect()
 }
+
+const KNOBS: &str = "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: knobs}\nspec:\n  schema:\n    a: {type: integer, default: 1}\n    b: {type: integer, default: 2}\n    c: {type: integer}\n  values: {a: 10, b: 20, c: 30}\n";
+
+fn projected_values(cm: &ConfigMap) -> Value {
+    let doc: Value = serde_yaml::from_str(&cm.data.as_ref().unwrap()["config.yaml"]).unwrap();
+    doc["values"].clone()
+}
+
+/// `reset` prints the spec with keys back at their schema defaults, refuses what it cannot
+/// reset, and with `--apply` makes one revision with its reason; `import` of an export brings an
+/// earlier revision back (a server dry run first changes nothing) and refuses an invalid
+/// manifest without writing anything.
+#[tokio::test]
+async fn reset_and_import_round_trip() {
+    let env = TestEnv::new("cli-reset").await;
+    let _operator = env.start_operator();
+    env.apply_yaml(KNOBS);
+    let first: RuntimeConfig = ready_at(&env, "knobs", 1).await;
+    let generation = first.metadata.generation;
+
+    let printed = documents(&hotconf_ok(&env, &["reset", "rtc/knobs", "--keys", "a"]));
+    assert_eq!(printed.len(), 1);
+    assert_eq!(
+        printed[0]["spec"]["values"],
+        serde_json::json!({"a": 1, "b": 20, "c": 30})
+    );
+    assert_eq!(
+        printed[0]["metadata"]["annotations"][names::CHANGE_REASON],
+        "reset a to the schema default"
+    );
+    let err = hotconf_err(&env, &["reset", "rtc/knobs", "--keys", "c,zz", "--apply"]);
+    assert!(
+        err.contains("c has no default") && err.contains("zz is not declared"),
+        "{err}"
+    );
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    assert_eq!(
+        rtcs.get("knobs").await.unwrap().metadata.generation,
+        generation
+    );
+
+    // managedFields times have one-second resolution, and the newest entry that sets the spec
+    // is its author: a person resets later than the second the object was applied in.
+    let applied_at = first
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.time.as_ref().map(|t| t.0.as_second()))
+        .max()
+        .unwrap();
+    eventually(5, "the next second", || async {
+        (chrono::Utc::now().timestamp() > applied_at).then_some(())
+    })
+    .await;
+    let out = hotconf_ok(&env, &["reset", "rtc/knobs", "--keys", "a", "--apply"]);
+    assert!(out.contains("revision 2 is projected"), "{out}");
+    let second: RuntimeConfig = ready_at(&env, "knobs", 2).await;
+    let entry = status(&second).history.last().cloned().unwrap();
+    assert_eq!(
+        entry.reason.as_deref(),
+        Some("reset a to the schema default")
+    );
+    assert_eq!(entry.changed_by.as_deref(), Some("hotconf-reset"));
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    assert_eq!(
+        projected_values(&cms.get("knobs").await.unwrap()),
+        serde_json::json!({"a": 1, "b": 20, "c": 30})
+    );
+
+    // Import revision 1's export: a dry run first, then for real.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.yaml");
+    std::fs::write(
+        &file,
+        hotconf_ok(&env, &["export", "rtc/knobs", "--revision", "1"]),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    // The reset set values.a as hotconf-reset: importing another value for it is a conflict,
+    // named (in a dry run too), until --force-conflicts takes the field over.
+    let err = hotconf_err(&env, &["import", "-f", &file, "--dry-run"]);
+    assert!(
+        err.contains("hotconf-reset")
+            && err.contains(".spec.values.a")
+            && err.contains("--force-conflicts"),
+        "{err}"
+    );
+    let out = hotconf_ok(
+        &env,
+        &["import", "-f", &file, "--dry-run", "--force-conflicts"],
+    );
+    assert!(out.contains("server dry run"), "{out}");
+    let after_dry = rtcs.get("knobs").await.unwrap();
+    assert_eq!(after_dry.metadata.generation, second.metadata.generation);
+    let out = hotconf_ok(&env, &["import", "-f", &file, "--force-conflicts"]);
+    assert!(
+        out.contains("RuntimeConfig") && out.contains("applied"),
+        "{out}"
+    );
+    let third: RuntimeConfig = ready_at(&env, "knobs", 3).await;
+    let s = status(&third);
+    assert_eq!(
+        s.current_hash.as_deref(),
+        Some(s.history[0].hash.as_str()),
+        "revision 1's document"
+    );
+    assert_eq!(
+        s.history.last().unwrap().reason.as_deref(),
+        Some(format!("imported from {file}").as_str())
+    );
+
+    // An invalid manifest: every problem named, nothing applied.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, KNOBS.replace("a: 10", "a: ten")).unwrap();
+    let out = hotconf(&env, &["import", "-f", &bad.display().to_string()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:1 RuntimeConfig/") && stderr.contains("spec.values.a"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    assert_eq!(
+        rtcs.get("knobs").await.unwrap().metadata.generation,
+        third.metadata.generation
+    );
+}

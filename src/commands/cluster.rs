@@ -14,8 +14,11 @@ use serde_json::Value;
 use crate::crd::{ConfigStatus, PoolBudget, RuntimeConfig, Snapshot};
 use crate::kinds::ConfigResource;
 
-/// The field manager of the CLI's own writes (the rollback annotation).
+/// The field manager of the CLI's own writes (the rollback annotation, `import`'s applies).
 pub const CLI_MANAGER: &str = "hotconf-cli";
+/// The field manager of `reset --apply` (history names it as the author of the reset; apart from
+/// `import`'s applies, so that an import after a reset meets a conflict it can explain).
+pub const RESET_MANAGER: &str = "hotconf-reset";
 
 /// How to reach the cluster, as kubectl users expect.
 #[derive(clap::Args, Debug, Clone)]
@@ -261,10 +264,15 @@ impl Target<'_> {
         Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
     }
 
-    /// Merge-patches the object's metadata (`value` is `{"metadata": {...}}`).
-    pub async fn patch_metadata(&self, value: &Value) -> anyhow::Result<()> {
+    /// Merge-patches the object as field manager `hotconf-cli`.
+    pub async fn patch(&self, value: &Value) -> anyhow::Result<()> {
+        self.patch_as(CLI_MANAGER, value).await
+    }
+
+    /// Merge-patches the object as field manager `manager`.
+    pub async fn patch_as(&self, manager: &str, value: &Value) -> anyhow::Result<()> {
         let params = PatchParams {
-            field_manager: Some(CLI_MANAGER.to_string()),
+            field_manager: Some(manager.to_string()),
             ..Default::default()
         };
         let patch = Patch::Merge(value);

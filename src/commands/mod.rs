@@ -1,10 +1,11 @@
 //! The user-facing CLI commands (SPEC.md §7): offline `validate` and `render` for GitOps CI, and
-//! `history`, `diff`, `rollback` and `export` against a cluster.
+//! `history`, `diff`, `rollback`, `export`, `reset` and `import` against a cluster.
 //!
 //! The offline commands run the operator's own code: [`crate::kinds::ConfigResource::validate`]
 //! and [`crate::kinds::ConfigResource::evaluate`] with the projection builders, so CI judges a
-//! change exactly as the operator will. The cluster commands read `.status.history` and write
-//! only the `hotconf.dev/rollback-to` annotation. Every failure ends as one line on stderr and a
+//! change exactly as the operator will. The cluster commands read `.status.history`; `rollback`
+//! writes only the `hotconf.dev/rollback-to` annotation, `reset --apply` and `import` write a
+//! spec (as field manager `hotconf-cli`). Every failure ends as one line on stderr and a
 //! non-zero exit code.
 
 use std::process::ExitCode;
@@ -13,8 +14,10 @@ mod cluster;
 mod diff;
 mod export;
 mod history;
+mod import;
 mod input;
 mod render;
+mod reset;
 mod rollback;
 mod validate;
 
@@ -22,7 +25,9 @@ pub use cluster::{ClusterArgs, ObjectRef};
 pub use diff::DiffArgs;
 pub use export::ExportArgs;
 pub use history::HistoryArgs;
+pub use import::ImportArgs;
 pub use render::RenderArgs;
+pub use reset::ResetArgs;
 pub use rollback::RollbackArgs;
 pub use validate::{ValidateArgs, problems_in};
 
@@ -65,6 +70,19 @@ pub enum Tools {
     /// and maintenance come from the snapshot. A warning on stderr names any document key the
     /// export would not reproduce (when the schema changed since that revision).
     Export(ExportArgs),
+    /// Return values to their schema defaults: `reset rtc/NAME --keys a,b`.
+    ///
+    /// Prints the manifest whose spec no longer sets those keys (so the schema's defaults apply),
+    /// ready to commit; `--apply` writes it as one change with a change reason and waits for
+    /// the operator's revision. Without `--keys`, every set key that has a default is reset.
+    Reset(ResetArgs),
+    /// Apply RuntimeConfig/PoolBudget manifests (an export) back: `import -f export.yaml`.
+    ///
+    /// Validated first, exactly as the operator validates (valuesFrom Secrets read from the
+    /// cluster): any problem is printed and nothing is applied (exit 1). Then server-side apply
+    /// as field manager `hotconf-cli` (`--force-conflicts` takes fields over); `--dry-run`
+    /// makes them server dry runs.
+    Import(ImportArgs),
 }
 
 /// Runs a tool subcommand.
@@ -76,6 +94,8 @@ pub async fn run(tools: Tools) -> anyhow::Result<ExitCode> {
         Tools::Diff(args) => diff::run(args).await,
         Tools::Rollback(args) => rollback::run(args).await,
         Tools::Export(args) => export::run(args).await,
+        Tools::Reset(args) => reset::run(args).await,
+        Tools::Import(args) => import::run(args).await,
     }
 }
 

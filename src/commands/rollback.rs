@@ -39,7 +39,7 @@ pub struct RollbackArgs {
     pub cluster: ClusterArgs,
 }
 
-fn parse_timeout(text: &str) -> Result<Duration, crate::duration::DurationError> {
+pub(super) fn parse_timeout(text: &str) -> Result<Duration, crate::duration::DurationError> {
     if text == "0" {
         return Ok(Duration::ZERO);
     }
@@ -71,7 +71,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         target
-            .patch_metadata(&json!({"metadata": {"annotations": {names::ROLLBACK_TO: null}}}))
+            .patch(&json!({"metadata": {"annotations": {names::ROLLBACK_TO: null}}}))
             .await?;
         if args.timeout.is_zero() {
             println!("{target}: {} removed", names::ROLLBACK_TO);
@@ -120,7 +120,7 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     };
     let requested = requested.trim().to_string();
     target
-        .patch_metadata(&json!({"metadata": {"annotations": {names::ROLLBACK_TO: requested}}}))
+        .patch(&json!({"metadata": {"annotations": {names::ROLLBACK_TO: requested}}}))
         .await?;
     if args.timeout.is_zero() {
         println!("{target}: {}={requested} set", names::ROLLBACK_TO);
@@ -158,12 +158,12 @@ pub async fn run(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn revision_text(revision: Option<i64>) -> String {
+pub(super) fn revision_text(revision: Option<i64>) -> String {
     revision.map_or_else(|| "<none>".to_string(), |r| r.to_string())
 }
 
 /// Polls the object until `done` says yes (or fails), or the deadline passes.
-async fn wait(
+pub(super) async fn wait(
     target: &Target<'_>,
     deadline: tokio::time::Instant,
     timeout: Duration,
