@@ -42,6 +42,11 @@ pub struct Meta {
     pub hash: String,
     /// The data key holding the whole document this metadata describes.
     pub file_name: String,
+    /// The document paths whose change needs a restart of the consumers (`requiresRestart`):
+    /// the client library's `pending_restart()` compares them with the document it started
+    /// with. Left out when there are none, so older readers and projections agree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_keys: Vec<String>,
 }
 
 impl Meta {
@@ -53,6 +58,7 @@ impl Meta {
             revision: stamp.revision,
             hash: stamp.hash.clone(),
             file_name: target.file_name.clone(),
+            restart_keys: stamp.restart_keys.clone(),
         }
     }
 
@@ -116,6 +122,8 @@ pub struct Stamp {
     pub revision: i64,
     /// The document's hash.
     pub hash: String,
+    /// The document paths whose change needs a restart (see [`Meta::restart_keys`]).
+    pub restart_keys: Vec<String>,
 }
 
 /// The labels of every object hotconf writes.
@@ -292,6 +300,7 @@ mod tests {
             },
             revision: 3,
             hash: "abc".into(),
+            restart_keys: vec!["values.workers".into()],
         }
     }
 
@@ -361,7 +370,7 @@ mod tests {
         assert_eq!(
             data[META_KEY],
             "{\"kind\":\"RuntimeConfig\",\"name\":\"lazy\",\"revision\":3,\"hash\":\"abc\",\
-             \"fileName\":\"config.yaml\"}\n"
+             \"fileName\":\"config.yaml\",\"restartKeys\":[\"values.workers\"]}\n"
         );
         assert_eq!(
             Meta::parse(&data[META_KEY]).unwrap(),

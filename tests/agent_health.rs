@@ -54,6 +54,7 @@ fn data(seq: u64, hash: Option<&str>) -> BTreeMap<String, String> {
         revision: seq as i64,
         hash,
         file_name: "config.yaml".into(),
+        restart_keys: Vec::new(),
     };
     BTreeMap::from([
         ("config.yaml".to_string(), doc(seq, "health")),

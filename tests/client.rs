@@ -155,6 +155,7 @@ fn project_with_secret(
         owner: Default::default(),
         revision,
         hash: document::hash(&doc),
+        restart_keys: Vec::new(),
     };
     let stampname = revision.to_string();
     if let Some(dir) = cm {
@@ -239,6 +240,62 @@ async fn sensitive_values_are_read_from_the_projected_secret() {
         plain.get::<String>("db_password"),
         Err(ClientError::Missing { .. })
     ));
+}
+
+/// The handle knows which keys changed since it opened need a restart: the projection's
+/// metadata names the `requiresRestart` paths, and `pending_restart` compares them with the
+/// document the process started on (a change made and undone needs none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_restart_names_restart_keys_changed_since_start() {
+    use hotconf::projection::{self, ResolvedTarget, Stamp};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cm");
+    let write = |revision: i64, workers: u64, interval: u64| {
+        let doc = json!({"values": {"workers": workers, "interval": interval},
+                         "featureFlags": {}, "maintenance": {"enabled": false, "reason": "", "until": null}});
+        let stamp = Stamp {
+            kind: "RuntimeConfig",
+            owner_name: "app".into(),
+            namespace: "shop".into(),
+            owner: Default::default(),
+            revision,
+            hash: document::hash(&doc),
+            restart_keys: vec!["values.workers".into()],
+        };
+        let data = projection::config_map(&doc, &ResolvedTarget::resolve(None, "app"), &stamp)
+            .data
+            .unwrap();
+        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        kubelet_write(&dir, &revision.to_string(), &pairs).unwrap();
+    };
+    write(1, 4, 30);
+    let config = Config::options()
+        .env_lookup(|_| None)
+        .watch_dir(&dir)
+        .await
+        .unwrap();
+    assert!(config.pending_restart().is_empty() && !config.is_restart_required());
+    let mut changes = config.changes();
+    for (revision, workers, interval, pending) in [
+        (2, 8, 30, vec!["values.workers"]),
+        (3, 8, 60, vec!["values.workers"]),
+        (4, 4, 60, vec![]),
+    ] {
+        write(revision, workers, interval);
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            changes.wait_for(|_| config.revision() == Some(revision)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("revision {revision}"))
+        .unwrap();
+        assert_eq!(config.pending_restart(), pending, "revision {revision}");
+        assert_eq!(
+            config.get::<u64>("workers").unwrap(),
+            workers,
+            "hot values are live"
+        );
+    }
 }
 
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {

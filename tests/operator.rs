@@ -200,6 +200,9 @@ async fn examples_are_projected_with_defaults_filled_in() {
         projected.data.unwrap()["db_password"].0,
         b"change-me-in-real-life"
     );
+    // The metadata key names the requiresRestart paths for the client's pending_restart().
+    let meta = projection::Meta::parse(&cm.data.as_ref().unwrap()[projection::META_KEY]).unwrap();
+    assert_eq!(meta.restart_keys, ["values.worker_threads"]);
     let note = wait_event(&env, "lazy-loading", "Projected").await;
     assert!(note.contains("revision 1"), "{note}");
 

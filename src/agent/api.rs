@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use super::health::{self, Restart, SourceHealth};
 use super::source::{Origin, Owner, Snapshot, Unreadable, default_key};
 use crate::crd::names;
+use crate::projection::{META_KEY, Meta};
 
 const HISTORY: usize = 64;
 
@@ -113,6 +114,12 @@ pub fn snapshot_of(cm: &ConfigMap, key: Option<&str>) -> Snapshot {
         kind: labels.get(names::OWNER_KIND).cloned(),
         name: labels.get(names::OWNER_NAME).cloned(),
     };
+    // The metadata key also says which paths need a restart, when it describes this key.
+    if let Some(meta) = data.get(META_KEY).and_then(|t| Meta::parse(t).ok())
+        && meta.file_name == snapshot.key
+    {
+        snapshot.restart_keys = meta.restart_keys;
+    }
     snapshot
 }
 

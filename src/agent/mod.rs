@@ -872,6 +872,7 @@ mod tests {
             revision: 5,
             hash: hash.into(),
             file_name: "config.yaml".into(),
+            restart_keys: Vec::new(),
         };
         let good = volume::snapshot_of(
             "config.yaml".into(),

@@ -61,6 +61,9 @@ pub struct Snapshot {
     pub hash: Option<String>,
     /// The owning CR: the ConfigMap's labels, or the metadata key's `kind` and `name`.
     pub owner: Owner,
+    /// The document paths whose change needs a restart, from the metadata key (empty without
+    /// one).
+    pub restart_keys: Vec<String>,
     /// When the source first noticed the change (start of an inotify burst, arrival of a watch
     /// event): the start of the source→applied latency.
     pub seen_at: Instant,
@@ -81,6 +84,7 @@ impl Snapshot {
             revision: None,
             hash: None,
             owner: Owner::default(),
+            restart_keys: Vec::new(),
             seen_at: Instant::now(),
         }
     }

@@ -244,6 +244,7 @@ fn described_snapshot(
         if every || meta.file_name == snapshot.key {
             snapshot.revision = Some(meta.revision);
             snapshot.hash = Some(meta.hash);
+            snapshot.restart_keys = meta.restart_keys;
         }
         snapshot.owner = Owner {
             kind: Some(meta.kind),
@@ -531,6 +532,7 @@ mod tests {
             revision,
             hash: hash.into(),
             file_name: file_name.into(),
+            restart_keys: Vec::new(),
         }
     }
 

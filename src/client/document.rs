@@ -62,6 +62,7 @@ pub struct Document {
     pub(super) hash: String,
     pub(super) identity: String,
     pub(super) settings: Arc<Settings>,
+    pub(super) restart_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for Document {
@@ -99,6 +100,22 @@ impl Document {
     /// Its revision (`hotconf.dev/revision`; known through the API source).
     pub fn revision(&self) -> Option<i64> {
         self.revision
+    }
+
+    /// The document paths whose change needs a restart (the schema's `requiresRestart`), as
+    /// the projection's metadata says; empty when it says nothing.
+    pub fn restart_keys(&self) -> &[String] {
+        &self.restart_keys
+    }
+
+    /// Which of this document's restart keys hold another value in `started` (the document the
+    /// process started with): the changes that take effect only after a restart.
+    pub fn restart_pending_since(&self, started: &Document) -> Vec<String> {
+        self.restart_keys
+            .iter()
+            .filter(|key| path(&self.value, key) != path(&started.value, key))
+            .cloned()
+            .collect()
     }
 
     /// Its hash (SHA-256 of the canonical JSON, as the operator computes it).

@@ -122,6 +122,8 @@ struct Subscriber {
 
 struct Inner {
     current: RwLock<Arc<Document>>,
+    // The document the handle opened with: what the process started on.
+    started: Arc<Document>,
     settings: Arc<Settings>,
     subscribers: Mutex<Vec<Subscriber>>,
     next_id: Mutex<u64>,
@@ -411,6 +413,7 @@ fn document(
         value,
         revision,
         settings,
+        restart_keys: Vec::new(),
     }
 }
 
@@ -442,6 +445,7 @@ fn load(snapshot: &Snapshot, settings: &Arc<Settings>, feeds: &Feeds) -> Result<
     if let Some(values) = values {
         secrets::merge_value(&mut doc.value, &values)?;
     }
+    doc.restart_keys = snapshot.restart_keys.clone();
     Ok(doc)
 }
 
@@ -453,9 +457,11 @@ impl Inner {
 
 impl Config {
     fn new(doc: Document, settings: Arc<Settings>) -> Config {
+        let doc = Arc::new(doc);
         Config {
             inner: Arc::new(Inner {
-                current: RwLock::new(Arc::new(doc)),
+                started: doc.clone(),
+                current: RwLock::new(doc),
                 settings,
                 subscribers: Mutex::new(Vec::new()),
                 next_id: Mutex::new(0),
@@ -490,6 +496,20 @@ impl Config {
     /// A handle on a fixed document (default options).
     pub fn from_value(value: Value) -> Config {
         Options::default().from_value(value)
+    }
+
+    /// The keys changed since the handle opened (the process started) whose new value takes
+    /// effect only after a restart (`requiresRestart` in the schema), as seed 001's
+    /// `get_pending_restart_configs`; empty when none, or when the projection names no restart
+    /// keys.
+    pub fn pending_restart(&self) -> Vec<String> {
+        self.snapshot().restart_pending_since(&self.inner.started)
+    }
+
+    /// Whether a restart is needed for changes made since the process started
+    /// ([`Config::pending_restart`] is not empty).
+    pub fn is_restart_required(&self) -> bool {
+        !self.pending_restart().is_empty()
     }
 
     /// The current document: one whole version, unaffected by later swaps.

@@ -68,6 +68,7 @@ pub(crate) fn decide_projection<K: ConfigResource>(
             owner,
             revision: *revision_number,
             hash: hash.clone(),
+            restart_keys: obj.restart_keys().into_iter().collect(),
         };
         let desired = projection::config_map(doc, target, &stamp);
         if !observed

@@ -465,6 +465,7 @@ mod tests {
                 owner: kube::Resource::controller_owner_ref(&second, &()).unwrap(),
                 revision: 7,
                 hash,
+                restart_keys: Vec::new(),
             },
         );
         let observed = Observed {
