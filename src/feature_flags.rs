@@ -15,32 +15,76 @@ pub fn bucket(flag: &str, subject: &str) -> u32 {
     fnv1a32(format!("{flag}/{subject}").as_bytes()) % 100
 }
 
+/// Why a flag evaluated as it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The subject is in `deny`.
+    Denied,
+    /// `enabled: false`.
+    Disabled,
+    /// The subject is in `allow`.
+    Allowed,
+    /// The rollout bucket decided.
+    Rollout,
+    /// No such flag.
+    Unknown,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 5] = [
+        Reason::Denied,
+        Reason::Disabled,
+        Reason::Allowed,
+        Reason::Rollout,
+        Reason::Unknown,
+    ];
+
+    /// A short name for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Denied => "deny",
+            Reason::Disabled => "disabled",
+            Reason::Allowed => "allow",
+            Reason::Rollout => "rollout",
+            Reason::Unknown => "unknown",
+        }
+    }
+}
+
 /// Whether a flag (as it appears in the effective document's `featureFlags`) is on for a
 /// subject. `deny` wins over everything, `enabled: false` turns it off for everyone else, then
 /// `allow` forces it on, then the rollout percentage decides.
 pub fn is_enabled(name: &str, flag: &Value, subject: &str) -> bool {
+    evaluate(name, flag, subject).0
+}
+
+/// [`is_enabled`], with the reason.
+pub fn evaluate(name: &str, flag: &Value, subject: &str) -> (bool, Reason) {
     let listed = |list: &str| {
         flag.get(list)
             .and_then(Value::as_array)
             .is_some_and(|l| l.iter().any(|s| s.as_str() == Some(subject)))
     };
-    if listed("deny")
-        || !flag
-            .get("enabled")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+    if listed("deny") {
+        return (false, Reason::Denied);
+    }
+    if !flag
+        .get("enabled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
     {
-        return false;
+        return (false, Reason::Disabled);
     }
     if listed("allow") {
-        return true;
+        return (true, Reason::Allowed);
     }
     let pct = flag
         .get("rolloutPercentage")
         .and_then(Value::as_i64)
         .unwrap_or(100)
         .clamp(0, 100) as u32;
-    bucket(name, subject) < pct
+    (bucket(name, subject) < pct, Reason::Rollout)
 }
 
 #[cfg(test)]

@@ -298,6 +298,99 @@ async fn pending_restart_names_restart_keys_changed_since_start() {
     }
 }
 
+/// The handle counts what the application does: reads per key by source (a miss is a read that
+/// found nothing), swaps, live subscriptions and flag evaluations by result and reason, and
+/// exposes the same counts as Prometheus metrics in the application's registry; distinct
+/// names are bounded.
+#[test]
+fn usage_is_counted_and_exposed_as_metrics() {
+    let config = Config::options()
+        .env_lookup(env(&[("HOTCONF_LEVEL", "7")]))
+        .default_value("timeout", 5)
+        .from_value(json!({
+            "values": {"port": 80},
+            "featureFlags": {
+                "off": {"enabled": false, "rolloutPercentage": 100, "allow": [], "deny": []},
+                "beta": {"enabled": true, "rolloutPercentage": 0, "allow": ["vip"], "deny": ["mallory"]},
+            },
+            "maintenance": {"enabled": false, "reason": "", "until": null},
+        }));
+    let _: u64 = config.get("port").unwrap();
+    let _: u64 = config.get("port").unwrap();
+    let _: u64 = config.get("level").unwrap();
+    let _: u64 = config.get("timeout").unwrap();
+    assert!(config.get::<u64>("nope").is_err());
+    let sub = config.subscribe("port", |_| {});
+    assert_eq!(config.stats().subscriptions, 1);
+    config.publish(
+        json!({"values": {"port": 81}, "featureFlags": {}, "maintenance": {}}),
+        Some(2),
+    );
+    config.publish(
+        json!({"values": {"port": 80}, "featureFlags": {
+        "off": {"enabled": false, "rolloutPercentage": 100, "allow": [], "deny": []},
+        "beta": {"enabled": true, "rolloutPercentage": 0, "allow": ["vip"], "deny": ["mallory"]}},
+        "maintenance": {}}),
+        Some(3),
+    );
+    drop(sub);
+    assert!(!config.is_enabled("off", "anyone"));
+    assert!(config.is_enabled("beta", "vip"));
+    assert!(!config.is_enabled("beta", "mallory"));
+    assert!(!config.is_enabled("beta", "someone"));
+    assert!(!config.is_enabled("ghost", "someone"));
+
+    let stats = config.stats();
+    assert_eq!(
+        (stats.reads, stats.misses, stats.swaps, stats.subscriptions),
+        (5, 1, 2, 0)
+    );
+    assert_eq!(
+        stats.hits,
+        BTreeMap::from([
+            ("level".into(), 1),
+            ("port".into(), 2),
+            ("timeout".into(), 1)
+        ])
+    );
+    assert_eq!(stats.missed, BTreeMap::from([("nope".into(), 1)]));
+    let flag = |name: &str| stats.flags[name].clone();
+    assert_eq!(flag("off"), BTreeMap::from([(("off", "disabled"), 1)]));
+    assert_eq!(
+        flag("beta"),
+        BTreeMap::from([
+            (("on", "allow"), 1),
+            (("off", "deny"), 1),
+            (("off", "rollout"), 1)
+        ])
+    );
+    assert_eq!(flag("ghost"), BTreeMap::from([(("off", "unknown"), 1)]));
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    config.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        r#"hotconf_client_reads_total{key="port",source="document"} 2"#,
+        r#"hotconf_client_reads_total{key="level",source="environment"} 1"#,
+        r#"hotconf_client_reads_total{key="timeout",source="default"} 1"#,
+        r#"hotconf_client_reads_total{key="nope",source="missing"} 1"#,
+        r#"hotconf_client_flag_evaluations_total{flag="beta",result="on",reason="allow"} 1"#,
+        "hotconf_client_swaps_total 2",
+        "hotconf_client_subscriptions 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+
+    // Computed keys cannot grow the counts without bound.
+    for i in 0..(hotconf::client::MAX_NAMES + 100) {
+        let _ = config.get::<u64>(&format!("k{i}"));
+    }
+    let stats = config.stats();
+    assert!(stats.missed.len() <= hotconf::client::MAX_NAMES + 1);
+    assert!(stats.missed[hotconf::client::OTHER] >= 100);
+}
+
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
     let map: HashMap<String, String> = vars
         .iter()

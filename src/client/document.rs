@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::stats::{Source, Stats};
 use super::{Budget, ClientError, Kind, Pools, PressureLevel};
 
 /// The maintenance switch.
@@ -27,6 +28,7 @@ pub(super) type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub(super) struct Settings {
     pub(super) defaults: BTreeMap<String, Value>,
     pub(super) env: EnvLookup,
+    pub(super) stats: Arc<Stats>,
 }
 
 /// The name of a key's environment override: `HOTCONF_` and the key upper-cased, every
@@ -151,7 +153,15 @@ impl Document {
 
     /// The value of `key` (environment override, then projected value, then default) as `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, ClientError> {
-        let Some((value, from, env_text)) = self.resolve(key) else {
+        let resolved = self.resolve(key);
+        let source = match resolved.as_ref().map(|(_, from, _)| *from) {
+            Some("environment") => Source::Environment,
+            Some("document") => Source::Document,
+            Some(_) => Source::Default,
+            None => Source::Missing,
+        };
+        self.settings.stats.read(key, source);
+        let Some((value, from, env_text)) = resolved else {
             return Err(ClientError::Missing {
                 key: key.to_string(),
                 env: env_var(key),
@@ -175,10 +185,15 @@ impl Document {
     /// Whether a feature flag is on for a subject (SPEC.md §3: deny, enabled, allow, then the
     /// FNV-1a rollout bucket). An unknown flag is off.
     pub fn is_enabled(&self, flag: &str, subject: &str) -> bool {
-        self.value
+        let (on, reason) = self
+            .value
             .get("featureFlags")
             .and_then(|f| f.get(flag))
-            .is_some_and(|f| crate::feature_flags::is_enabled(flag, f, subject))
+            .map_or((false, crate::feature_flags::Reason::Unknown), |f| {
+                crate::feature_flags::evaluate(flag, f, subject)
+            });
+        self.settings.stats.flag(flag, on, reason);
+        on
     }
 
     /// The maintenance switch, with `until` applied at the current time.

@@ -27,9 +27,11 @@
 
 mod budget;
 mod document;
+mod stats;
 
 pub use document::{Document, Maintenance, env_var};
 use document::{EnvLookup, Settings};
+pub use stats::{ClientStats, MAX_NAMES, OTHER, Source};
 
 pub use budget::{
     Backpressure, Budget, CachePool, DatabasePool, EvictionPolicy, HttpPool, Pools, PressureLevel,
@@ -166,6 +168,7 @@ impl Drop for Subscription {
             && let Ok(mut subs) = inner.subscribers.lock()
         {
             subs.retain(|s| s.id != self.id);
+            inner.settings.stats.subscribed(-1);
         }
     }
 }
@@ -275,6 +278,7 @@ impl Options {
         Arc::new(Settings {
             defaults: self.defaults.clone(),
             env: self.env.clone(),
+            stats: Arc::default(),
         })
     }
 
@@ -529,6 +533,7 @@ impl Config {
             &mut *self.inner.current.write().expect("not poisoned"),
             new.clone(),
         );
+        self.inner.settings.stats.swapped();
         *self.inner.last_error.lock().expect("not poisoned") = None;
         self.inner.version.send_modify(|v| *v += 1);
         let subscribers: Vec<(String, Callback)> = self
@@ -576,10 +581,28 @@ impl Config {
                 key: key.to_string(),
                 callback: Arc::new(callback),
             });
+        self.inner.settings.stats.subscribed(1);
         Subscription {
             inner: Arc::downgrade(&self.inner),
             id,
         }
+    }
+
+    /// What the application did with its configuration so far: reads (hits per key, misses),
+    /// swaps, live subscriptions and flag evaluations by result and reason.
+    pub fn stats(&self) -> ClientStats {
+        self.inner.settings.stats.counts()
+    }
+
+    /// Exposes [`Config::stats`] in the application's Prometheus registry (encoded from the
+    /// live counts at each scrape): `hotconf_client_reads_total{key,source}` (source
+    /// `environment`, `document`, `default`, or `missing` for a miss),
+    /// `hotconf_client_flag_evaluations_total{flag,result,reason}`,
+    /// `hotconf_client_swaps_total` and `hotconf_client_subscriptions`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(stats::StatsCollector(
+            self.inner.settings.stats.clone(),
+        )));
     }
 
     /// A receiver that changes each time a new document is swapped in (its value counts the
