@@ -628,3 +628,36 @@ spec:
         );
     }
 }
+
+/// The client with both sources follows the agent's rules against the real API server: the API
+/// is primary, so an older volume never wins over it, and API changes arrive without the
+/// kubelet's delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_with_both_sources_prefers_the_api() {
+    let env = TestEnv::new("client-both").await;
+    let api: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cm");
+    let old = lazy(10, "CONSERVATIVE");
+    let data = projection::config_map_data(&old, &target());
+    let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    hotconf::agent::volume::kubelet_write(&dir, "1", &pairs).unwrap();
+    project(&api, &lazy(20, "BALANCED"), 2).await;
+    let config = hotconf::client::Config::options()
+        .env_lookup(|_| None)
+        .watch(env.client.clone(), &env.ns, CM, &dir)
+        .await
+        .unwrap();
+    assert_eq!(config.get::<u64>("check_interval").unwrap(), 20);
+    assert_eq!(config.revision(), Some(2));
+    project(&api, &lazy(30, "BALANCED"), 3).await;
+    let mut changes = config.changes();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        changes.wait_for(|_| config.revision() == Some(3)),
+    )
+    .await
+    .expect("revision 3 through the API")
+    .unwrap();
+    assert_eq!(config.get::<u64>("check_interval").unwrap(), 30);
+}

@@ -391,6 +391,93 @@ fn usage_is_counted_and_exposed_as_metrics() {
     assert!(stats.missed[hotconf::client::OTHER] >= 100);
 }
 
+/// A handle with a cache file starts from the last good document when no source answers (and
+/// says so), swaps in what a source gives later, and refuses a damaged cache with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_without_a_source_uses_the_last_good_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, cache) = (tmp.path().join("cm"), tmp.path().join("state/cache.json"));
+    kubelet_write(&dir, "1", &[("config.yaml", &doc(1, "cache"))]).unwrap();
+    let options = || {
+        Config::options()
+            .env_lookup(|_| None)
+            .cache_file(&cache)
+            .wait(Duration::from_millis(300))
+    };
+    let first = options().watch_dir(&dir).await.unwrap();
+    assert!(!first.snapshot().is_cached());
+    let written = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&cache) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the cache file");
+    assert!(written.contains("\"checksum\""));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    drop(first);
+
+    // The volume is gone: the handle opens on the cache, and says so.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let cold = options().watch_dir(&dir).await.unwrap();
+    assert!(cold.snapshot().is_cached());
+    assert_eq!(cold.get::<u64>("seq").unwrap(), 1);
+    let said = cold.last_error().unwrap();
+    assert!(
+        said.contains("serving the last good document cached in"),
+        "{said}"
+    );
+    // The source comes back: its document replaces the cached one.
+    kubelet_write(&dir, "2", &[("config.yaml", &doc(2, "cache"))]).unwrap();
+    let mut changes = cold.changes();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        changes.wait_for(|_| cold.get::<u64>("seq").ok() == Some(2)),
+    )
+    .await
+    .expect("the source's document")
+    .unwrap();
+    assert!(!cold.snapshot().is_cached() && cold.last_error().is_none());
+    drop(cold);
+
+    // A damaged cache is not served.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(&cache).unwrap();
+    std::fs::write(&cache, text.replace("\"seq\":2", "\"seq\":3")).unwrap();
+    let err = options().watch_dir(&dir).await.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot be used") && err.contains("checksum"),
+        "{err}"
+    );
+}
+
+/// With both sources, an API that cannot be reached does not hold the handle up: the volume is
+/// used at once, as the agent uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sources_fall_back_to_the_volume_when_the_api_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cm");
+    kubelet_write(&dir, "1", &[("config.yaml", &doc(7, "both"))]).unwrap();
+    // Nothing listens on port 1.
+    let mut config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+    config.connect_timeout = Some(Duration::from_millis(200));
+    let client = kube::Client::try_from(config).unwrap();
+    let handle = Config::options()
+        .env_lookup(|_| None)
+        .wait(Duration::from_secs(20))
+        .watch(client, "shop", "app", &dir)
+        .await
+        .unwrap();
+    assert_eq!(handle.get::<u64>("seq").unwrap(), 7);
+}
+
 fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + Send + Sync + 'static {
     let map: HashMap<String, String> = vars
         .iter()

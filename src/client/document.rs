@@ -65,6 +65,7 @@ pub struct Document {
     pub(super) identity: String,
     pub(super) settings: Arc<Settings>,
     pub(super) restart_keys: Vec<String>,
+    pub(super) cached: bool,
 }
 
 impl std::fmt::Debug for Document {
@@ -102,6 +103,12 @@ impl Document {
     /// Its revision (`hotconf.dev/revision`; known through the API source).
     pub fn revision(&self) -> Option<i64> {
         self.revision
+    }
+
+    /// Whether this document came from the cache file (no source gave one at start), not from a
+    /// source.
+    pub fn is_cached(&self) -> bool {
+        self.cached
     }
 
     /// The document paths whose change needs a restart (the schema's `requiresRestart`), as

@@ -26,6 +26,7 @@
 //! key; each variant keeps its cause as a `#[source]` where there is one.
 
 mod budget;
+mod cache;
 mod document;
 mod stats;
 
@@ -183,6 +184,7 @@ pub struct Options {
     debounce: Duration,
     secret_dir: Option<PathBuf>,
     api_secret: bool,
+    cache_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -190,6 +192,7 @@ impl Default for Options {
         Options {
             secret_dir: None,
             api_secret: false,
+            cache_file: None,
             file: None,
             defaults: BTreeMap::new(),
             env: Arc::new(|name| std::env::var(name).ok()),
@@ -258,6 +261,24 @@ impl Options {
         self
     }
 
+    /// Keep the last good document in `file` (JSON, mode 0600: it may hold sensitive values),
+    /// written on each swap. A handle that opens while no source gives a valid document within
+    /// [`Options::wait`] starts from it instead of failing, says so in
+    /// [`Config::last_error`] (and [`Document::is_cached`]), and swaps in the first document a
+    /// source then gives.
+    pub fn cache_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.cache_file = Some(file.into());
+        self
+    }
+
+    // Writes the first document to the cache file, in the background.
+    fn persist(&self, doc: &Document) {
+        if let Some(file) = self.cache_file.clone() {
+            let stored = cache::Stored::of(doc);
+            tokio::spawn(async move { cache::write_stored(&file, stored).await });
+        }
+    }
+
     fn feeds(&self, api: Option<(&kube::Client, &str, &str)>) -> Feeds {
         let mut feeds = Feeds::default();
         if let Some((client, namespace, name)) = api.filter(|_| self.api_secret) {
@@ -290,19 +311,43 @@ impl Options {
         Config::new(doc, settings)
     }
 
-    /// Follows a ConfigMap volume mounted at `dir`; waits for the first valid document.
-    pub async fn watch_dir(self, dir: impl AsRef<Path>) -> Result<Config, ClientError> {
+    // The volume source at `dir`, started.
+    fn volume(&self, dir: &Path) -> (watch::Receiver<Option<Snapshot>>, AbortHandle) {
         let (tx, rx) = watch::channel(None::<Snapshot>);
         let source = VolumeSource {
-            dir: dir.as_ref().to_path_buf(),
+            dir: dir.to_path_buf(),
             key: self.file.clone(),
             every_key: false,
             debounce: self.debounce,
             health: health::shared(crate::agent::volume::STALE, std::time::Instant::now()),
         };
-        let task = tokio::spawn(source.run(tx)).abort_handle();
+        (rx, tokio::spawn(source.run(tx)).abort_handle())
+    }
+
+    // The API source of ConfigMap `namespace/name`, started.
+    fn api(
+        &self,
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> (watch::Receiver<ApiState>, AbortHandle) {
+        let (tx, rx) = watch::channel(ApiState::default());
+        let source = ApiSource {
+            client,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            key: self.file.clone(),
+            bounds: WatchBounds::default(),
+            health: health::shared(WatchBounds::default().idle, std::time::Instant::now()),
+        };
+        (rx, tokio::spawn(source.run(tx)).abort_handle())
+    }
+
+    /// Follows a ConfigMap volume mounted at `dir`; waits for the first valid document.
+    pub async fn watch_dir(self, dir: impl AsRef<Path>) -> Result<Config, ClientError> {
+        let (rx, task) = self.volume(dir.as_ref());
         let feeds = self.feeds(None);
-        self.follow(rx, |s: &Option<Snapshot>| s.clone(), task, feeds)
+        self.follow(rx, |s: &Option<Snapshot>| s.clone(), vec![task], feeds)
             .await
     }
 
@@ -315,25 +360,41 @@ impl Options {
         name: &str,
     ) -> Result<Config, ClientError> {
         let feeds = self.feeds(Some((&client, namespace, name)));
-        let (tx, rx) = watch::channel(ApiState::default());
-        let source = ApiSource {
-            client,
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            key: self.file.clone(),
-            bounds: WatchBounds::default(),
-            health: health::shared(WatchBounds::default().idle, std::time::Instant::now()),
-        };
-        let task = tokio::spawn(source.run(tx)).abort_handle();
-        self.follow(rx, |s: &ApiState| s.latest.clone(), task, feeds)
+        let (rx, task) = self.api(client, namespace, name);
+        self.follow(rx, |s: &ApiState| s.latest.clone(), vec![task], feeds)
             .await
+    }
+
+    /// Follows ConfigMap `namespace/name` through the API server and its volume at `dir`
+    /// together, with the agent's rules ([`crate::agent::arbiter`]): the API is primary, the
+    /// volume is used while the API fails or has not listed within 3 s of opening, and content
+    /// the API showed before its current state never comes back from the volume.
+    pub async fn watch(
+        self,
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        dir: impl AsRef<Path>,
+    ) -> Result<Config, ClientError> {
+        let feeds = self.feeds(Some((&client, namespace, name)));
+        let (api, api_task) = self.api(client, namespace, name);
+        let (volume, volume_task) = self.volume(dir.as_ref());
+        let (tx, rx) = watch::channel(None::<Snapshot>);
+        let arbiter = tokio::spawn(arbitrate(volume, api, tx)).abort_handle();
+        self.follow(
+            rx,
+            |s: &Option<Snapshot>| s.clone(),
+            vec![api_task, volume_task, arbiter],
+            feeds,
+        )
+        .await
     }
 
     async fn follow<T: Send + Sync + 'static>(
         self,
         mut rx: watch::Receiver<T>,
         latest: fn(&T) -> Option<Snapshot>,
-        source_task: AbortHandle,
+        source_tasks: Vec<AbortHandle>,
         mut feeds: Feeds,
     ) -> Result<Config, ClientError> {
         let settings = self.settings();
@@ -356,14 +417,54 @@ impl Options {
             }
         })
         .await;
-        let Ok(Some(doc)) = first else {
-            source_task.abort();
-            return Err(ClientError::NoDocument {
-                waited: self.wait,
-                reason,
-            });
+        let (doc, cached) = match first {
+            Ok(Some(doc)) => {
+                self.persist(&doc);
+                (doc, None)
+            }
+            _ => {
+                let waited = format!(
+                    "no source gave a valid document within {:?}{}",
+                    self.wait,
+                    reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                );
+                match self.cache_file.as_deref().map(|f| (f, cache::read(f))) {
+                    Some((file, Ok(doc))) => {
+                        let why = format!(
+                            "serving the last good document cached in {} (revision {}): {waited};                              the sources are still followed",
+                            file.display(),
+                            doc.revision
+                                .map_or("unknown".to_string(), |r| r.to_string())
+                        );
+                        tracing::warn!(reason = %why, "started from the cache");
+                        (document_from_cache(doc, settings.clone()), Some(why))
+                    }
+                    other => {
+                        for task in source_tasks {
+                            task.abort();
+                        }
+                        let reason = match other {
+                            Some((file, Err(e))) => Some(format!(
+                                "{}; and the cache file {} cannot be used: {e}",
+                                reason.unwrap_or_else(|| waited.clone()),
+                                file.display()
+                            )),
+                            _ => reason,
+                        };
+                        return Err(ClientError::NoDocument {
+                            waited: self.wait,
+                            reason,
+                        });
+                    }
+                }
+            }
         };
         let config = Config::new(doc, settings.clone());
+        *config.inner.last_error.lock().expect("not poisoned") = cached;
+        let cache_file = self.cache_file.clone();
         let weak = Arc::downgrade(&config.inner);
         let consumer = tokio::spawn(async move {
             loop {
@@ -380,11 +481,19 @@ impl Options {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                if inner.current().identity == snapshot.identity {
+                // The same content again is nothing new, unless the handle serves it from the
+                // cache: then a source has it now, and says so.
+                let current = inner.current();
+                if current.identity == snapshot.identity && !current.cached {
                     continue;
                 }
                 match load(&snapshot, &settings, &feeds) {
-                    Ok(doc) => Config { inner }.install(doc),
+                    Ok(doc) => {
+                        if let Some(file) = &cache_file {
+                            cache::write_stored(file, cache::Stored::of(&doc)).await;
+                        }
+                        Config { inner }.install(doc)
+                    }
                     Err(e) => {
                         tracing::warn!(reason = %e, "refused a new document; the last good one stays");
                         *inner.last_error.lock().expect("not poisoned") = Some(e);
@@ -398,7 +507,7 @@ impl Options {
             .tasks
             .lock()
             .expect("not poisoned")
-            .extend([source_task, consumer]);
+            .extend(source_tasks.into_iter().chain([consumer]));
         Ok(config)
     }
 }
@@ -418,6 +527,44 @@ fn document(
         revision,
         settings,
         restart_keys: Vec::new(),
+        cached: false,
+    }
+}
+
+// A document from the cache file.
+fn document_from_cache(stored: cache::Stored, settings: Arc<Settings>) -> Document {
+    let mut doc = document(stored.document, stored.revision, stored.identity, settings);
+    doc.hash = stored.hash;
+    doc.restart_keys = stored.restart_keys;
+    doc.cached = true;
+    doc
+}
+
+// Hands on what the two sources give, with the agent's rules: the API first, the volume while
+// the API fails or has not synced yet, never content the API showed before its current state.
+async fn arbitrate(
+    mut volume: watch::Receiver<Option<Snapshot>>,
+    mut api: watch::Receiver<ApiState>,
+    tx: watch::Sender<Option<Snapshot>>,
+) {
+    let mut arbiter = crate::agent::arbiter::Arbiter::new(std::time::Instant::now());
+    loop {
+        loop {
+            let v = volume.borrow_and_update().clone();
+            let a = api.borrow_and_update().clone();
+            let Some(snapshot) = arbiter.pick(v.as_ref(), &a, std::time::Instant::now()) else {
+                break;
+            };
+            arbiter.handled(&snapshot, true);
+            tx.send_replace(Some(snapshot));
+        }
+        let deadline = arbiter.deadline(&api.borrow(), std::time::Instant::now());
+        tokio::select! {
+            _ = tx.closed() => return,
+            r = volume.changed() => if r.is_err() { return },
+            r = api.changed() => if r.is_err() { return },
+            _ = crate::agent::sleep_until_some(deadline) => {}
+        }
     }
 }
 
