@@ -744,3 +744,75 @@ spec:
         "the tampered document never reached the app"
     );
 }
+
+/// A restarted agent whose source does not answer serves what its output holds from before:
+/// ready at once, the revision in its metrics, the application not told again. And a document
+/// it wrote but could not announce before it was killed is announced by the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_without_a_source_serves_its_last_good_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    let output = tmp.path().join("out/config.yaml");
+    let mut server = ReloadServer::start(Some(&output)).await;
+    let url = server.url.clone();
+    let args = |admin: &str, dir: &Path| {
+        vec![
+            format!("--watch-dir={}", dir.display()),
+            format!("--output={}", output.display()),
+            format!("--reload-url={url}"),
+            "--reload-retries=0".into(),
+            format!("--admin-addr={admin}"),
+        ]
+    };
+    swap(&mount, &doc(1, "restart"));
+    let admin = free_addr();
+    let mut first = spawn_agent("restart-first", &args(&admin, &mount), &[]);
+    server
+        .until(&doc(1, "restart"), Duration::from_secs(30))
+        .await;
+    wait_reloads(&admin, "success", 10, "the first success", |n| n == 1.0).await;
+    first.process.stop();
+
+    // The mount is gone: the next agent has no source, yet is ready on what the app has.
+    let gone = tmp.path().join("gone");
+    let admin = free_addr();
+    let second = spawn_agent("restart-second", &args(&admin, &gone), &[]);
+    wait_for(20, "/readyz 200 on the persisted document", || async {
+        agent_common::http_status(&admin, "/readyz")
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await;
+    let log = std::fs::read_to_string(&second.log).unwrap();
+    assert!(
+        log.contains("the output holds the last good document"),
+        "{log}"
+    );
+    assert!(
+        server.drain().is_empty(),
+        "the application is not told again"
+    );
+    drop(second);
+
+    // Written, but the app was down, and the agent was killed before it could announce it.
+    server.fail_next.store(1000, Ordering::SeqCst);
+    swap(&mount, &doc(2, "restart"));
+    let admin = free_addr();
+    let mut third = spawn_agent("restart-third", &args(&admin, &mount), &[]);
+    wait_reloads(
+        &admin,
+        "notify_failed",
+        20,
+        "the failed notification",
+        |n| n >= 1.0,
+    )
+    .await;
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), doc(2, "restart"));
+    third.process.kill();
+    server.fail_next.store(0, Ordering::SeqCst);
+    let _fourth = spawn_agent("restart-fourth", &args(&free_addr(), &gone), &[]);
+    let got = server
+        .until(&doc(2, "restart"), Duration::from_secs(30))
+        .await;
+    assert_eq!(got.len(), 1, "announced by the next agent: {got:?}");
+}

@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod report;
 pub mod secrets;
 pub mod source;
+pub mod state;
 pub mod volume;
 
 use std::path::PathBuf;
@@ -327,6 +328,7 @@ pub async fn run_until(
         watch_idle_timeout = ?bounds.idle,
         "agent started"
     );
+    agent.restore();
     agent.run(volume_rx, api_rx, secret_feeds, shutdown).await;
     let _ = stop_tx.send(true);
     Ok(ExitCode::SUCCESS)
@@ -519,6 +521,73 @@ pub(crate) async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) {
 }
 
 impl Agent {
+    /// Takes up what the output file holds from before this start (see [`state`]): served as
+    /// the last good document until a source gives a newer one, and announced again when the
+    /// application was never told about it.
+    fn restore(&mut self) {
+        let Some(output) = self.output.clone() else {
+            return;
+        };
+        let Some(st) = state::read(&output) else {
+            return;
+        };
+        tracing::info!(
+            revision = st.revision,
+            file = %output.display(),
+            announced = st.announced,
+            "the output holds the last good document from before this start: it is served until a source gives a newer one"
+        );
+        self.last_good = Some(Good {
+            owner: Owner {
+                kind: st.kind,
+                name: st.name,
+            },
+            revision: st.revision,
+            hash: st.hash.clone(),
+        });
+        self.metrics.set_revision(st.revision);
+        self.metrics.set_ready();
+        if st.announced {
+            self.settled = Some(st.identity);
+        } else {
+            // Written, never announced (the application was down, then the agent stopped):
+            // the same content from a source is handed on again, and without one it is
+            // announced on the usual schedule.
+            self.first = false;
+            self.unannounced = Some(Unannounced {
+                handed: Handed {
+                    revision: st.revision,
+                    hash: st.hash,
+                    file: Some(output),
+                },
+                identity: st.identity,
+                later: Later::first(),
+            });
+        }
+    }
+
+    // Records what the output file holds now, for the next start.
+    fn persist(&self, snapshot: &Snapshot, hash: &str, announced: bool) {
+        let Some(output) = &self.output else {
+            return;
+        };
+        let Ok(bytes) = std::fs::read(output) else {
+            return;
+        };
+        let st = state::State {
+            revision: snapshot.revision,
+            hash: hash.to_string(),
+            identity: snapshot.identity.clone(),
+            kind: snapshot.owner.kind.clone(),
+            name: snapshot.owner.name.clone(),
+            output_sha256: source::sha256_hex(&bytes),
+            announced,
+        };
+        if let Err(e) = state::write(output, &st) {
+            tracing::warn!(error = %e, "writing the agent's state beside the output failed");
+        }
+    }
+
     async fn run(
         &mut self,
         mut volume_rx: Option<watch::Receiver<Option<Snapshot>>>,
@@ -603,6 +672,15 @@ impl Agent {
                     "the application took the document on a later attempt"
                 );
                 self.metrics.count(Outcome::Success);
+                if let Some(output) = &self.output
+                    && let Some(mut st) = state::read(output)
+                    && st.identity == u.identity
+                {
+                    st.announced = true;
+                    if let Err(e) = state::write(output, &st) {
+                        tracing::warn!(error = %e, "writing the agent's state beside the output failed");
+                    }
+                }
                 self.settled = Some(u.identity);
                 self.report(None, None);
             }
@@ -762,6 +840,7 @@ impl Agent {
                 });
                 self.metrics.set_revision(snapshot.revision);
                 self.metrics.set_ready();
+                self.persist(snapshot, &hash, notified.is_ok());
                 self.settled = notified.is_ok().then(|| snapshot.identity.clone());
                 // A newer document replaces one the application was never told about.
                 self.unannounced = None;
