@@ -522,3 +522,31 @@ fn cluster_commands_fail_with_one_clear_line() {
     assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
+
+/// `validate` judges as the operator does, beyond the schema rules too: a valid spec whose
+/// flattened keys cannot be data keys, or whose document one revision of history cannot hold,
+/// fails here before it is ever applied.
+#[test]
+fn a_spec_the_operator_could_not_project_fails_validation() {
+    let flat = "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: flat}\nspec:\n  values: {\"has space\": 1}\n  target: {flatten: true}\n";
+    let out = hotconf_with_stdin(&["validate", "-f", "-"], Some(flat));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("spec.target.flatten") && text.contains("\"values.has space\""),
+        "{text}"
+    );
+    let huge = format!(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {{name: huge}}\nspec:\n  values: {{blob: {}}}\n",
+        "x".repeat(300 * 1024)
+    );
+    let out = hotconf_with_stdin(&["validate", "-f", "-"], Some(&huge));
+    assert_eq!(code(&out), 1);
+    assert!(stdout(&out).contains(".status.history"), "{}", stdout(&out));
+    // The same without flatten is valid.
+    let plain = flat.replace("  target: {flatten: true}\n", "");
+    assert_eq!(
+        code(&hotconf_with_stdin(&["validate", "-f", "-"], Some(&plain))),
+        0
+    );
+}

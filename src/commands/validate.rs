@@ -99,7 +99,10 @@ fn check<K: ConfigResource>(
     let refs = obj.secret_refs();
     if refs.is_empty() {
         return (
-            obj.validate(None).into_iter().map(Problem::from).collect(),
+            crate::reconcile::or_projection_errors(obj, obj.validate(None))
+                .into_iter()
+                .map(Problem::from)
+                .collect(),
             Vec::new(),
         );
     }
@@ -128,8 +131,7 @@ fn check<K: ConfigResource>(
         };
         values.insert(key.clone(), value);
     }
-    let problems = obj
-        .validate(Some(&values))
+    let problems = crate::reconcile::or_projection_errors(obj, obj.validate(Some(&values)))
         .into_iter()
         .filter(|e| strict_refs || !(unresolved.contains(&e.path) && e.rule.ends_with(OFFLINE)))
         .map(Problem::from)

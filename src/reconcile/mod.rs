@@ -103,6 +103,29 @@ pub struct Outcome {
     pub rolled_back_automatically: bool,
 }
 
+/// The errors a valid spec still has because it cannot be kept or projected (one revision over
+/// the history's budget, a ConfigMap over 1 MiB, flatten keys that are not data keys; see
+/// `revision::unprojectable`), for the offline commands and the webhook, which judge as the
+/// operator does. `valuesFrom` values are not resolved here (their Secret's own limit is the
+/// operator's to check).
+pub fn projection_errors<K: ConfigResource>(obj: &K) -> Vec<crate::validation::FieldError> {
+    let target = ResolvedTarget::resolve(obj.target(), &obj.name_any());
+    let eff = obj.evaluate(&BTreeMap::new(), Utc::now());
+    revision::unprojectable(&eff, &target)
+}
+
+/// `errors` (a spec's validation errors), or, when there are none, its [`projection_errors`].
+pub fn or_projection_errors<K: ConfigResource>(
+    obj: &K,
+    errors: Vec<crate::validation::FieldError>,
+) -> Vec<crate::validation::FieldError> {
+    if errors.is_empty() {
+        projection_errors(obj)
+    } else {
+        errors
+    }
+}
+
 /// Whether a reconcile of `obj` reads the projected Secret: the spec reads Secrets, or a Secret
 /// was projected before (it may have to be deleted).
 pub fn needs_secret<K: ConfigResource>(obj: &K) -> bool {

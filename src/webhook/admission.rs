@@ -38,11 +38,17 @@ pub async fn errors(
             let obj: RuntimeConfig = typed(value)?;
             let ns = req.namespace.clone().unwrap_or_else(|| "default".into());
             let secrets = resolve(client, &ns, &obj).await?;
-            Ok(Some(obj.validate(Some(&secrets))))
+            Ok(Some(crate::reconcile::or_projection_errors(
+                &obj,
+                obj.validate(Some(&secrets)),
+            )))
         }
         "PoolBudget" => {
             let obj: PoolBudget = typed(value)?;
-            Ok(Some(obj.validate(None)))
+            Ok(Some(crate::reconcile::or_projection_errors(
+                &obj,
+                obj.validate(None),
+            )))
         }
         _ => Ok(None),
     }
