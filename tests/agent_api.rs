@@ -88,14 +88,20 @@ async fn applied(env: &TestEnv, pod: &str) -> Option<Applied> {
 /// The sidecar's RBAC (as in examples/agent-sidecar.yaml) bound to user alice, and a Pod
 /// object for the agent to annotate (no kubelet runs it).
 fn set_up(env: &TestEnv, pod: &str) {
+    set_up_reading(env, pod, "configmaps", CM);
+}
+
+/// [`set_up`] with the Role reading `resources` (`configmaps`, or `configmaps, secrets`) of one
+/// name.
+fn set_up_reading(env: &TestEnv, pod: &str, resources: &str, name: &str) {
     env.apply_yaml(&format!(
         r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {{name: hotconf-agent}}
 rules:
 - apiGroups: [""]
-  resources: [configmaps]
-  resourceNames: [{CM}]
+  resources: [{resources}]
+  resourceNames: [{name}]
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [pods]
@@ -373,8 +379,7 @@ async fn mirror(env: &TestEnv, name: &str, cm_dir: &Path, secret_dir: Option<&Pa
         .await
         .unwrap();
     let data = cm.data.unwrap_or_default();
-    let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    hotconf::agent::volume::kubelet_write(cm_dir, stamp, &pairs).unwrap();
+    hotconf::agent::volume::kubelet_write_data(cm_dir, stamp, &data).unwrap();
     if let Some(dir) = secret_dir {
         let secret = Api::<Secret>::namespaced(env.client.clone(), &env.ns)
             .get(name)
@@ -386,8 +391,7 @@ async fn mirror(env: &TestEnv, name: &str, cm_dir: &Path, secret_dir: Option<&Pa
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
             .collect();
-        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        hotconf::agent::volume::kubelet_write(dir, stamp, &pairs).unwrap();
+        hotconf::agent::volume::kubelet_write_data(dir, stamp, &data).unwrap();
     }
 }
 
@@ -446,34 +450,9 @@ spec:
     port: {{type: integer, default: 5432}}
   valuesFrom:
   - {{key: db_password, secretKeyRef: {{name: creds, key: password}}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: hotconf-agent}}
-rules:
-- apiGroups: [""]
-  resources: [configmaps, secrets]
-  resourceNames: [app]
-  verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [patch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: hotconf-agent}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: hotconf-agent}}
-subjects:
-- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: {pod}}}
-spec:
-  containers:
-  - {{name: app, image: busybox}}
 "#
     ));
+    set_up_reading(&env, pod, "configmaps, secrets", "app");
     projected_revision(&env, "app", 1).await;
 
     let tmp = tempfile::tempdir().unwrap();
@@ -640,8 +619,7 @@ async fn the_client_with_both_sources_prefers_the_api() {
     let dir = tmp.path().join("cm");
     let old = lazy(10, "CONSERVATIVE");
     let data = projection::config_map_data(&old, &target());
-    let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    hotconf::agent::volume::kubelet_write(&dir, "1", &pairs).unwrap();
+    hotconf::agent::volume::kubelet_write_data(&dir, "1", &data).unwrap();
     project(&api, &lazy(20, "BALANCED"), 2).await;
     let config = hotconf::client::Config::options()
         .env_lookup(|_| None)

@@ -160,19 +160,17 @@ fn project_with_secret(
     let stampname = revision.to_string();
     if let Some(dir) = cm {
         let data = projection::config_map(&doc, &target, &stamp).data.unwrap();
-        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        kubelet_write(dir, &stampname, &pairs).unwrap();
+        hotconf::agent::volume::kubelet_write_data(dir, &stampname, &data).unwrap();
     }
     if let Some(dir) = secret {
         let values = BTreeMap::from([("db_password".to_string(), password.to_string())]);
-        let data: Vec<(String, String)> = projection::secret(&values, &target, &stamp)
+        let data: BTreeMap<String, String> = projection::secret(&values, &target, &stamp)
             .data
             .unwrap()
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
             .collect();
-        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        kubelet_write(dir, &stampname, &pairs).unwrap();
+        hotconf::agent::volume::kubelet_write_data(dir, &stampname, &data).unwrap();
     }
 }
 
@@ -265,8 +263,7 @@ async fn pending_restart_names_restart_keys_changed_since_start() {
         let data = projection::config_map(&doc, &ResolvedTarget::resolve(None, "app"), &stamp)
             .data
             .unwrap();
-        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        kubelet_write(&dir, &revision.to_string(), &pairs).unwrap();
+        hotconf::agent::volume::kubelet_write_data(&dir, &revision.to_string(), &data).unwrap();
     };
     write(1, 4, 30);
     let config = Config::options()

@@ -104,16 +104,7 @@ pub fn snapshot_of(cm: &ConfigMap, key: Option<&str>) -> Snapshot {
         chosen.unwrap_or_default(),
         text.map_err(Unreadable),
     );
-    let annotations = cm.annotations();
-    snapshot.revision = annotations
-        .get(names::REVISION)
-        .and_then(|r| r.parse().ok());
-    snapshot.hash = annotations.get(names::HASH).cloned();
-    let labels = cm.labels();
-    snapshot.owner = Owner {
-        kind: labels.get(names::OWNER_KIND).cloned(),
-        name: labels.get(names::OWNER_NAME).cloned(),
-    };
+    stamp(&mut snapshot, cm);
     // The metadata key also says which paths need a restart, when it describes this key.
     if let Some(meta) = data.get(META_KEY).and_then(|t| Meta::parse(t).ok())
         && meta.file_name == snapshot.key
@@ -121,6 +112,21 @@ pub fn snapshot_of(cm: &ConfigMap, key: Option<&str>) -> Snapshot {
         snapshot.restart_keys = meta.restart_keys;
     }
     snapshot
+}
+
+/// Stamps a snapshot with what the projected object's annotations and labels say: the
+/// revision, the document's hash and the owning CR.
+pub fn stamp(snapshot: &mut Snapshot, obj: &impl kube::ResourceExt) {
+    let annotations = obj.annotations();
+    snapshot.revision = annotations
+        .get(names::REVISION)
+        .and_then(|r| r.parse().ok());
+    snapshot.hash = annotations.get(names::HASH).cloned();
+    let labels = obj.labels();
+    snapshot.owner = Owner {
+        kind: labels.get(names::OWNER_KIND).cloned(),
+        name: labels.get(names::OWNER_NAME).cloned(),
+    };
 }
 
 /// An object the API source follows: a ConfigMap (one data key is the document) or the

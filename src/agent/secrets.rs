@@ -27,10 +27,10 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use super::api::{ApiSource, ApiState, WatchBounds};
-use super::source::{Origin, Owner, Snapshot, Unreadable};
+use super::source::{Origin, Snapshot, Unreadable};
 use super::volume::{self, VolumeSource};
 use super::{changed, health};
-use crate::crd::{Format, names};
+use crate::crd::Format;
 use crate::document;
 use crate::projection::{self, META_KEY};
 
@@ -137,16 +137,7 @@ pub fn snapshot_of(secret: &Secret) -> Snapshot {
                 .expect("strings serialize")),
         };
     let mut snapshot = Snapshot::new(Origin::Api, String::new(), text);
-    let annotations = secret.annotations();
-    snapshot.revision = annotations
-        .get(names::REVISION)
-        .and_then(|r| r.parse().ok());
-    snapshot.hash = annotations.get(names::HASH).cloned();
-    let labels = secret.labels();
-    snapshot.owner = Owner {
-        kind: labels.get(names::OWNER_KIND).cloned(),
-        name: labels.get(names::OWNER_NAME).cloned(),
-    };
+    super::api::stamp(&mut snapshot, secret);
     snapshot
 }
 
@@ -236,6 +227,7 @@ pub fn file(values: &Values, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::names;
     use k8s_openapi::ByteString;
     use kube::api::ObjectMeta;
 

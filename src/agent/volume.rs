@@ -461,6 +461,16 @@ fn dir_identity(dir: &Path) -> std::io::Result<(u64, u64)> {
     Ok((meta.dev(), meta.ino()))
 }
 
+/// [`kubelet_write`] of a data map (a ConfigMap's data, a Secret's data as text).
+pub fn kubelet_write_data(
+    dir: &Path,
+    stamp: &str,
+    data: &std::collections::BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    kubelet_write(dir, stamp, &pairs)
+}
+
 /// Writes a kubelet-style ConfigMap volume: a new `..<stamp>` directory with every key, a
 /// `..data_tmp` symlink renamed over `..data`, a `KEY -> ..data/KEY` symlink per key, and the
 /// previous timestamped directory removed. For tests, benchmarks and local experiments.
