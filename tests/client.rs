@@ -132,6 +132,20 @@ async fn the_handle_follows_kubelet_swaps_whole() {
     assert!(reader.join().unwrap() > 300);
 }
 
+// The stamp the operator puts on the projection of `doc` as revision `revision` of RuntimeConfig
+// shop/app.
+fn stamp_of(doc: &Value, revision: i64, restart_keys: &[&str]) -> hotconf::projection::Stamp {
+    hotconf::projection::Stamp {
+        kind: "RuntimeConfig",
+        owner_name: "app".into(),
+        namespace: "shop".into(),
+        owner: Default::default(),
+        revision,
+        hash: document::hash(doc),
+        restart_keys: restart_keys.iter().map(|k| k.to_string()).collect(),
+    }
+}
+
 // The projected ConfigMap and Secret of revision `revision` (password `password`), as the
 // operator builds them, written as kubelet volumes at `cm` and `secret` (either may be left out).
 fn project_with_secret(
@@ -140,7 +154,7 @@ fn project_with_secret(
     revision: i64,
     password: &str,
 ) {
-    use hotconf::projection::{self, ResolvedTarget, Stamp};
+    use hotconf::projection::{self, ResolvedTarget};
     let doc = json!({
         "values": {"port": 5432},
         "secrets": {"db_password": {"secretKeyRef": {"name": "creds", "key": "password"},
@@ -148,15 +162,7 @@ fn project_with_secret(
         "featureFlags": {}, "maintenance": {"enabled": false, "reason": "", "until": null},
     });
     let target = ResolvedTarget::resolve(None, "app");
-    let stamp = Stamp {
-        kind: "RuntimeConfig",
-        owner_name: "app".into(),
-        namespace: "shop".into(),
-        owner: Default::default(),
-        revision,
-        hash: document::hash(&doc),
-        restart_keys: Vec::new(),
-    };
+    let stamp = stamp_of(&doc, revision, &[]);
     let stampname = revision.to_string();
     if let Some(dir) = cm {
         let data = projection::config_map(&doc, &target, &stamp).data.unwrap();
@@ -245,21 +251,13 @@ async fn sensitive_values_are_read_from_the_projected_secret() {
 /// document the process started on (a change made and undone needs none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_restart_names_restart_keys_changed_since_start() {
-    use hotconf::projection::{self, ResolvedTarget, Stamp};
+    use hotconf::projection::{self, ResolvedTarget};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cm");
     let write = |revision: i64, workers: u64, interval: u64| {
         let doc = json!({"values": {"workers": workers, "interval": interval},
                          "featureFlags": {}, "maintenance": {"enabled": false, "reason": "", "until": null}});
-        let stamp = Stamp {
-            kind: "RuntimeConfig",
-            owner_name: "app".into(),
-            namespace: "shop".into(),
-            owner: Default::default(),
-            revision,
-            hash: document::hash(&doc),
-            restart_keys: vec!["values.workers".into()],
-        };
+        let stamp = stamp_of(&doc, revision, &["values.workers"]);
         let data = projection::config_map(&doc, &ResolvedTarget::resolve(None, "app"), &stamp)
             .data
             .unwrap();

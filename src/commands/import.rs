@@ -9,7 +9,6 @@
 //! judges them, nothing is stored. The change reason recorded in history is the manifest's
 //! `hotconf.dev/change-reason`, else `--reason`, else "imported from FILE".
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail};
@@ -19,23 +18,16 @@ use kube::{Api, ResourceExt as _};
 use serde_json::{Value, json};
 
 use super::cluster::{CLI_MANAGER, Cluster, ClusterArgs, connect};
-use super::input::{self, Content, Doc, InputArgs, Problem};
+use super::input::{self, Content, Doc, Files, InputArgs, Problem};
 use crate::crd::names;
 use crate::kinds::ConfigResource;
 
 /// Arguments of `hotconf import`.
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
-    /// Manifest files or directories (`.yaml`, `.yml`, `.json`), or `-` for stdin; repeatable.
-    #[arg(
-        short = 'f',
-        long = "filename",
-        visible_alias = "file",
-        required = true,
-        num_args = 1..,
-        value_name = "PATH"
-    )]
-    pub paths: Vec<PathBuf>,
+    /// The manifests.
+    #[command(flatten)]
+    pub files: Files,
     /// Apply as a server dry run: judged by the API server, nothing stored.
     #[arg(long)]
     pub dry_run: bool,
@@ -55,8 +47,7 @@ pub struct ImportArgs {
 pub async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let cluster = connect(&args.cluster).await?;
     let mut inputs = input::read(&InputArgs {
-        paths: args.paths.clone(),
-        recursive: false,
+        files: args.files.clone(),
         namespace: cluster.namespace.clone(),
     });
     for doc in &mut inputs.docs {

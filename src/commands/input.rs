@@ -17,9 +17,9 @@ use crate::validation::FieldError;
 /// How stdin is named in messages.
 pub const STDIN: &str = "<stdin>";
 
-/// The arguments the offline commands share.
+/// The manifests to read: what `validate`, `render` and `import` share.
 #[derive(clap::Args, Debug, Clone)]
-pub struct InputArgs {
+pub struct Files {
     /// Manifest files or directories (`.yaml`, `.yml`, `.json`), or `-` for stdin; repeatable.
     #[arg(
         short = 'f',
@@ -34,6 +34,14 @@ pub struct InputArgs {
     /// Read directories recursively.
     #[arg(short = 'R', long, env = "HOTCONF_RECURSIVE")]
     pub recursive: bool,
+}
+
+/// The arguments the offline commands share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InputArgs {
+    /// The manifests.
+    #[command(flatten)]
+    pub files: Files,
     /// The namespace of objects whose manifest sets none.
     #[arg(
         short = 'n',
@@ -177,7 +185,7 @@ pub struct Inputs {
 /// Reads and sorts every document of the inputs.
 pub fn read(args: &InputArgs) -> Inputs {
     let mut inputs = Inputs::default();
-    for path in &args.paths {
+    for path in &args.files.paths {
         if path.as_os_str() == "-" {
             let mut text = String::new();
             match std::io::stdin().read_to_string(&mut text) {
@@ -186,7 +194,7 @@ pub fn read(args: &InputArgs) -> Inputs {
             }
             continue;
         }
-        let files = match expand(path, args.recursive) {
+        let files = match expand(path, args.files.recursive) {
             Ok(files) => files,
             Err(e) => {
                 inputs
