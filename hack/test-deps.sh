@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs besides Rust and the control plane: lua5.4 (the Argo CD
-# health check test) and, when helm is not on PATH, Go with sprig and sigs.k8s.io/yaml (the chart
-# renderer). Idempotent; Debian/apt.
+# health check test), when helm is not on PATH, Go with sprig and sigs.k8s.io/yaml (the chart
+# renderer), and flagd's evaluator from PyPI in a virtualenv (tests/flagd_compat.rs).
+# Idempotent; Debian/apt and pip.
 set -euo pipefail
 need=()
 command -v lua5.4 >/dev/null 2>&1 || need+=(lua5.4)
@@ -11,10 +12,23 @@ if ! command -v helm >/dev/null 2>&1; then
 	[ -d /usr/share/gocode/src/sigs.k8s.io/yaml ] || need+=(golang-k8s-sigs-yaml-dev)
 fi
 command -v kubectl >/dev/null 2>&1 || { echo "test-deps: kubectl is required on PATH" >&2; exit 1; }
-[ ${#need[@]} -eq 0 ] && exit 0
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+# flagd's own evaluator, for tests/flagd_compat.rs (PyPI; a virtualenv under the cache).
+flagd_core() {
+	local venv="${HOME}/.cache/hotconf/python/flagd-core-2.0.0"
+	[ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openfeature.contrib.tools.flagd.core' 2>/dev/null && return 0
+	echo "test-deps: installing openfeature-flagd-core 2.0.0 into $venv" >&2
+	python3 -m venv "$venv" >&2
+	"$venv/bin/pip" install -q openfeature-flagd-core==2.0.0 >&2
+}
+if [ ${#need[@]} -eq 0 ]; then
+	flagd_core
+	exit 0
+fi
 command -v apt-get >/dev/null 2>&1 || { echo "test-deps: install ${need[*]} (no apt-get here)" >&2; exit 1; }
 sudo_=""
 [ "$(id -u)" = 0 ] || sudo_=sudo
 echo "test-deps: installing ${need[*]}" >&2
 $sudo_ apt-get update -qq >&2
 DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${need[@]}" >&2
+flagd_core
