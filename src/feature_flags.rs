@@ -90,7 +90,27 @@ impl Reason {
 /// subject. `deny` wins over everything, `enabled: false` turns it off for everyone else, then
 /// `allow` forces it on, then the rollout percentage decides.
 pub fn is_enabled(name: &str, flag: &Value, subject: &str) -> bool {
-    evaluate(name, flag, subject).0
+    evaluate_any(name, flag, subject).0
+}
+
+/// [`evaluate`] for any flag: a variant flag is on when it resolves to `true`, and its reason
+/// is told in [`Reason`]'s terms (a listed subject as `allow`, a split or static value as
+/// `rollout`).
+pub fn evaluate_any(name: &str, flag: &Value, subject: &str) -> (bool, Reason) {
+    if flag.get("variants").is_none() {
+        return evaluate(name, flag, subject);
+    }
+    match resolve(name, flag, Some(subject)) {
+        Some(r) => {
+            let reason = match r.reason {
+                Resolved::Disabled => Reason::Disabled,
+                Resolved::TargetingMatch => Reason::Allowed,
+                _ => Reason::Rollout,
+            };
+            (r.value == Value::Bool(true), reason)
+        }
+        None => (false, Reason::Unknown),
+    }
 }
 
 /// [`is_enabled`], with the reason.
@@ -113,12 +133,160 @@ pub fn evaluate(name: &str, flag: &Value, subject: &str) -> (bool, Reason) {
     if listed("allow") {
         return (true, Reason::Allowed);
     }
+    (rolled_out(name, flag, subject), Reason::Rollout)
+}
+
+// Whether the subject is in an on/off flag's rollout: FNV-1a, or flagd's `fractional` over
+// `[on: pct, off: 100 - pct]` with `bucketing: flagd`.
+fn rolled_out(name: &str, flag: &Value, subject: &str) -> bool {
     let pct = flag
         .get("rolloutPercentage")
         .and_then(Value::as_i64)
         .unwrap_or(100)
-        .clamp(0, 100) as u32;
-    (bucket(name, subject) < pct, Reason::Rollout)
+        .clamp(0, 100);
+    if flag.get("bucketing").and_then(Value::as_str) == Some("flagd") {
+        return fractional(name, subject, &[("on", pct), ("off", 100 - pct)]) == Some("on");
+    }
+    bucket(name, subject) < pct as u32
+}
+
+/// Why a flag resolved as it did, in OpenFeature's terms (the OFREP `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// The flag has one value for everyone.
+    Static,
+    /// A listed subject (`targets`, `allow`, `deny`).
+    TargetingMatch,
+    /// The subject's bucket in a split or rollout.
+    Split,
+    /// `enabled: false`.
+    Disabled,
+    /// The default, because the split needs a subject and there is none.
+    Default,
+}
+
+impl Resolved {
+    /// The OpenFeature reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolved::Static => "STATIC",
+            Resolved::TargetingMatch => "TARGETING_MATCH",
+            Resolved::Split => "SPLIT",
+            Resolved::Disabled => "DISABLED",
+            Resolved::Default => "DEFAULT",
+        }
+    }
+}
+
+/// What a flag resolves to for a subject.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolution {
+    /// The value: the variant's, or `true`/`false` for an on/off flag.
+    pub value: Value,
+    /// The variant's name (`on`/`off` for an on/off flag).
+    pub variant: String,
+    /// Why.
+    pub reason: Resolved,
+}
+
+/// Resolves a flag (as the effective document carries it) for a subject (`None`: none known),
+/// whether it has variants (SPEC.md §3.1) or is on/off (SPEC.md §3). `None` for an entry that
+/// is neither (its default variant is missing).
+pub fn resolve(name: &str, flag: &Value, subject: Option<&str>) -> Option<Resolution> {
+    let Some(variants) = flag.get("variants").and_then(Value::as_object) else {
+        return Some(resolve_on_off(name, flag, subject));
+    };
+    let pick = |variant: &str, reason| {
+        Some(Resolution {
+            value: variants.get(variant)?.clone(),
+            variant: variant.to_string(),
+            reason,
+        })
+    };
+    let default = flag.get("defaultVariant").and_then(Value::as_str)?;
+    if !flag
+        .get("enabled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+    {
+        return pick(default, Resolved::Disabled);
+    }
+    let targets = flag.get("targets").and_then(Value::as_object);
+    if let Some(subject) = subject
+        && let Some((variant, _)) = targets.into_iter().flatten().find(|(_, subjects)| {
+            subjects
+                .as_array()
+                .is_some_and(|l| l.iter().any(|s| s.as_str() == Some(subject)))
+        })
+    {
+        return pick(variant, Resolved::TargetingMatch);
+    }
+    let weights: Vec<(&str, i64)> = flag
+        .get("fractional")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(v, w)| (v.as_str(), w.as_i64().unwrap_or(0)))
+        .collect();
+    if weights.is_empty() {
+        return pick(default, Resolved::Static);
+    }
+    let Some(subject) = subject else {
+        return pick(default, Resolved::Default);
+    };
+    let chosen = match flag.get("bucketing").and_then(Value::as_str) {
+        Some("fnv1a") => fnv1a_split(name, subject, &weights),
+        _ => fractional(name, subject, &weights),
+    };
+    match chosen {
+        Some(variant) => pick(variant, Resolved::Split),
+        None => pick(default, Resolved::Default),
+    }
+}
+
+// FNV-1a over weights: the variant whose cumulative range holds `fnv1a32(flag/subject) % total`.
+fn fnv1a_split<'a>(name: &str, subject: &str, weights: &[(&'a str, i64)]) -> Option<&'a str> {
+    let total: i64 = weights.iter().map(|(_, w)| (*w).max(0)).sum();
+    if total <= 0 {
+        return None;
+    }
+    let point = i64::from(fnv1a32(format!("{name}/{subject}").as_bytes())) % total;
+    let mut end = 0;
+    weights.iter().find_map(|(variant, w)| {
+        end += (*w).max(0);
+        (point < end).then_some(*variant)
+    })
+}
+
+fn resolve_on_off(name: &str, flag: &Value, subject: Option<&str>) -> Resolution {
+    let (on, reason) = match subject {
+        Some(subject) => match evaluate(name, flag, subject) {
+            (on, Reason::Denied | Reason::Allowed) => (on, Resolved::TargetingMatch),
+            (on, Reason::Disabled) => (on, Resolved::Disabled),
+            (on, _) if rollout_of(flag) == 100 => (on, Resolved::Static),
+            (on, _) => (on, Resolved::Split),
+        },
+        None if !flag
+            .get("enabled")
+            .and_then(Value::as_bool)
+            .unwrap_or(false) =>
+        {
+            (false, Resolved::Disabled)
+        }
+        None if rollout_of(flag) == 100 => (true, Resolved::Static),
+        None => (false, Resolved::Default),
+    };
+    Resolution {
+        value: Value::Bool(on),
+        variant: if on { "on" } else { "off" }.to_string(),
+        reason,
+    }
+}
+
+fn rollout_of(flag: &Value) -> i64 {
+    flag.get("rolloutPercentage")
+        .and_then(Value::as_i64)
+        .unwrap_or(100)
 }
 
 #[cfg(test)]
@@ -146,6 +314,104 @@ mod tests {
         assert_eq!(fractional("new_ui", "alice", &[("only", 1)]), Some("only"));
         let over = [("a", i64::from(i32::MAX)), ("b", 1)];
         assert_eq!(fractional("new_ui", "alice", &over), None);
+    }
+
+    fn checkout() -> Value {
+        json!({
+            "variants": {"classic": "v1", "streamlined": "v2"},
+            "defaultVariant": "classic",
+            "fractional": {"classic": 50, "streamlined": 50},
+            "targets": {"streamlined": ["user-1", "beta-tester"]},
+            "enabled": true,
+            "bucketing": "flagd",
+        })
+    }
+
+    #[test]
+    fn a_variant_flag_resolves_with_its_reason() {
+        let flag = checkout();
+        let r = resolve("checkout_flow", &flag, Some("beta-tester")).unwrap();
+        assert_eq!(
+            (r.variant.as_str(), r.reason),
+            ("streamlined", Resolved::TargetingMatch)
+        );
+        assert_eq!(r.value, json!("v2"));
+        // The split is flagd's, over the weights in variant-name order.
+        let weights = [("classic", 50), ("streamlined", 50)];
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let subject = format!("u{i}");
+            let r = resolve("checkout_flow", &flag, Some(&subject)).unwrap();
+            assert_eq!(r.reason, Resolved::Split);
+            assert_eq!(
+                Some(r.variant.as_str()),
+                fractional("checkout_flow", &subject, &weights)
+            );
+            seen.insert(r.variant);
+        }
+        assert_eq!(seen.len(), 2, "both sides of the split");
+        let r = resolve("checkout_flow", &flag, None).unwrap();
+        assert_eq!(
+            (r.variant.as_str(), r.reason),
+            ("classic", Resolved::Default)
+        );
+        let mut off = flag.clone();
+        off["enabled"] = json!(false);
+        let r = resolve("checkout_flow", &off, Some("beta-tester")).unwrap();
+        assert_eq!(
+            (r.variant.as_str(), r.reason),
+            ("classic", Resolved::Disabled)
+        );
+        let mut fixed = flag.clone();
+        fixed["fractional"] = json!({});
+        let r = resolve("checkout_flow", &fixed, Some("anyone")).unwrap();
+        assert_eq!((r.value, r.reason), (json!("v1"), Resolved::Static));
+        let mut fnv = flag;
+        fnv["bucketing"] = json!("fnv1a");
+        let r = resolve("checkout_flow", &fnv, Some("anyone")).unwrap();
+        assert_eq!(
+            Some(r.variant.as_str()),
+            fnv1a_split("checkout_flow", "anyone", &weights)
+        );
+    }
+
+    #[test]
+    fn an_on_off_flag_resolves_as_it_evaluates() {
+        let flag =
+            json!({"enabled": true, "rolloutPercentage": 25, "allow": ["vip"], "deny": ["x"]});
+        for subject in ["user-42", "user-43", "vip", "x"] {
+            let r = resolve("new_ui", &flag, Some(subject)).unwrap();
+            assert_eq!(
+                r.value,
+                json!(is_enabled("new_ui", &flag, subject)),
+                "{subject}"
+            );
+        }
+        assert_eq!(
+            resolve("new_ui", &flag, Some("vip")).unwrap().reason,
+            Resolved::TargetingMatch
+        );
+        assert_eq!(
+            resolve("new_ui", &flag, Some("user-42")).unwrap().reason,
+            Resolved::Split
+        );
+        assert_eq!(
+            resolve("new_ui", &flag, None).unwrap().reason,
+            Resolved::Default
+        );
+        let all = json!({"enabled": true, "rolloutPercentage": 100, "allow": [], "deny": []});
+        assert_eq!(resolve("f", &all, None).unwrap().reason, Resolved::Static);
+        // bucketing: flagd rolls out by flagd's hash (SPEC §3.1 vectors: on 25 / off 75).
+        let mut flagd = flag;
+        flagd["bucketing"] = json!("flagd");
+        flagd["allow"] = json!([]);
+        assert!(!is_enabled("new_ui", &flagd, "user-42"));
+        assert!(is_enabled("new_ui", &flagd, "user-43"));
+        assert!(!is_enabled("new_ui", &flagd, "alice"));
+        // A variant flag with boolean variants is on when it resolves to true.
+        let boolean = json!({"variants": {"on": true, "off": false}, "defaultVariant": "off",
+                             "targets": {"on": ["vip"]}, "enabled": true});
+        assert!(is_enabled("b", &boolean, "vip") && !is_enabled("b", &boolean, "other"));
     }
 
     #[test]

@@ -257,9 +257,7 @@ impl FeatureFlag {
     pub fn test() -> Self {
         FeatureFlag {
             enabled: true,
-            rollout_percentage: None,
-            allow: Vec::new(),
-            deny: Vec::new(),
+            ..Default::default()
         }
     }
 }

@@ -119,7 +119,7 @@ fn the_examples_directory_fails_only_for_the_invalid_example() {
         stdout(&out)
     );
     assert!(
-        stderr(&out).contains("5 hotconf objects checked: 4 valid, 1 invalid (4 errors)"),
+        stderr(&out).contains("6 hotconf objects checked: 5 valid, 1 invalid (4 errors)"),
         "{}",
         stderr(&out)
     );
@@ -266,8 +266,8 @@ fn json_output_parses_with_the_right_counts() {
         .iter()
         .filter(|e| e["kind"] == "RuntimeConfig" || e["kind"] == "PoolBudget")
         .collect();
-    assert_eq!(crs.len(), 5, "five CRs among {} documents", entries.len());
-    assert_eq!(crs.iter().filter(|e| e["valid"] == true).count(), 4);
+    assert_eq!(crs.len(), 6, "six CRs among {} documents", entries.len());
+    assert_eq!(crs.iter().filter(|e| e["valid"] == true).count(), 5);
     assert!(
         entries
             .iter()

@@ -109,7 +109,7 @@ async fn server_side_apply_of_crds_then_the_examples() {
         );
     }
     let listed = ok(&env.kubectl_raw(&["get", "rtc,pb", "-o", "name"]));
-    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert_eq!(listed.lines().count(), 6, "{listed}");
 
     // What the CRD's schema and rules forbid is refused at apply, every field named.
     let bad = "apiVersion: hotconf.dev/v1alpha1\nkind: PoolBudget\nmetadata: {name: bad}\nspec:\n  metrics:\n    maxCpuPercent: 0\n    backpressure: {light: 0.9, moderate: 0.8}\n  pools:\n    database: {minConnections: 30, maxConnections: 10}\n";

@@ -994,3 +994,64 @@ async fn oversized_errors_and_documents_still_get_a_condition() {
     let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
     assert!(cms.get_opt("huge").await.unwrap().is_none());
 }
+
+/// Variant flags (SPEC.md §3.1) pass the real API server's schema, are projected as the
+/// document the client resolves them from (targets, flagd's split, a switched-off object flag),
+/// and a malformed one is reported whole.
+#[tokio::test]
+async fn variant_flags_are_projected_and_resolved() {
+    use hotconf::feature_flags::{Resolved, fractional};
+    let env = TestEnv::new("variants").await;
+    let _operator = env.start_operator();
+    env.kubectl(&["apply", "-f", &example("ab-test")]);
+    let _: RuntimeConfig = ready_at(&env, "storefront-experiments", 1).await;
+    let cm = config_map(&env, "storefront-experiments").await;
+    let doc: Value = serde_json::from_str(&cm.data.unwrap()["config.json"]).unwrap();
+    let config = hotconf::client::Config::options()
+        .env_lookup(|_| None)
+        .from_value(doc);
+    let r = config
+        .resolve_flag("checkout_flow", Some("beta-tester-1"))
+        .unwrap();
+    assert_eq!(
+        (r.variant.as_str(), r.reason),
+        ("streamlined", Resolved::TargetingMatch)
+    );
+    let weights = [("classic", 50), ("streamlined", 50)];
+    for i in 0..100 {
+        let subject = format!("shopper-{i}");
+        let r = config
+            .resolve_flag("checkout_flow", Some(&subject))
+            .unwrap();
+        assert_eq!(r.reason, Resolved::Split);
+        assert_eq!(
+            Some(r.variant.as_str()),
+            fractional("checkout_flow", &subject, &weights)
+        );
+    }
+    let pricing = config.resolve_flag("pricing", Some("shopper-1")).unwrap();
+    assert_eq!(pricing.reason, Resolved::Disabled);
+    assert_eq!(
+        config.flag_value::<Value>("pricing", Some("shopper-1")),
+        Some(json!({"currency": "EUR", "discount": 0}))
+    );
+    assert!(config.resolve_flag("nope", Some("x")).is_none());
+
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: mixed}\nspec:\n  featureFlags:\n    f:\n      enabled: true\n      variants: {a: 1, b: \"two\"}\n      defaultVariant: c\n      fractional: {a: 0}\n",
+    );
+    let mixed: RuntimeConfig = wait_for(&env, "mixed", "Valid=False", |o: &RuntimeConfig| {
+        is(o.status.as_ref(), "Valid", "False")
+    })
+    .await;
+    let message = &condition(mixed.status.as_ref().unwrap(), "Valid")
+        .unwrap()
+        .message;
+    for part in [
+        "spec.featureFlags.f.variants.b",
+        "spec.featureFlags.f.defaultVariant",
+        "spec.featureFlags.f.fractional.a",
+    ] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+}

@@ -197,10 +197,43 @@ impl Document {
             .get("featureFlags")
             .and_then(|f| f.get(flag))
             .map_or((false, crate::feature_flags::Reason::Unknown), |f| {
-                crate::feature_flags::evaluate(flag, f, subject)
+                crate::feature_flags::evaluate_any(flag, f, subject)
             });
         self.settings.stats.flag(flag, on, reason);
         on
+    }
+
+    /// What a flag resolves to for a subject (`None`: none known), with its variant and the
+    /// OpenFeature reason (SPEC.md §3.1): a variant flag's value, or `true`/`false` for an
+    /// on/off flag. `None` for an unknown flag.
+    pub fn resolve_flag(
+        &self,
+        flag: &str,
+        subject: Option<&str>,
+    ) -> Option<crate::feature_flags::Resolution> {
+        use crate::feature_flags::{Reason, Resolved};
+        let entry = self.value.get("featureFlags").and_then(|f| f.get(flag));
+        let resolution = entry.and_then(|f| crate::feature_flags::resolve(flag, f, subject));
+        let (on, reason) = match &resolution {
+            None => (false, Reason::Unknown),
+            Some(r) => (
+                r.value == Value::Bool(true),
+                match r.reason {
+                    Resolved::Disabled => Reason::Disabled,
+                    Resolved::TargetingMatch if r.value == Value::Bool(false) => Reason::Denied,
+                    Resolved::TargetingMatch => Reason::Allowed,
+                    _ => Reason::Rollout,
+                },
+            ),
+        };
+        self.settings.stats.flag(flag, on, reason);
+        resolution
+    }
+
+    /// The value a flag resolves to for a subject as `T` (a variant's string, number, object or
+    /// boolean); `None` for an unknown flag or a value of another type.
+    pub fn flag_value<T: DeserializeOwned>(&self, flag: &str, subject: Option<&str>) -> Option<T> {
+        serde_json::from_value(self.resolve_flag(flag, subject)?.value).ok()
     }
 
     /// The maintenance switch, with `until` applied at the current time.

@@ -763,6 +763,21 @@ impl Config {
         self.inner.last_error.lock().expect("not poisoned").clone()
     }
 
+    /// What a flag resolves to for a subject, with its variant and reason (see
+    /// [`Document::resolve_flag`]).
+    pub fn resolve_flag(
+        &self,
+        flag: &str,
+        subject: Option<&str>,
+    ) -> Option<crate::feature_flags::Resolution> {
+        self.snapshot().resolve_flag(flag, subject)
+    }
+
+    /// A flag's value for a subject as `T` (see [`Document::flag_value`]).
+    pub fn flag_value<T: DeserializeOwned>(&self, flag: &str, subject: Option<&str>) -> Option<T> {
+        self.snapshot().flag_value(flag, subject)
+    }
+
     /// Whether a feature flag is on for a subject.
     pub fn is_enabled(&self, flag: &str, subject: &str) -> bool {
         self.snapshot().is_enabled(flag, subject)

@@ -118,32 +118,14 @@ pub fn runtime_config_spec(current: &RuntimeConfigSpec, snapshot: &Snapshot) -> 
         })
         .collect();
 
+    // A flag's entry in the document has the spec's own field names: it reads back as one (a
+    // rollout of 100, the document's explicit default, is left out again).
     spec.feature_flags = object("featureFlags")
         .into_iter()
-        .map(|(name, flag)| {
-            let list = |key: &str| -> Vec<String> {
-                flag.get(key)
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|s| s.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            let percentage = flag.get("rolloutPercentage").and_then(Value::as_i64);
-            (
-                name,
-                FeatureFlag {
-                    enabled: flag
-                        .get("enabled")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                    rollout_percentage: percentage.filter(|p| *p != 100),
-                    allow: list("allow"),
-                    deny: list("deny"),
-                },
-            )
+        .filter_map(|(name, flag)| {
+            let mut flag: FeatureFlag = serde_json::from_value(flag).ok()?;
+            flag.rollout_percentage = flag.rollout_percentage.filter(|p| *p != 100);
+            Some((name, flag))
         })
         .collect();
 

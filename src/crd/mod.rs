@@ -63,8 +63,10 @@ pub mod limits {
     pub const VALUES_FROM: usize = 256;
     /// Flags in `spec.featureFlags`.
     pub const FEATURE_FLAGS: usize = 512;
-    /// Subjects in a flag's `allow` or `deny`.
+    /// Subjects in a flag's `allow` or `deny` (or one variant's `targets`).
     pub const FLAG_SUBJECTS: usize = 256;
+    /// Variants of a flag (and entries of its `fractional` and `targets`).
+    pub const VARIANTS: usize = 64;
     /// Characters of one subject.
     pub const SUBJECT_LENGTH: usize = 256;
     /// Values of a parameter's `enum`.
@@ -268,7 +270,7 @@ pub const DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 /// A feature flag. (That no subject is in both `allow` and `deny` is the operator's and the
 /// webhook's to check: as a CEL rule over lists of this size its cost is over the budget.)
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureFlag {
     /// false turns the flag off for everyone.
@@ -286,6 +288,50 @@ pub struct FeatureFlag {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = limits::FLAG_SUBJECTS), inner(length(max = limits::SUBJECT_LENGTH)))]
     pub deny: Vec<String>,
+    /// Variants by name, all values of one type (boolean, string, number or object): a flag
+    /// with variants resolves to one of them (SPEC.md §3.1) instead of on/off.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "any_map", extend("maxProperties" = limits::VARIANTS))]
+    pub variants: BTreeMap<String, Value>,
+    /// The variant of everyone not targeted or split (and of everyone while `enabled` is false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_variant: Option<String>,
+    /// An A/B split: variant → positive weight. Subjects are bucketed over the weights in
+    /// variant-name order (a Kubernetes object keeps no key order).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = limits::VARIANTS))]
+    pub fractional: BTreeMap<String, i64>,
+    /// Fixed variants for listed subjects: variant → subjects.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(
+        extend("maxProperties" = limits::VARIANTS),
+        inner(length(max = limits::FLAG_SUBJECTS), inner(length(max = limits::SUBJECT_LENGTH)))
+    )]
+    pub targets: BTreeMap<String, Vec<String>>,
+    /// How subjects are bucketed: `flagd` (flagd's `fractional`, v3; the default for variant
+    /// flags) or `fnv1a` (SPEC.md §3, the default for on/off rollouts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucketing: Option<Bucketing>,
+}
+
+/// How a flag buckets its subjects.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucketing {
+    /// flagd's `fractional` in its v3 form (`feature_flags::fractional`).
+    Flagd,
+    /// FNV-1a of `flag/subject` (`feature_flags::bucket`).
+    Fnv1a,
+}
+
+impl Bucketing {
+    /// The name in the effective document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucketing::Flagd => "flagd",
+            Bucketing::Fnv1a => "fnv1a",
+        }
+    }
 }
 
 /// The maintenance switch.

@@ -84,17 +84,7 @@ pub fn runtime_config(
     let flags: Map<String, Value> = spec
         .feature_flags
         .iter()
-        .map(|(name, flag)| {
-            (
-                name.clone(),
-                json!({
-                    "enabled": flag.enabled,
-                    "rolloutPercentage": flag.rollout_percentage.unwrap_or(100),
-                    "allow": flag.allow,
-                    "deny": flag.deny,
-                }),
-            )
-        })
+        .map(|(name, flag)| (name.clone(), flag_entry(flag)))
         .collect();
 
     let maintenance = spec.maintenance.clone().unwrap_or_default();
@@ -123,6 +113,34 @@ pub fn runtime_config(
         restart_keys: runtime_config_restart_keys(spec),
         next_change,
     }
+}
+
+/// A flag as the effective document carries it. An on/off flag: `enabled`,
+/// `rolloutPercentage` (100 when unset), `allow`, `deny`, and `bucketing` only when the spec sets
+/// it (so documents of flags written before variants existed keep their hash). A variant flag
+/// (SPEC.md §3.1): `variants`, `defaultVariant`, `fractional`, `targets`, `enabled` and
+/// `bucketing` (`flagd` unless set).
+pub fn flag_entry(flag: &crate::crd::FeatureFlag) -> Value {
+    if flag.variants.is_empty() {
+        let mut entry = json!({
+            "enabled": flag.enabled,
+            "rolloutPercentage": flag.rollout_percentage.unwrap_or(100),
+            "allow": flag.allow,
+            "deny": flag.deny,
+        });
+        if let Some(b) = flag.bucketing {
+            entry["bucketing"] = json!(b.as_str());
+        }
+        return entry;
+    }
+    json!({
+        "variants": flag.variants,
+        "defaultVariant": flag.default_variant,
+        "fractional": flag.fractional,
+        "targets": flag.targets,
+        "enabled": flag.enabled,
+        "bucketing": flag.bucketing.unwrap_or(crate::crd::Bucketing::Flagd).as_str(),
+    })
 }
 
 /// The document paths of a RuntimeConfig whose change needs a restart: its `requiresRestart`

@@ -193,7 +193,7 @@ proptest::proptest! {
         for (k, v) in &values {
             spec.values.insert(k.clone(), json!(v));
         }
-        spec.feature_flags.insert("f".into(), FeatureFlag { enabled: true, rollout_percentage: Some(pct), allow: vec![], deny: vec![] });
+        spec.feature_flags.insert("f".into(), FeatureFlag { enabled: true, rollout_percentage: Some(pct), ..Default::default() });
         let a = runtime_config(&spec, &BTreeMap::new(), now());
         // Built again from a clone with keys inserted in reverse order.
         let mut again = RuntimeConfigSpec { feature_flags: spec.feature_flags.clone(), ..Default::default() };

@@ -82,8 +82,26 @@ pub(super) fn check_sizes(spec: &RuntimeConfigSpec, errors: &mut Vec<FieldError>
         limits::FEATURE_FLAGS,
     );
     for (name, flag) in &spec.feature_flags {
-        for (list, subjects) in [("allow", &flag.allow), ("deny", &flag.deny)] {
-            let path = format!("spec.featureFlags.{name}.{list}");
+        let base = format!("spec.featureFlags.{name}");
+        for (field, n) in [
+            ("variants", flag.variants.len()),
+            ("fractional", flag.fractional.len()),
+            ("targets", flag.targets.len()),
+        ] {
+            at_most_entries(errors, &format!("{base}.{field}"), n, limits::VARIANTS);
+        }
+        let lists = [
+            ("allow".to_string(), &flag.allow),
+            ("deny".to_string(), &flag.deny),
+        ]
+        .into_iter()
+        .chain(
+            flag.targets
+                .iter()
+                .map(|(v, l)| (format!("targets.{v}"), l)),
+        );
+        for (list, subjects) in lists {
+            let path = format!("{base}.{list}");
             at_most_entries(errors, &path, subjects.len(), limits::FLAG_SUBJECTS);
             for (j, subject) in subjects.iter().enumerate() {
                 at_most_chars(
@@ -679,6 +697,22 @@ pub(super) fn check_flag(name: &str, flag: &FeatureFlag, errors: &mut Vec<FieldE
             .with_value(percentage),
         );
     }
+    if flag.variants.is_empty() {
+        for (field, set) in [
+            ("defaultVariant", flag.default_variant.is_some()),
+            ("fractional", !flag.fractional.is_empty()),
+            ("targets", !flag.targets.is_empty()),
+        ] {
+            if set {
+                errors.push(FieldError::new(
+                    format!("{base}.{field}"),
+                    "needs variants: an on/off flag uses rolloutPercentage, allow and deny",
+                ));
+            }
+        }
+    } else {
+        check_variants(&base, flag, errors);
+    }
     let allowed: BTreeSet<&str> = flag.allow.iter().map(String::as_str).collect();
     for (j, subject) in flag.deny.iter().enumerate() {
         if allowed.contains(subject.as_str()) {
@@ -689,6 +723,105 @@ pub(super) fn check_flag(name: &str, flag: &FeatureFlag, errors: &mut Vec<FieldE
                 )
                 .with_value(subject.as_str()),
             );
+        }
+    }
+}
+
+// The kind of a variant's value, for "all of one type".
+fn variant_type(value: &Value) -> Option<&'static str> {
+    match value {
+        Value::Bool(_) => Some("boolean"),
+        Value::String(_) => Some("string"),
+        Value::Number(_) => Some("number"),
+        Value::Object(_) => Some("object"),
+        Value::Null | Value::Array(_) => None,
+    }
+}
+
+// A flag with variants (SPEC.md §3.1): values of one type, a default that exists, positive
+// weights and targets that name variants, no subject targeted twice, and none of the on/off
+// fields.
+fn check_variants(base: &str, flag: &FeatureFlag, errors: &mut Vec<FieldError>) {
+    let mut first_type: Option<(&str, &str)> = None;
+    for (name, value) in &flag.variants {
+        let path = format!("{base}.variants.{name}");
+        match variant_type(value) {
+            None => errors.push(FieldError::new(
+                path,
+                "must be a boolean, a string, a number or an object",
+            )),
+            Some(t) => match first_type {
+                None => first_type = Some((name, t)),
+                Some((first, ft)) if ft != t => errors.push(FieldError::new(
+                    path,
+                    format!(
+                        "is a {t}, but variant {first} is a {ft}: all variants of a flag have one type"
+                    ),
+                )),
+                Some(_) => {}
+            },
+        }
+    }
+    match &flag.default_variant {
+        None => errors.push(FieldError::new(
+            format!("{base}.defaultVariant"),
+            "is required with variants",
+        )),
+        Some(d) if !flag.variants.contains_key(d) => errors.push(
+            FieldError::new(format!("{base}.defaultVariant"), "names no variant")
+                .with_value(d.as_str()),
+        ),
+        Some(_) => {}
+    }
+    let mut total: i64 = 0;
+    for (name, weight) in &flag.fractional {
+        let path = format!("{base}.fractional.{name}");
+        if !flag.variants.contains_key(name) {
+            errors.push(FieldError::new(path.clone(), "names no variant"));
+        }
+        if *weight <= 0 {
+            errors.push(FieldError::new(path, "must be a positive weight").with_value(*weight));
+        } else {
+            total = total.saturating_add(*weight);
+        }
+    }
+    if total > i64::from(i32::MAX) {
+        errors.push(FieldError::new(
+            format!("{base}.fractional"),
+            format!(
+                "the weights sum to {total}, more than {} (flagd's bound)",
+                i32::MAX
+            ),
+        ));
+    }
+    let mut targeted: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, subjects) in &flag.targets {
+        let path = format!("{base}.targets.{name}");
+        if !flag.variants.contains_key(name) {
+            errors.push(FieldError::new(path.clone(), "names no variant"));
+        }
+        for (j, subject) in subjects.iter().enumerate() {
+            if let Some(other) = targeted.insert(subject, name) {
+                errors.push(
+                    FieldError::new(
+                        format!("{path}[{j}]"),
+                        format!("is also targeted to variant {other}: a subject gets one variant"),
+                    )
+                    .with_value(subject.as_str()),
+                );
+            }
+        }
+    }
+    for (field, set) in [
+        ("rolloutPercentage", flag.rollout_percentage.is_some()),
+        ("allow", !flag.allow.is_empty()),
+        ("deny", !flag.deny.is_empty()),
+    ] {
+        if set {
+            errors.push(FieldError::new(
+                format!("{base}.{field}"),
+                "is for on/off flags: with variants, use targets and fractional",
+            ));
         }
     }
 }

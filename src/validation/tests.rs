@@ -1738,3 +1738,82 @@ fn a_summary_of_many_errors_fits_its_budget_and_counts_the_rest() {
     assert!(text.ends_with("; … and 2 more errors"), "{text}");
     assert_eq!(summarize(&long[..1], 50).chars().last(), Some('…'));
 }
+
+#[test]
+fn variant_flags_are_checked_whole() {
+    use serde_json::json;
+    let good = FeatureFlag {
+        variants: BTreeMap::from([
+            ("classic".into(), json!("v1")),
+            ("streamlined".into(), json!("v2")),
+        ]),
+        default_variant: Some("classic".into()),
+        fractional: BTreeMap::from([("classic".into(), 50), ("streamlined".into(), 50)]),
+        targets: BTreeMap::from([("streamlined".into(), vec!["user-1".into()])]),
+        ..flag()
+    };
+    assert_valid(check(&rtc().with_flag("checkout_flow", good.clone())));
+
+    let bad = FeatureFlag {
+        variants: BTreeMap::from([
+            ("a".into(), json!("x")),
+            ("b".into(), json!(2)),
+            ("c".into(), json!(null)),
+        ]),
+        default_variant: Some("zz".into()),
+        fractional: BTreeMap::from([("a".into(), 0), ("nope".into(), 5)]),
+        targets: BTreeMap::from([
+            ("a".into(), vec!["u".into()]),
+            ("b".into(), vec!["u".into()]),
+            ("ghost".into(), vec![]),
+        ]),
+        rollout_percentage: Some(50),
+        ..flag()
+    };
+    let errors = check(&rtc().with_flag("f", bad));
+    let found: Vec<(&str, &str)> = errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.rule.as_str()))
+        .collect();
+    for (path, rule) in [
+        (
+            "spec.featureFlags.f.variants.b",
+            "all variants of a flag have one type",
+        ),
+        (
+            "spec.featureFlags.f.variants.c",
+            "must be a boolean, a string",
+        ),
+        ("spec.featureFlags.f.defaultVariant", "names no variant"),
+        (
+            "spec.featureFlags.f.fractional.a",
+            "must be a positive weight",
+        ),
+        ("spec.featureFlags.f.fractional.nope", "names no variant"),
+        ("spec.featureFlags.f.targets.ghost", "names no variant"),
+        (
+            "spec.featureFlags.f.targets.b[0]",
+            "is also targeted to variant a",
+        ),
+        (
+            "spec.featureFlags.f.rolloutPercentage",
+            "is for on/off flags",
+        ),
+    ] {
+        assert!(
+            found.iter().any(|(p, r)| *p == path && r.contains(rule)),
+            "{path}: {rule} not in {found:#?}"
+        );
+    }
+    // The variant fields need variants.
+    let stray = FeatureFlag {
+        default_variant: Some("a".into()),
+        ..flag()
+    };
+    let error = assert_only(
+        check(&rtc().with_flag("f", stray)),
+        "spec.featureFlags.f.defaultVariant",
+        "needs variants",
+    );
+    assert!(error.value.is_none());
+}
