@@ -150,6 +150,99 @@ fn rolled_out(name: &str, flag: &Value, subject: &str) -> bool {
     bucket(name, subject) < pct as u32
 }
 
+/// The flags of an effective document as a flagd flag-definition document
+/// (`target.format: flagd`): what flagd (a sidecar, or an in-process provider in any language)
+/// evaluates to the same variants as [`resolve`], for flags bucketed by flagd.
+///
+/// - A variant flag keeps its `variants` and `defaultVariant`; `enabled: false` is
+///   `state: DISABLED`; `targets` become an `if` over `{"in": [{"var": "targetingKey"}, [...]]}`
+///   and `fractional` its last branch, `{"fractional": [[variant, weight], ...]}` in variant-name
+///   order (flagd's shorthand, bucketing by `[flagKey, targetingKey]`).
+/// - An on/off flag has the variants `on: true` and `off: false`: `deny` and `allow` are the
+///   first branches, then the rollout as `fractional: [[on, pct], [off, 100 - pct]]`; all in
+///   or nobody makes `on` or `off` the default.
+///
+/// Flags bucketed by FNV-1a cannot be written for flagd; validation refuses them with this
+/// format.
+pub fn flagd_definition(document: &Value) -> Value {
+    let flags: serde_json::Map<String, Value> = document
+        .get("featureFlags")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(name, flag)| (name.clone(), flagd_flag(flag)))
+        .collect();
+    serde_json::json!({
+        "$schema": "https://flagd.dev/schema/v0/flags.json",
+        "flags": flags,
+    })
+}
+
+fn flagd_flag(flag: &Value) -> Value {
+    use serde_json::json;
+    let enabled = flag
+        .get("enabled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let state = if enabled { "ENABLED" } else { "DISABLED" };
+    let listed = |subjects: &Value| json!({"in": [{"var": "targetingKey"}, subjects]});
+    let mut branches: Vec<Value> = Vec::new();
+    let (variants, default, rest) = if let Some(variants) = flag.get("variants") {
+        for (variant, subjects) in flag
+            .get("targets")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            if subjects.as_array().is_some_and(|l| !l.is_empty()) {
+                branches.extend([listed(subjects), json!(variant)]);
+            }
+        }
+        let weights: Vec<Value> = flag
+            .get("fractional")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(v, w)| json!([v, w]))
+            .collect();
+        let rest = (!weights.is_empty()).then(|| json!({"fractional": weights}));
+        (variants.clone(), flag["defaultVariant"].clone(), rest)
+    } else {
+        for (list, variant) in [("deny", "off"), ("allow", "on")] {
+            if let Some(subjects) = flag
+                .get(list)
+                .filter(|l| l.as_array().is_some_and(|l| !l.is_empty()))
+            {
+                branches.extend([listed(subjects), json!(variant)]);
+            }
+        }
+        let pct = rollout_of(flag).clamp(0, 100);
+        let (default, rest) = match pct {
+            100 => ("on", None),
+            0 => ("off", None),
+            _ => (
+                "off",
+                Some(json!({"fractional": [["on", pct], ["off", 100 - pct]]})),
+            ),
+        };
+        let default = if enabled { default } else { "off" };
+        (json!({"on": true, "off": false}), json!(default), rest)
+    };
+    let targeting = match (branches.is_empty(), rest) {
+        (true, None) => None,
+        (true, Some(rest)) => Some(rest),
+        (false, rest) => {
+            branches.extend(rest);
+            Some(json!({"if": branches}))
+        }
+    };
+    let mut out = json!({"state": state, "variants": variants, "defaultVariant": default});
+    if let Some(targeting) = targeting {
+        out["targeting"] = targeting;
+    }
+    out
+}
+
 /// Why a flag resolved as it did, in OpenFeature's terms (the OFREP `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resolved {

@@ -7,7 +7,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use hotconf::feature_flags::fractional;
+use hotconf::crd::Format;
+use hotconf::feature_flags::{fractional, resolve};
 use serde_json::{Value, json};
 
 /// The Python that has `openfeature-flagd-core` (`$HOTCONF_FLAGD_PYTHON`, else the virtualenv
@@ -44,27 +45,7 @@ fn every_subject_gets_the_variant_flagd_gives_it() {
         "flags": flags.iter().map(|(key, w)| json!({"key": key, "weights": w})).collect::<Vec<_>>(),
         "subjects": subjects,
     });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flagd_eval.py");
-    let mut child = Command::new(python())
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running flagd's evaluator");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "flagd's evaluator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let flagd: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let flagd = flagd_eval(&request);
     assert_eq!(flagd.len(), flags.len() * subjects.len());
     let mut i = 0;
     let mut seen = std::collections::BTreeSet::new();
@@ -96,4 +77,75 @@ fn every_subject_gets_the_variant_flagd_gives_it() {
         }
     }
     eprintln!("{i} evaluations agree with openfeature-flagd-core 2.0.0");
+}
+
+/// The flagd-format projection (`target.format: flagd`) is what flagd evaluates to the same
+/// variants and values as hotconf, for variant flags (targets and splits) and on/off flags
+/// (deny, allow and a flagd-bucketed rollout).
+#[test]
+fn the_flagd_projection_evaluates_in_flagd_as_in_hotconf() {
+    let doc = json!({"featureFlags": {
+        "checkout_flow": {"variants": {"classic": "v1", "streamlined": "v2"}, "defaultVariant": "classic",
+            "fractional": {"classic": 50, "streamlined": 50}, "targets": {"streamlined": ["beta-1", "beta-2"]},
+            "enabled": true, "bucketing": "flagd"},
+        "banner": {"variants": {"none": "", "sale": "20% off", "ship": "free shipping"}, "defaultVariant": "none",
+            "fractional": {"none": 80, "sale": 10, "ship": 10}, "targets": {}, "enabled": true, "bucketing": "flagd"},
+        "pricing": {"variants": {"a": {"discount": 0}, "b": {"discount": 15}}, "defaultVariant": "a",
+            "fractional": {"a": 1, "b": 3}, "targets": {"b": ["vip"]}, "enabled": true, "bucketing": "flagd"},
+        "static": {"variants": {"x": 1, "y": 2}, "defaultVariant": "y", "fractional": {}, "targets": {"x": ["beta-1"]},
+            "enabled": true, "bucketing": "flagd"},
+        "new_ui": {"enabled": true, "rolloutPercentage": 25, "allow": ["beta-1"], "deny": ["user-3"], "bucketing": "flagd"},
+        "everyone": {"enabled": true, "rolloutPercentage": 100, "allow": [], "deny": ["user-5"]},
+    }});
+    let text = hotconf::document::render(&doc, Format::Flagd);
+    let definition: Value = serde_json::from_str(&text).unwrap();
+    let flags: Vec<&str> = doc["featureFlags"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut subjects: Vec<String> = (0..150).map(|i| format!("user-{i}")).collect();
+    subjects.extend(["beta-1", "beta-2", "vip"].map(String::from));
+    let evaluate: Vec<Value> = flags
+        .iter()
+        .flat_map(|f| subjects.iter().map(move |s| json!([f, s])))
+        .collect();
+    let flagd = flagd_eval(&json!({"definition": definition, "evaluate": evaluate}));
+    assert_eq!(flagd.len(), evaluate.len());
+    for (pair, theirs) in evaluate.iter().zip(&flagd) {
+        let (flag, subject) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        let ours = resolve(flag, &doc["featureFlags"][flag], Some(subject)).unwrap();
+        assert_eq!(
+            (json!(ours.variant), &ours.value),
+            (theirs[0].clone(), &theirs[2]),
+            "{flag}/{subject}: hotconf {ours:?}, flagd {theirs:?}"
+        );
+    }
+    eprintln!("{} evaluations of the flagd projection agree", flagd.len());
+}
+
+/// Runs flagd's evaluator on a request (see tests/fixtures/flagd_eval.py).
+fn flagd_eval(request: &Value) -> Vec<Value> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flagd_eval.py");
+    let mut child = Command::new(python())
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running flagd's evaluator");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "flagd's evaluator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -84,6 +84,16 @@ fn check_text(text: &str, format: Format, expected_hash: Option<&str>) -> Result
         }
         // Any line is a valid properties entry (a key alone means an empty value).
         Format::Properties => Ok(text_checked(text, expected_hash)),
+        // A flagd definition is not the document (it cannot hash back to it): a JSON object
+        // with a `flags` object, identified by the annotation.
+        Format::Flagd => {
+            let value: Value = serde_json::from_str(text)
+                .map_err(|e| format!("the flagd definition does not parse as JSON: {e}"))?;
+            if !value.get("flags").is_some_and(Value::is_object) {
+                return Err("the flagd definition has no flags object".into());
+            }
+            Ok(text_checked(text, expected_hash))
+        }
     }
 }
 
@@ -301,6 +311,11 @@ mod tests {
     #[test]
     fn env_and_properties_get_a_syntax_check() {
         assert!(check("A=1\n# c\n\nexport B=\"x y\"\n", Format::Env, None).is_ok());
+        // A flagd definition: JSON with a flags object, identified by its annotation.
+        let flagd = check("{\"flags\": {}}", Format::Flagd, Some("sha256:h")).unwrap();
+        assert_eq!((flagd.hash.as_str(), flagd.document), ("sha256:h", None));
+        assert!(check("{\"flag\": 1}", Format::Flagd, None).is_err());
+        assert!(check("not json", Format::Flagd, None).is_err());
         let err = check("A=1\nnot a line\n", Format::Env, None).unwrap_err().0;
         assert!(err.starts_with("line 2"), "{err}");
         let ok = check("a.b=1\n", Format::Properties, Some("abc")).unwrap();

@@ -190,6 +190,8 @@ pub fn merge(bytes: &str, format: Format, values: &Values) -> Result<String, Str
             merge_value(&mut doc, values)?;
             Ok(document::render(&doc, format))
         }
+        // A flagd definition holds flags only: there is nothing to merge a value into.
+        Format::Flagd => Ok(bytes.to_string()),
         Format::Properties | Format::Env => {
             let mut out = bytes.to_string();
             if !out.is_empty() && !out.ends_with('\n') {
@@ -221,6 +223,10 @@ pub fn merge_value(doc: &mut Value, values: &Values) -> Result<(), String> {
 
 /// The separate file of `--secrets-output`: `{"values": {key: value}}` in `format`.
 pub fn file(values: &Values, format: Format) -> String {
+    let format = match format {
+        Format::Flagd => Format::Json,
+        other => other,
+    };
     document::render(&json!({ "values": values }), format)
 }
 

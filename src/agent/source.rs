@@ -106,9 +106,12 @@ impl Snapshot {
 /// A snapshot's [`Snapshot::state`]: its identity and its revision.
 pub type State = (String, Option<i64>);
 
-/// The format a data key holds, from its extension (`.yaml`/`.yml`, `.json`, `.properties`,
-/// `.env`); anything else is read as YAML, the operator's default.
+/// The format a data key holds, from its extension (`.flagd.json`, `.yaml`/`.yml`, `.json`,
+/// `.properties`, `.env`); anything else is read as YAML, the operator's default.
 pub fn format_for_key(key: &str) -> Format {
+    if key.to_ascii_lowercase().ends_with(".flagd.json") {
+        return Format::Flagd;
+    }
     match key
         .rsplit_once('.')
         .map(|(_, ext)| ext.to_ascii_lowercase())
@@ -159,6 +162,7 @@ mod tests {
         assert_eq!(format_for_key("x.properties"), Format::Properties);
         assert_eq!(format_for_key("config.env"), Format::Env);
         assert_eq!(format_for_key("settings"), Format::Yaml);
+        assert_eq!(format_for_key("flags.flagd.json"), Format::Flagd);
     }
 
     #[test]

@@ -449,6 +449,9 @@ pub enum Format {
     Properties,
     /// dotenv, `A_B_C=value`.
     Env,
+    /// A flagd flag-definition document of the feature flags (SPEC.md §3.1), for a flagd
+    /// sidecar or an in-process flagd provider; values and maintenance are not in it.
+    Flagd,
 }
 
 impl Format {
@@ -459,6 +462,7 @@ impl Format {
             Format::Json => "config.json",
             Format::Properties => "config.properties",
             Format::Env => "config.env",
+            Format::Flagd => "flags.flagd.json",
         }
     }
 }

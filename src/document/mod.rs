@@ -365,6 +365,12 @@ pub fn render(document: &Value, format: Format) -> String {
             .into_iter()
             .map(|(k, v)| format!("{}={}\n", env_name(&k), escape_env(&v)))
             .collect(),
+        Format::Flagd => {
+            let definition = crate::feature_flags::flagd_definition(&doc);
+            let mut text = serde_json::to_string_pretty(&SortedValue(&definition)).expect("JSON");
+            text.push('\n');
+            text
+        }
     }
 }
 
@@ -377,7 +383,7 @@ pub enum ParseError {
     /// Not YAML.
     #[error("{0}")]
     Yaml(#[from] serde_yaml::Error),
-    /// Properties and env documents lose their types.
+    /// Properties, env and flagd documents are not the document itself.
     #[error("{0} documents cannot be parsed back into typed values")]
     NotReversible(&'static str),
 }
@@ -390,6 +396,7 @@ pub fn parse(text: &str, format: Format) -> Result<Value, ParseError> {
         Format::Yaml => Ok(serde_yaml::from_str(text)?),
         Format::Properties => Err(ParseError::NotReversible("properties")),
         Format::Env => Err(ParseError::NotReversible("env")),
+        Format::Flagd => Err(ParseError::NotReversible("flagd")),
     }
 }
 

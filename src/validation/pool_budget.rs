@@ -43,6 +43,13 @@ pub fn validate_pool_budget(spec: &PoolBudgetSpec) -> Vec<FieldError> {
         }
     }
     check_restart_targets(&spec.restart_targets, &mut errors);
+    if spec.target.as_ref().and_then(|t| t.format) == Some(crate::crd::Format::Flagd) {
+        errors.push(FieldError::new(
+            "spec.target.format",
+            "flagd writes feature flags, and a PoolBudget has none: use yaml, json, properties \
+             or env",
+        ));
+    }
     errors.extend(validate_common(
         spec.target.as_ref(),
         spec.revision_history_limit,

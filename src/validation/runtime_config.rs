@@ -40,11 +40,35 @@ pub fn validate_runtime_config(
         check_maintenance(maintenance, &mut errors);
     }
     check_restart_targets(&spec.restart_targets, &mut errors);
+    if spec.target.as_ref().and_then(|t| t.format) == Some(crate::crd::Format::Flagd) {
+        check_flagd_format(spec, &mut errors);
+    }
     errors.extend(validate_common(
         spec.target.as_ref(),
         spec.revision_history_limit,
     ));
     errors
+}
+
+// `target.format: flagd` writes the flags for flagd, which buckets only as flagd does: a split
+// or a partial rollout bucketed by FNV-1a cannot be written for it.
+fn check_flagd_format(spec: &RuntimeConfigSpec, errors: &mut Vec<FieldError>) {
+    use crate::crd::Bucketing;
+    for (name, flag) in &spec.feature_flags {
+        let splits = if flag.variants.is_empty() {
+            flag.rollout_percentage.is_some_and(|p| p > 0 && p < 100)
+                && flag.bucketing != Some(Bucketing::Flagd)
+        } else {
+            !flag.fractional.is_empty() && flag.bucketing == Some(Bucketing::Fnv1a)
+        };
+        if splits {
+            errors.push(FieldError::new(
+                format!("spec.featureFlags.{name}.bucketing"),
+                "must be flagd with target.format flagd: flagd buckets subjects only its own \
+                 way, so an FNV-1a split would give them other variants there",
+            ));
+        }
+    }
 }
 
 /// The size bounds of [`crate::crd::limits`], which the CRD schema declares too.

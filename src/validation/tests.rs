@@ -1817,3 +1817,35 @@ fn variant_flags_are_checked_whole() {
     );
     assert!(error.value.is_none());
 }
+
+#[test]
+fn the_flagd_format_needs_flagd_bucketing_and_flags() {
+    use crate::crd::{Bucketing, Format, Target};
+    let target = Some(Target {
+        format: Some(Format::Flagd),
+        ..Default::default()
+    });
+    let rollout = FeatureFlag {
+        rollout_percentage: Some(25),
+        ..flag()
+    };
+    let mut spec = rtc().with_flag("new_ui", rollout.clone());
+    spec.target = target.clone();
+    assert_only(
+        check(&spec),
+        "spec.featureFlags.new_ui.bucketing",
+        "must be flagd",
+    );
+    let flagd = FeatureFlag {
+        bucketing: Some(Bucketing::Flagd),
+        ..rollout
+    };
+    let mut spec = rtc().with_flag("new_ui", flagd);
+    spec.target = target.clone();
+    assert_valid(check(&spec));
+    let mut pb = crate::crd::PoolBudgetSpec::default();
+    pb.target = target;
+    let errors = validate_pool_budget(&pb);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "spec.target.format");
+}
