@@ -1843,8 +1843,10 @@ fn the_flagd_format_needs_flagd_bucketing_and_flags() {
     let mut spec = rtc().with_flag("new_ui", flagd);
     spec.target = target.clone();
     assert_valid(check(&spec));
-    let mut pb = crate::crd::PoolBudgetSpec::default();
-    pb.target = target;
+    let pb = crate::crd::PoolBudgetSpec {
+        target,
+        ..Default::default()
+    };
     let errors = validate_pool_budget(&pb);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "spec.target.format");
