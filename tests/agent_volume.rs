@@ -816,3 +816,222 @@ async fn a_restarted_agent_without_a_source_serves_its_last_good_output() {
         .await;
     assert_eq!(got.len(), 1, "announced by the next agent: {got:?}");
 }
+
+// The document of the OFREP test at revision `revision`: on/off, string, object and split flags.
+fn flags_doc(classic: &str) -> serde_json::Value {
+    serde_json::json!({
+        "values": {},
+        "featureFlags": {
+            "new_ui": {"enabled": true, "rolloutPercentage": 100, "allow": ["vip"], "deny": ["mallory"]},
+            "checkout_flow": {"variants": {"classic": classic, "streamlined": "v2"}, "defaultVariant": "classic",
+                "fractional": {"classic": 50, "streamlined": 50}, "targets": {"streamlined": ["beta-1"]},
+                "enabled": true, "bucketing": "flagd"},
+            "pricing": {"variants": {"a": {"discount": 0}, "b": {"discount": 15}}, "defaultVariant": "a",
+                "fractional": {}, "targets": {}, "enabled": false, "bucketing": "flagd"},
+        },
+        "maintenance": {"enabled": false, "reason": "", "until": null},
+    })
+}
+
+// Projects `doc` as revision `revision` into a kubelet-style volume, with its metadata key.
+fn project_flags(dir: &Path, doc: &serde_json::Value, revision: i64) {
+    let meta = Meta {
+        kind: "RuntimeConfig".into(),
+        name: "shop".into(),
+        revision,
+        hash: hotconf::document::hash(doc),
+        file_name: "config.yaml".into(),
+        restart_keys: Vec::new(),
+    };
+    let text = hotconf::document::render(doc, hotconf::crd::Format::Yaml);
+    kubelet_write(
+        dir,
+        &stamp(),
+        &[("config.yaml", &text), (META_KEY, &meta.to_text())],
+    )
+    .unwrap();
+}
+
+// A real OpenFeature client (tests/fixtures/ofrep_client.py) asking the agent at `addr`.
+fn openfeature(addr: &str, asks: serde_json::Value) -> Vec<serde_json::Value> {
+    use std::io::Write as _;
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let python = std::env::var("HOTCONF_FLAGD_PYTHON")
+        .unwrap_or_else(|_| format!("{home}/.cache/hotconf/python/flagd-core-2.0.0/bin/python"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ofrep_client.py");
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{addr}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e} (run `bash hack/test-deps.sh`)"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(asks.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+// POSTs `body` to `path` on `addr` (HTTP/1.0), with extra header lines; the status, headers and
+// body.
+async fn post(addr: &str, path: &str, headers: &str, body: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, head.to_string(), body.to_string())
+}
+
+/// The agent serves OFREP: a real OpenFeature client (the Python SDK's OFREP provider) reads
+/// booleans, strings and objects with their variants and reasons, sees a new revision's value,
+/// and gets the protocol's errors; bulk evaluation has an ETag and answers 304 to it; every
+/// evaluation is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_openfeature_client_reads_flags_from_the_agent() {
+    use hotconf::feature_flags::fractional;
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    project_flags(&mount, &flags_doc("v1"), 1);
+    let (ofrep, admin) = (free_addr(), free_addr());
+    let _agent = spawn_agent(
+        "ofrep",
+        &[
+            format!("--watch-dir={}", mount.display()),
+            format!("--output={}", tmp.path().join("out/config.yaml").display()),
+            format!("--ofrep-addr={ofrep}"),
+            format!("--admin-addr={admin}"),
+        ],
+        &[],
+    );
+    wait_for(20, "the first revision served", || async {
+        // Nothing listens until the agent has started.
+        tokio::net::TcpStream::connect(&ofrep).await.ok()?;
+        let (code, _, body) = post(&ofrep, "/ofrep/v1/evaluate/flags/new_ui", "", "{}").await;
+        (code == 200 && body.contains("\"revision\":1")).then_some(())
+    })
+    .await;
+    let shopper = (0..50)
+        .map(|i| format!("shopper-{i}"))
+        .find(|s| {
+            fractional("checkout_flow", s, &[("classic", 50), ("streamlined", 50)])
+                == Some("streamlined")
+        })
+        .unwrap();
+    let got = openfeature(
+        &ofrep,
+        json!([
+            ["boolean", "new_ui", "vip", false],
+            ["boolean", "new_ui", "mallory", true],
+            ["boolean", "new_ui", "anyone", false],
+            ["string", "checkout_flow", "beta-1", "none"],
+            ["string", "checkout_flow", shopper, "none"],
+            ["object", "pricing", "anyone", {}],
+            ["string", "ghost", "anyone", "fallback"],
+            ["string", "checkout_flow", null, "fallback"],
+        ]),
+    );
+    let expected = [
+        json!([true, "on", "TARGETING_MATCH", null]),
+        json!([false, "off", "TARGETING_MATCH", null]),
+        json!([true, "on", "STATIC", null]),
+        json!(["v2", "streamlined", "TARGETING_MATCH", null]),
+        json!(["v2", "streamlined", "SPLIT", null]),
+        json!([{"discount": 0}, "a", "DISABLED", null]),
+        json!(["fallback", null, "ERROR", "FLAG_NOT_FOUND"]),
+        json!(["fallback", null, "ERROR", "TARGETING_KEY_MISSING"]),
+    ];
+    for (got, want) in got.iter().zip(expected) {
+        assert_eq!(got, &want);
+    }
+
+    // A new revision: its value reaches the client.
+    project_flags(&mount, &flags_doc("v1-bis"), 2);
+    wait_for(20, "revision 2 served", || async {
+        let got = openfeature(
+            &ofrep,
+            json!([["string", "checkout_flow", "nobody-targeted", "x"]]),
+        );
+        let r = resolve_expected("nobody-targeted");
+        (got[0][0] == json!(r)).then_some(())
+    })
+    .await;
+
+    // Bulk: every flag, an ETag, and 304 for it.
+    let body = r#"{"context": {"targetingKey": "beta-1"}}"#;
+    let (code, head, text) = post(&ofrep, "/ofrep/v1/evaluate/flags", "", body).await;
+    assert_eq!(code, 200, "{text}");
+    let bulk: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(bulk["flags"].as_array().unwrap().len(), 3);
+    assert!(
+        bulk["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["metadata"]["revision"] == 2)
+    );
+    let etag = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("etag:")
+                .then(|| l[5..].trim().to_string())
+        })
+        .expect("an ETag");
+    let (code, _, _) = post(
+        &ofrep,
+        "/ofrep/v1/evaluate/flags",
+        &format!("If-None-Match: {etag}\r\n"),
+        body,
+    )
+    .await;
+    assert_eq!(code, 304);
+    let other = r#"{"context": {"targetingKey": "someone-else"}}"#;
+    let (code, _, _) = post(
+        &ofrep,
+        "/ofrep/v1/evaluate/flags",
+        &format!("If-None-Match: {etag}\r\n"),
+        other,
+    )
+    .await;
+    assert_eq!(code, 200, "another subject, another answer");
+    let (code, _, text) = post(&ofrep, "/ofrep/v1/evaluate/flags/new_ui", "", "not json").await;
+    assert_eq!(code, 400);
+    assert!(text.contains("PARSE_ERROR"), "{text}");
+
+    let counted = metric(
+        &admin,
+        r#"hotconf_agent_flag_evaluations_total{flag="checkout_flow",variant="streamlined",reason="TARGETING_MATCH"}"#,
+    )
+    .await;
+    assert!(counted.is_some_and(|n| n >= 2.0), "{counted:?}");
+}
+
+// What checkout_flow gives `subject` at revision 2: its split, classic now "v1-bis".
+fn resolve_expected(subject: &str) -> &'static str {
+    match hotconf::feature_flags::fractional(
+        "checkout_flow",
+        subject,
+        &[("classic", 50), ("streamlined", 50)],
+    ) {
+        Some("classic") => "v1-bis",
+        _ => "v2",
+    }
+}

@@ -28,6 +28,17 @@ use prometheus_client::registry::Registry;
 use super::health::{self, Restart, SourceHealth};
 use super::source::Origin;
 
+/// Labels of the OFREP evaluations.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagLabels {
+    /// The flag.
+    pub flag: String,
+    /// The variant it resolved to.
+    pub variant: String,
+    /// The OpenFeature reason.
+    pub reason: String,
+}
+
 /// Labels of the per-source metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -202,6 +213,7 @@ impl Outcome {
 pub struct Metrics {
     registry: Registry,
     reloads: Family<ReloadLabels, Counter>,
+    flags: Family<FlagLabels, Counter>,
     latency: Histogram,
     revision: Gauge,
     readiness: Mutex<Readiness>,
@@ -258,9 +270,16 @@ impl Metrics {
             let _ = reloads.get_or_create(&outcome.into());
         }
         registry.register_collector(Box::new(sources.clone()));
+        let flags = Family::<FlagLabels, Counter>::default();
+        registry.register(
+            "flag_evaluations",
+            "OFREP flag evaluations by flag, variant and reason",
+            flags.clone(),
+        );
         Metrics {
             registry,
             reloads,
+            flags,
             latency,
             revision,
             readiness: Mutex::new(Readiness::Waiting),
@@ -316,6 +335,17 @@ impl Metrics {
 
     fn readiness(&self) -> std::sync::MutexGuard<'_, Readiness> {
         self.readiness.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one OFREP evaluation.
+    pub fn count_flag(&self, flag: &str, variant: &str, reason: &str) {
+        self.flags
+            .get_or_create(&FlagLabels {
+                flag: flag.to_string(),
+                variant: variant.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// The metrics in the Prometheus text format.

@@ -51,6 +51,7 @@ pub mod check;
 pub mod handoff;
 pub mod health;
 pub mod metrics;
+pub mod ofrep;
 pub mod report;
 pub mod secrets;
 pub mod source;
@@ -136,6 +137,10 @@ pub struct AgentArgs {
     /// Expand ${VAR} and ${VAR:default} in the document's string values before writing.
     #[arg(long, env = "HOTCONF_EXPAND_ENV")]
     pub expand_env: bool,
+    /// Serve the OpenFeature Remote Evaluation Protocol (OFREP) here, e.g. 127.0.0.1:8016:
+    /// the flags of the document handed on last, for any OpenFeature SDK (off by default).
+    #[arg(long, env = "HOTCONF_OFREP_ADDR")]
+    pub ofrep_addr: Option<String>,
     /// Address of the admin server (/metrics, /healthz, /readyz); "off" disables it.
     #[arg(long, env = "HOTCONF_ADMIN_ADDR", default_value = "0.0.0.0:9901")]
     pub admin_addr: String,
@@ -241,6 +246,21 @@ pub async fn run_until(
         tracing::info!(addr = %bound, "admin server listening");
     }
 
+    let flags = Arc::new(ofrep::Flags::default());
+    if let Some(addr) = args
+        .ofrep_addr
+        .as_deref()
+        .filter(|a| !matches!(*a, "" | "off"))
+    {
+        let mut stop = stop_rx.clone();
+        let bound = ofrep::serve(addr, flags.clone(), metrics.clone(), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .with_context(|| format!("serving OFREP on {addr}"))?;
+        tracing::info!(addr = %bound, "OFREP server listening");
+    }
+
     // A client is needed for the API source and for the Pod annotation.
     let pod = args.pod_name.clone().zip(args.pod_namespace.clone());
     let needs_api = args.configmap.is_some() || args.secret.is_some();
@@ -311,6 +331,7 @@ pub async fn run_until(
         output: args.output.clone(),
         secrets_output: args.secrets_output.clone(),
         awaiting: None,
+        flags,
         expand_env: args.expand_env,
         metrics,
         reporter,
@@ -365,6 +386,8 @@ struct Ready {
     secrets: Option<String>,
     // Whether the output holds sensitive values (written with mode 0600).
     private: bool,
+    // The parsed document (YAML and JSON), for the OFREP server.
+    document: Option<serde_json::Value>,
 }
 
 /// The check stage: the text parses, its hash matches the annotation; the bytes to write
@@ -389,6 +412,7 @@ fn prepare(snapshot: &Snapshot, expand_env: bool) -> Result<Ready, String> {
         names_secrets: secrets::named(text, checked.document.as_ref(), format),
         secrets: None,
         private: false,
+        document: checked.document,
     })
 }
 
@@ -432,6 +456,7 @@ enum Fate {
         unchanged: bool,
         notified: Result<(), handoff::NotifyError>,
         handed: Handed,
+        document: Option<serde_json::Value>,
     },
 }
 
@@ -483,6 +508,8 @@ struct Agent {
     notifier: Notifier,
     output: Option<PathBuf>,
     secrets_output: Option<PathBuf>,
+    // What the OFREP server answers from: the flags of the document handed on last.
+    flags: Arc<ofrep::Flags>,
     // A document waiting for the Secret version it belongs to: handled again when a Secret
     // source changes, until it is handed on or a newer document replaces it.
     awaiting: Option<Snapshot>,
@@ -771,6 +798,7 @@ impl Agent {
             unchanged,
             notified,
             handed,
+            document: ready.document,
         }
     }
 
@@ -830,7 +858,11 @@ impl Agent {
                 unchanged,
                 notified,
                 handed,
+                document,
             } => {
+                if let Some(document) = &document {
+                    self.flags.set(document, snapshot.revision, &hash);
+                }
                 let latency = snapshot.seen_at.elapsed();
                 self.arbiter.handled(snapshot, true);
                 self.last_good = Some(Good {
