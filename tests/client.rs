@@ -232,6 +232,14 @@ async fn sensitive_values_are_read_from_the_projected_secret() {
     .expect("revision 2 with its Secret")
     .unwrap();
     assert_eq!(config.get::<String>("db_password").unwrap(), "pw-2");
+    // The subscriber is called just after the swap: wait for it.
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while heard.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the subscriber to hear of the new value");
     assert_eq!(*heard.lock().unwrap(), [Some(json!("pw-2"))]);
 
     // Without the Secret followed, the document reads as projected: no sensitive value.
@@ -706,4 +714,114 @@ fn pool_budget_views_and_pressure_levels() {
         Config::from_value(json!({"values": {}})).budget(),
         Err(ClientError::NotPoolBudget)
     ));
+}
+
+/// The OpenFeature Rust SDK (`open-feature` crate) evaluates hotconf's flags through
+/// `HotconfProvider`: booleans, numbers, strings and objects with their variant, reason and
+/// revision, a new revision's value at once, and the SDK's error codes.
+#[tokio::test]
+async fn the_openfeature_sdk_reads_flags_through_the_provider() {
+    use open_feature::{EvaluationContext, EvaluationErrorCode, EvaluationReason, OpenFeature};
+    let flags = |classic: &str| {
+        json!({
+            "values": {},
+            "featureFlags": {
+                "new_ui": {"enabled": true, "rolloutPercentage": 100, "allow": ["vip"], "deny": []},
+                "checkout_flow": {"variants": {"classic": classic, "streamlined": "v2"}, "defaultVariant": "classic",
+                    "fractional": {"classic": 50, "streamlined": 50}, "targets": {"streamlined": ["beta-1"]},
+                    "enabled": true, "bucketing": "flagd"},
+                "limit": {"variants": {"low": 10, "high": 100}, "defaultVariant": "low", "fractional": {},
+                    "targets": {"high": ["vip"]}, "enabled": true, "bucketing": "flagd"},
+                "pricing": {"variants": {"a": {"discount": 0}, "b": {"discount": 15}}, "defaultVariant": "b",
+                    "fractional": {}, "targets": {}, "enabled": true, "bucketing": "flagd"},
+            },
+            "maintenance": {"enabled": false, "reason": "", "until": null},
+        })
+    };
+    let config = Config::options().env_lookup(|_| None).from_value(json!({}));
+    config.publish(flags("v1"), Some(3));
+    let client = {
+        let mut api = OpenFeature::singleton_mut().await;
+        api.set_provider(hotconf::client::HotconfProvider::new(config.clone()))
+            .await;
+        api.create_client()
+    };
+    let beta = EvaluationContext::default().with_targeting_key("beta-1");
+    let vip = EvaluationContext::default().with_targeting_key("vip");
+    let d = client
+        .get_string_details("checkout_flow", Some(&beta), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.value.as_str(), d.variant.as_deref(), d.reason),
+        (
+            "v2",
+            Some("streamlined"),
+            Some(EvaluationReason::TargetingMatch)
+        )
+    );
+    assert!(
+        format!("{:?}", d.flag_metadata).contains("Int(3)"),
+        "{:?}",
+        d.flag_metadata
+    );
+    assert!(
+        client
+            .get_bool_value("new_ui", Some(&vip), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        client
+            .get_int_value("limit", Some(&vip), None)
+            .await
+            .unwrap(),
+        100
+    );
+    let pricing = client
+        .get_struct_details::<open_feature::StructValue>("pricing", Some(&vip), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        pricing.value.fields["discount"],
+        open_feature::Value::Int(15)
+    );
+    assert_eq!(pricing.reason, Some(EvaluationReason::Static));
+
+    let code =
+        |r: Result<_, open_feature::EvaluationError>| r.map(|_: String| ()).unwrap_err().code;
+    assert_eq!(
+        code(client.get_string_value("ghost", Some(&vip), None).await),
+        EvaluationErrorCode::FlagNotFound
+    );
+    assert_eq!(
+        client
+            .get_bool_value("checkout_flow", Some(&vip), None)
+            .await
+            .unwrap_err()
+            .code,
+        EvaluationErrorCode::TypeMismatch
+    );
+    assert_eq!(
+        code(client.get_string_value("checkout_flow", None, None).await),
+        EvaluationErrorCode::TargetingKeyMissing
+    );
+
+    // A new revision is what the next evaluation sees.
+    config.publish(flags("v1-bis"), Some(4));
+    let nobody = EvaluationContext::default().with_targeting_key("someone");
+    let d = client
+        .get_string_details("checkout_flow", Some(&nobody), None)
+        .await
+        .unwrap();
+    let expected = match hotconf::feature_flags::fractional(
+        "checkout_flow",
+        "someone",
+        &[("classic", 50), ("streamlined", 50)],
+    ) {
+        Some("classic") => "v1-bis",
+        _ => "v2",
+    };
+    assert_eq!(d.value, expected);
+    assert_eq!(d.reason, Some(EvaluationReason::Split));
 }

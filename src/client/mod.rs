@@ -28,10 +28,12 @@
 mod budget;
 mod cache;
 mod document;
+mod provider;
 mod stats;
 
 pub use document::{Document, Maintenance, env_var};
 use document::{EnvLookup, Settings};
+pub use provider::HotconfProvider;
 pub use stats::{ClientStats, MAX_NAMES, OTHER, Source};
 
 pub use budget::{
