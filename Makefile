@@ -68,7 +68,8 @@ bench:
 	TMPDIR=$$tmp $(CARGO) bench --bench cluster && \
 	TMPDIR=$$tmp $(CARGO) bench --bench admission && \
 	TMPDIR=$$tmp $(CARGO) bench --bench fleet && \
-	$(CARGO) bench --bench agent_latency
+	$(CARGO) bench --bench agent_latency && \
+	$(CARGO) bench --bench ofrep
 
 ## chaos: the chaos suite (release build): operator replicas behind a fault proxy, writers, faults
 ## on a schedule (leader kills and handovers, kube-apiserver and etcd restarts, compaction, the
