@@ -363,19 +363,30 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(metrics);
+    serve_app(addr, app, "admin", shutdown).await
+}
+
+/// Binds `addr` and serves `app` on it in the background until `shutdown` resolves (`what`
+/// names the server in the log if it stops); returns the bound address.
+pub(crate) async fn serve_app(
+    addr: &str,
+    app: Router,
+    what: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
         {
-            tracing::error!(error = %e, "the admin server stopped");
+            tracing::error!(error = %e, server = what, "a server of the agent stopped");
         }
     });
     Ok(bound)

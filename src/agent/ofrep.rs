@@ -75,21 +75,11 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/ofrep/v1/evaluate/flags/{key}", post(one))
         .route("/ofrep/v1/evaluate/flags", post(bulk))
         .with_state(Server { flags, metrics });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "the OFREP server stopped");
-        }
-    });
-    Ok(bound)
+    super::metrics::serve_app(addr, app, "OFREP", shutdown).await
 }
 
 // An OFREP error: the status and the body's errorCode and errorDetails.
