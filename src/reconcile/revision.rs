@@ -52,11 +52,23 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         .iter()
         .filter_map(|(k, v)| v.as_ref().ok().map(|s| (k.clone(), s.clone())))
         .collect();
-    let evaluated = errors.is_empty().then(|| obj.evaluate(&resolved, now));
-    if let Some(eff) = &evaluated {
+    let latest_entry = prev
+        .latest_revision
+        .and_then(|r| prev.history.iter().find(|s| s.revision == r));
+    let evaluated = errors.is_empty().then(|| {
+        let eff = obj.evaluate(&resolved, now);
+        let hash = document::hash(&eff.document);
+        (eff, hash)
+    });
+    // Whether a document can be kept and projected is asked of a new one only: the latest
+    // revision's document passed when it was recorded, and a converged reconcile renders
+    // nothing more.
+    if let Some((eff, hash)) = &evaluated
+        && latest_entry.map(|s| &s.hash) != Some(hash)
+    {
         errors.extend(unprojectable(eff, &cx.target));
     }
-    let Some(eff) = evaluated.filter(|_| errors.is_empty()) else {
+    let Some((eff, hash)) = evaluated.filter(|_| errors.is_empty()) else {
         // An unrecorded projection is recorded even now: a pin may project an older revision
         // over it next, and its number must never be given to another document.
         if let Some(snapshot) = unrecorded_projection(cx, cm_revision, cm_hash.as_deref(), "") {
@@ -68,10 +80,6 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             recovered: None,
         };
     };
-    let latest_entry = prev
-        .latest_revision
-        .and_then(|r| prev.history.iter().find(|s| s.revision == r));
-    let hash = document::hash(&eff.document);
     draft.plan.requeue_after = eff
         .next_change
         .map(|t| (t - now).to_std().unwrap_or_default() + Duration::from_secs(1));
