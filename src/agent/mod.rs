@@ -457,6 +457,8 @@ enum Fate {
         notified: Result<(), handoff::NotifyError>,
         handed: Handed,
         document: Option<serde_json::Value>,
+        // The SHA-256 of the output's bytes (what the file holds now).
+        output_sha256: String,
     },
 }
 
@@ -593,12 +595,10 @@ impl Agent {
         }
     }
 
-    // Records what the output file holds now, for the next start.
-    fn persist(&self, snapshot: &Snapshot, hash: &str, announced: bool) {
+    // Records what the output file holds now (`output_sha256`: the SHA-256 of its bytes), for
+    // the next start.
+    fn persist(&self, snapshot: &Snapshot, hash: &str, announced: bool, output_sha256: String) {
         let Some(output) = &self.output else {
-            return;
-        };
-        let Ok(bytes) = std::fs::read(output) else {
             return;
         };
         let st = state::State {
@@ -607,7 +607,7 @@ impl Agent {
             identity: snapshot.identity.clone(),
             kind: snapshot.owner.kind.clone(),
             name: snapshot.owner.name.clone(),
-            output_sha256: source::sha256_hex(&bytes),
+            output_sha256,
             announced,
         };
         if let Err(e) = state::write(output, &st) {
@@ -749,6 +749,7 @@ impl Agent {
     async fn hand_off(&mut self, snapshot: &Snapshot, mut ready: Ready) -> Fate {
         let first = std::mem::replace(&mut self.first, false);
         let settled = self.settled.as_deref() == Some(snapshot.identity.as_str());
+        let output_sha256 = source::sha256_hex(ready.bytes.as_bytes());
         // The values first, so that the application never reads a document without them.
         let files: Vec<(PathBuf, String, bool)> = [
             (self.secrets_output.clone(), ready.secrets.take(), true),
@@ -799,6 +800,7 @@ impl Agent {
             notified,
             handed,
             document: ready.document,
+            output_sha256,
         }
     }
 
@@ -859,6 +861,7 @@ impl Agent {
                 notified,
                 handed,
                 document,
+                output_sha256,
             } => {
                 if let Some(document) = &document {
                     self.flags.set(document, snapshot.revision, &hash);
@@ -872,7 +875,7 @@ impl Agent {
                 });
                 self.metrics.set_revision(snapshot.revision);
                 self.metrics.set_ready();
-                self.persist(snapshot, &hash, notified.is_ok());
+                self.persist(snapshot, &hash, notified.is_ok(), output_sha256);
                 self.settled = notified.is_ok().then(|| snapshot.identity.clone());
                 // A newer document replaces one the application was never told about.
                 self.unannounced = None;
