@@ -88,32 +88,16 @@ impl Reason {
 
 /// Whether a flag (as it appears in the effective document's `featureFlags`) is on for a
 /// subject. `deny` wins over everything, `enabled: false` turns it off for everyone else, then
-/// `allow` forces it on, then the rollout percentage decides.
+/// `allow` forces it on, then the rollout percentage decides. A variant flag is on when it
+/// resolves to `true`.
 pub fn is_enabled(name: &str, flag: &Value, subject: &str) -> bool {
-    evaluate_any(name, flag, subject).0
+    if flag.get("variants").is_some() {
+        return resolve(name, flag, Some(subject)).is_some_and(|r| r.value == Value::Bool(true));
+    }
+    evaluate(name, flag, subject).0
 }
 
-/// [`evaluate`] for any flag: a variant flag is on when it resolves to `true`, and its reason
-/// is told in [`Reason`]'s terms (a listed subject as `allow`, a split or static value as
-/// `rollout`).
-pub fn evaluate_any(name: &str, flag: &Value, subject: &str) -> (bool, Reason) {
-    if flag.get("variants").is_none() {
-        return evaluate(name, flag, subject);
-    }
-    match resolve(name, flag, Some(subject)) {
-        Some(r) => {
-            let reason = match r.reason {
-                Resolved::Disabled => Reason::Disabled,
-                Resolved::TargetingMatch => Reason::Allowed,
-                _ => Reason::Rollout,
-            };
-            (r.value == Value::Bool(true), reason)
-        }
-        None => (false, Reason::Unknown),
-    }
-}
-
-/// [`is_enabled`], with the reason.
+/// [`is_enabled`] of an on/off flag, with the reason.
 pub fn evaluate(name: &str, flag: &Value, subject: &str) -> (bool, Reason) {
     let listed = |list: &str| {
         flag.get(list)

@@ -192,15 +192,9 @@ impl Document {
     /// Whether a feature flag is on for a subject (SPEC.md §3: deny, enabled, allow, then the
     /// FNV-1a rollout bucket). An unknown flag is off.
     pub fn is_enabled(&self, flag: &str, subject: &str) -> bool {
-        let (on, reason) = self
-            .value
-            .get("featureFlags")
-            .and_then(|f| f.get(flag))
-            .map_or((false, crate::feature_flags::Reason::Unknown), |f| {
-                crate::feature_flags::evaluate_any(flag, f, subject)
-            });
-        self.settings.stats.flag(flag, on, reason);
-        on
+        // Counted as every evaluation is, in `resolve_flag`.
+        self.resolve_flag(flag, Some(subject))
+            .is_some_and(|r| r.value == Value::Bool(true))
     }
 
     /// What a flag resolves to for a subject (`None`: none known), with its variant and the
