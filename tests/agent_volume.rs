@@ -344,6 +344,12 @@ async fn a_failed_write_is_tried_again_until_it_lands() {
     server
         .until(&doc(1, "rewrite"), Duration::from_secs(30))
         .await;
+    // The agent records what it announced beside the output, just after the app's answer:
+    // the directory goes only once that is written.
+    wait_for(10, "the agent's state beside the output", || async {
+        hotconf::agent::state::read(&output).filter(|s| s.announced)
+    })
+    .await;
     std::fs::remove_dir_all(&app_dir).unwrap();
     std::fs::write(&app_dir, "not a directory").unwrap();
     swap(&mount, &doc(2, "rewrite"));
@@ -854,32 +860,7 @@ fn project_flags(dir: &Path, doc: &serde_json::Value, revision: i64) {
 
 // A real OpenFeature client (tests/fixtures/ofrep_client.py) asking the agent at `addr`.
 fn openfeature(addr: &str, asks: serde_json::Value) -> Vec<serde_json::Value> {
-    use std::io::Write as _;
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let python = std::env::var("HOTCONF_FLAGD_PYTHON")
-        .unwrap_or_else(|_| format!("{home}/.cache/hotconf/python/flagd-core-2.0.0/bin/python"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ofrep_client.py");
-    let mut child = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(format!("http://{addr}"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{python}: {e} (run `bash hack/test-deps.sh`)"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(asks.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    agent_common::run_python_json("ofrep_client.py", &[format!("http://{addr}")], &asks)
 }
 
 // POSTs `body` to `path` on `addr` (HTTP/1.0), with extra header lines; the status, headers and

@@ -3,29 +3,11 @@
 //! from PyPI by `hack/test-deps.sh`, evaluates a spread of flags and subjects, and
 //! `hotconf::feature_flags::fractional` must give the same variant for every one.
 
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod agent_common;
 
 use hotconf::crd::Format;
 use hotconf::feature_flags::{fractional, resolve};
 use serde_json::{Value, json};
-
-/// The Python that has `openfeature-flagd-core` (`$HOTCONF_FLAGD_PYTHON`, else the virtualenv
-/// `hack/test-deps.sh` makes).
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("HOTCONF_FLAGD_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let path = PathBuf::from(home).join(".cache/hotconf/python/flagd-core-2.0.0/bin/python");
-    assert!(
-        path.exists(),
-        "{} is missing: run `bash hack/test-deps.sh` (it installs openfeature-flagd-core 2.0.0 from PyPI)",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn every_subject_gets_the_variant_flagd_gives_it() {
@@ -127,25 +109,5 @@ fn the_flagd_projection_evaluates_in_flagd_as_in_hotconf() {
 
 /// Runs flagd's evaluator on a request (see tests/fixtures/flagd_eval.py).
 fn flagd_eval(request: &Value) -> Vec<Value> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flagd_eval.py");
-    let mut child = Command::new(python())
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running flagd's evaluator");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "flagd's evaluator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    agent_common::run_python_json("flagd_eval.py", &[], request)
 }

@@ -277,3 +277,55 @@ impl Drop for Agent {
         }
     }
 }
+
+/// The Python that has flagd's evaluator and the OpenFeature SDK's OFREP provider
+/// (`$HOTCONF_FLAGD_PYTHON`, else the virtualenv `hack/test-deps.sh` makes).
+pub fn flagd_python() -> PathBuf {
+    if let Ok(p) = std::env::var("HOTCONF_FLAGD_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let path = PathBuf::from(home).join(".cache/hotconf/python/flagd-core-2.0.0/bin/python");
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash hack/test-deps.sh` (it installs openfeature-flagd-core 2.0.0 \
+         and openfeature-provider-ofrep 0.3.0 from PyPI)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `tests/fixtures/<script>` with [`flagd_python`] and `args`, `input` as JSON on stdin;
+/// its stdout, parsed.
+pub fn run_python_json<T: serde::de::DeserializeOwned>(
+    script: &str,
+    args: &[String],
+    input: &Value,
+) -> T {
+    use std::io::Write as _;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(script);
+    let mut child = std::process::Command::new(flagd_python())
+        .arg(&script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
