@@ -740,10 +740,11 @@ async fn the_openfeature_sdk_reads_flags_through_the_provider() {
     };
     let config = Config::options().env_lookup(|_| None).from_value(json!({}));
     config.publish(flags("v1"), Some(3));
+    let provider = hotconf::client::HotconfProvider::new(config.clone());
+    let mut events = provider.events();
     let client = {
         let mut api = OpenFeature::singleton_mut().await;
-        api.set_provider(hotconf::client::HotconfProvider::new(config.clone()))
-            .await;
+        api.set_provider(provider).await;
         api.create_client()
     };
     let beta = EvaluationContext::default().with_targeting_key("beta-1");
@@ -807,8 +808,16 @@ async fn the_openfeature_sdk_reads_flags_through_the_provider() {
         EvaluationErrorCode::TargetingKeyMissing
     );
 
-    // A new revision is what the next evaluation sees.
+    // A new revision is what the next evaluation sees, and the provider announces it with
+    // the flag that changed.
     config.publish(flags("v1-bis"), Some(4));
+    assert_eq!(
+        events.next().await,
+        Some(hotconf::client::ProviderEvent {
+            revision: Some(4),
+            flags_changed: vec!["checkout_flow".into()],
+        })
+    );
     let nobody = EvaluationContext::default().with_targeting_key("someone");
     let d = client
         .get_string_details("checkout_flow", Some(&nobody), None)
@@ -824,4 +833,16 @@ async fn the_openfeature_sdk_reads_flags_through_the_provider() {
     };
     assert_eq!(d.value, expected);
     assert_eq!(d.reason, Some(EvaluationReason::Split));
+
+    // A change of values only is a configuration change that names no flag.
+    let mut values_only = flags("v1-bis");
+    values_only["values"] = json!({"timeout": 5});
+    config.publish(values_only, Some(5));
+    assert_eq!(
+        events.next().await,
+        Some(hotconf::client::ProviderEvent {
+            revision: Some(5),
+            flags_changed: vec![],
+        })
+    );
 }

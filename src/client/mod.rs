@@ -33,7 +33,7 @@ mod stats;
 
 pub use document::{Document, Maintenance, env_var};
 use document::{EnvLookup, Settings};
-pub use provider::HotconfProvider;
+pub use provider::{HotconfProvider, ProviderEvent, ProviderEvents};
 pub use stats::{ClientStats, MAX_NAMES, OTHER, Source};
 
 pub use budget::{

@@ -18,6 +18,11 @@
 //! metadata `revision`) come with every value. Errors: `FLAG_NOT_FOUND` for an unknown flag,
 //! `TYPE_MISMATCH` when the value is not of the type asked for, `TARGETING_KEY_MISSING` when
 //! the flag splits subjects and the context has no targeting key.
+//!
+//! Provider events: the `open-feature` crate (0.2 and 0.3) has no event API, so the provider
+//! hands them out itself: [`HotconfProvider::events`] yields OpenFeature's
+//! `PROVIDER_CONFIGURATION_CHANGED` for each new revision, with the flags whose definition
+//! changed (`flagsChanged` in the specification's event details).
 
 use open_feature::provider::{
     FeatureProvider, ProviderMetadata, ProviderStatus, ResolutionDetails,
@@ -27,8 +32,10 @@ use open_feature::{
     FlagMetadata, StructValue, async_trait,
 };
 use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::watch;
 
-use super::Config;
+use super::{Config, Document};
 use crate::feature_flags::Resolved;
 
 /// The OpenFeature provider of a [`Config`].
@@ -43,6 +50,16 @@ impl HotconfProvider {
         HotconfProvider {
             config,
             metadata: ProviderMetadata::new("hotconf"),
+        }
+    }
+
+    /// The provider's events from now on: one [`ProviderEvent`] per new document swapped in.
+    /// Take the stream before handing the provider to the SDK (`set_provider` keeps it).
+    pub fn events(&self) -> ProviderEvents {
+        ProviderEvents {
+            changes: self.config.changes(),
+            config: self.config.clone(),
+            last: self.config.snapshot(),
         }
     }
 
@@ -93,6 +110,50 @@ impl HotconfProvider {
             variant: Some(r.variant),
             reason: Some(reason),
             flag_metadata: Some(metadata),
+        })
+    }
+}
+
+/// An OpenFeature provider event (the specification's `PROVIDER_CONFIGURATION_CHANGED`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderEvent {
+    /// The revision now in use (when the source names it).
+    pub revision: Option<i64>,
+    /// The flags added, removed or redefined since the previous event, in name order; empty
+    /// when only values or maintenance changed.
+    pub flags_changed: Vec<String>,
+}
+
+/// The events of a [`HotconfProvider`], from [`HotconfProvider::events`].
+pub struct ProviderEvents {
+    changes: watch::Receiver<u64>,
+    config: Config,
+    last: Arc<Document>,
+}
+
+impl ProviderEvents {
+    /// Waits for the next new document and describes it; `None` when the configuration is
+    /// gone. Documents swapped in while nobody waited are described together.
+    pub async fn next(&mut self) -> Option<ProviderEvent> {
+        self.changes.changed().await.ok()?;
+        let now = self.config.snapshot();
+        let flags = |d: &Document| d.value()["featureFlags"].as_object().cloned();
+        let (before, after) = (
+            flags(&self.last).unwrap_or_default(),
+            flags(&now).unwrap_or_default(),
+        );
+        let mut flags_changed: Vec<String> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|k| before.get(*k) != after.get(*k))
+            .cloned()
+            .collect();
+        flags_changed.sort();
+        flags_changed.dedup();
+        self.last = now;
+        Some(ProviderEvent {
+            revision: self.last.revision(),
+            flags_changed,
         })
     }
 }
