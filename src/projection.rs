@@ -89,6 +89,8 @@ pub struct ResolvedTarget {
     pub file_name: String,
     /// One data key per value too.
     pub flatten: bool,
+    /// The data key of the flags as a flagd definition beside the document, if any.
+    pub flagd_file_name: Option<String>,
 }
 
 impl ResolvedTarget {
@@ -103,6 +105,7 @@ impl ResolvedTarget {
                 .file_name
                 .unwrap_or_else(|| format.default_file_name().to_string()),
             flatten: t.flatten,
+            flagd_file_name: t.flagd_file_name,
         }
     }
 }
@@ -155,17 +158,26 @@ fn meta(target: &ResolvedTarget, stamp: &Stamp) -> ObjectMeta {
     }
 }
 
-/// The ConfigMap data of a document: the whole document under `file_name` and, with
-/// `flatten`, one key per leaf (dotted path; a path that is not a valid key is left out). The
+/// The ConfigMap data of a document: the whole document under `file_name`, with
+/// `flagd_file_name` the flags as a flagd definition, and with `flatten` one key per leaf
+/// (dotted path; a path that is not a valid key, or one of those names, is left out). The
 /// metadata key, which needs the revision, is added by [`config_map`].
 pub fn config_map_data(document: &Value, target: &ResolvedTarget) -> BTreeMap<String, String> {
     let mut data = BTreeMap::new();
+    let flagd = target.flagd_file_name.as_deref();
     if target.flatten {
         for (k, v) in document::flatten(document) {
-            if is_valid_data_key(&k) && k != target.file_name && k != META_KEY {
+            if is_valid_data_key(&k)
+                && k != target.file_name
+                && k != META_KEY
+                && Some(k.as_str()) != flagd
+            {
                 data.insert(k, v);
             }
         }
+    }
+    if let Some(key) = flagd {
+        data.insert(key.to_string(), document::render(document, Format::Flagd));
     }
     data.insert(
         target.file_name.clone(),
@@ -393,6 +405,33 @@ mod tests {
         assert_eq!(
             moved.data.unwrap()[META_KEY],
             Meta::of(&target, &next).to_text()
+        );
+    }
+
+    #[test]
+    fn the_flagd_key_holds_the_flags_beside_the_document() {
+        let target = ResolvedTarget {
+            flatten: true,
+            flagd_file_name: Some("flags.flagd.json".into()),
+            ..ResolvedTarget::resolve(None, "shop")
+        };
+        let doc = json!({
+            "values": {"a": 1},
+            "featureFlags": {"new_ui": {"enabled": true, "rolloutPercentage": 100}},
+            "flags.flagd.json": "a value that flatten would put under the flagd key",
+        });
+        let data = config_map(&doc, &target, &stamp()).data.unwrap();
+        let flagd: Value = serde_json::from_str(&data["flags.flagd.json"]).unwrap();
+        assert_eq!(
+            flagd,
+            serde_json::from_str::<Value>(&document::render(&doc, Format::Flagd)).unwrap()
+        );
+        assert!(flagd["flags"]["new_ui"].is_object(), "{flagd}");
+        assert!(data["config.yaml"].contains("rolloutPercentage: 100"));
+        assert_eq!(data["values.a"], "1");
+        assert_eq!(
+            Meta::parse(&data[META_KEY]).unwrap().file_name,
+            "config.yaml"
         );
     }
 

@@ -30,6 +30,7 @@ fn target() -> ResolvedTarget {
         format: Format::Yaml,
         file_name: "config.yaml".into(),
         flatten: false,
+        flagd_file_name: None,
     }
 }
 

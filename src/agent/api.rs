@@ -81,9 +81,13 @@ impl ApiState {
 /// The snapshot of a ConfigMap's data key (`key`, or the default key).
 pub fn snapshot_of(cm: &ConfigMap, key: Option<&str>) -> Snapshot {
     let data = cm.data.clone().unwrap_or_default();
-    let chosen = key
-        .map(str::to_string)
-        .or_else(|| default_key(data.keys().map(String::as_str)));
+    let chosen = key.map(str::to_string).or_else(|| {
+        let described = data.get(META_KEY).and_then(|t| Meta::parse(t).ok());
+        default_key(
+            data.keys().map(String::as_str),
+            described.as_ref().map(|m| m.file_name.as_str()),
+        )
+    });
     let keys = || data.keys().cloned().collect::<Vec<_>>().join(", ");
     let text = match &chosen {
         Some(k) => data.get(k).cloned().ok_or_else(|| {

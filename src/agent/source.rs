@@ -123,11 +123,18 @@ pub fn format_for_key(key: &str) -> Format {
     }
 }
 
-/// Which data key holds the document when `--file` is not given: the only key; else
-/// `config.yaml`; else the first of `config.json`, `config.properties`, `config.env` present.
-/// The metadata key ([`META_KEY`]) is not a candidate: it describes the document.
-pub fn default_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<String> {
+/// Which data key holds the document when `--file` is not given: the one the metadata key
+/// names (`described`, its `fileName`), when present; else the only key; else `config.yaml`;
+/// else the first of `config.json`, `config.properties`, `config.env` present. The metadata
+/// key ([`META_KEY`]) is not a candidate: it describes the document.
+pub fn default_key<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+    described: Option<&str>,
+) -> Option<String> {
     let keys: Vec<&str> = keys.into_iter().filter(|k| *k != META_KEY).collect();
+    if let Some(described) = described.filter(|d| keys.contains(d)) {
+        return Some(described.to_string());
+    }
     if let [only] = keys.as_slice() {
         return Some((*only).to_string());
     }
@@ -167,23 +174,34 @@ mod tests {
 
     #[test]
     fn default_key_is_the_only_key_else_config_yaml() {
-        assert_eq!(default_key(["app.json"]).as_deref(), Some("app.json"));
+        assert_eq!(default_key(["app.json"], None).as_deref(), Some("app.json"));
         assert_eq!(
-            default_key(["values.a", "config.yaml", "values.b"]).as_deref(),
+            default_key(["values.a", "config.yaml", "values.b"], None).as_deref(),
             Some("config.yaml")
         );
         assert_eq!(
-            default_key(["values.a", "config.env"]).as_deref(),
+            default_key(["values.a", "config.env"], None).as_deref(),
             Some("config.env")
         );
-        assert_eq!(default_key(["a", "b"]), None);
+        assert_eq!(default_key(["a", "b"], None), None);
         assert_eq!(
-            default_key([META_KEY, "app.json"]).as_deref(),
+            default_key([META_KEY, "app.json"], None).as_deref(),
             Some("app.json"),
             "the metadata key is not the only key's rival"
         );
-        assert_eq!(default_key([META_KEY]), None);
-        assert_eq!(default_key([]), None);
+        assert_eq!(default_key([META_KEY], None), None);
+        assert_eq!(default_key([], None), None);
+        // The metadata's fileName wins over every rule, but only for a key that is there.
+        let beside = ["app.json", "flags.flagd.json", META_KEY];
+        assert_eq!(default_key(beside, None), None);
+        assert_eq!(
+            default_key(beside, Some("app.json")).as_deref(),
+            Some("app.json")
+        );
+        assert_eq!(
+            default_key(["config.yaml", "x"], Some("gone.yaml")).as_deref(),
+            Some("config.yaml")
+        );
     }
 
     #[test]

@@ -116,10 +116,10 @@ pub fn read_pick(dir: &Path, pick: Pick<'_>) -> std::io::Result<Read> {
                 None => continue,
             },
         };
-        let Some(key) = key
-            .map(str::to_string)
-            .or_else(|| default_key(keys.clone()))
-        else {
+        let Some(key) = key.map(str::to_string).or_else(|| {
+            let described = read_meta(&base).ok().flatten().map(|m| m.file_name);
+            default_key(keys.clone(), described.as_deref())
+        }) else {
             return Ok(Read::Found {
                 key: String::new(),
                 text: Err(format!(

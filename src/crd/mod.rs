@@ -486,6 +486,13 @@ pub struct Target {
     /// Also write one data key per value.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flatten: bool,
+    /// Also write the feature flags as a flagd flag-definition document under this data key
+    /// (e.g. `flags.flagd.json`), beside the document: the hotconf agent and a flagd provider
+    /// in the same pod read one ConfigMap (RuntimeConfig only; SPEC.md §3.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = limits::NAME_LENGTH), regex(pattern = DATA_KEY_PATTERN))]
+    #[x_kube(validation = cel::data_key())]
+    pub flagd_file_name: Option<String>,
 }
 
 fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -256,7 +256,8 @@ pub(crate) fn unprojectable(
             errors.push(FieldError::new(
                 "spec",
                 format!(
-                    "projects {bytes} bytes into the {what} {}, more than the {MAX_PROJECTED_BYTES}                      bytes a {what} can hold{}: make the configuration smaller or split it",
+                    "projects {bytes} bytes into the {what} {}, more than the {MAX_PROJECTED_BYTES} \
+                     bytes a {what} can hold{}: make the configuration smaller or split it",
                     target.name,
                     if target.flatten && what == "ConfigMap" {
                         " (target.flatten writes every value twice)"

@@ -236,5 +236,33 @@ pub fn validate_common(
             );
         }
     }
+    if let Some(file) = &target.flagd_file_name {
+        let path = "spec.target.flagdFileName";
+        let document = target
+            .file_name
+            .as_deref()
+            .unwrap_or(target.format.unwrap_or_default().default_file_name());
+        if !is_data_key(file) {
+            errors.push(FieldError::new(path, DATA_KEY_RULE).with_value(file.as_str()));
+        } else if file == META_KEY || file == document {
+            errors.push(
+                FieldError::new(
+                    path,
+                    format!(
+                        "must differ from {META_KEY} (the revision and hash) and from the \
+                         document's key {document:?}"
+                    ),
+                )
+                .with_value(file.as_str()),
+            );
+        }
+        if target.format == Some(crate::crd::Format::Flagd) {
+            errors.push(FieldError::new(
+                path,
+                "must not be set with format flagd: the document already is the flagd \
+                 definition",
+            ));
+        }
+    }
     errors
 }

@@ -50,6 +50,16 @@ pub fn validate_pool_budget(spec: &PoolBudgetSpec) -> Vec<FieldError> {
              or env",
         ));
     }
+    if spec
+        .target
+        .as_ref()
+        .is_some_and(|t| t.flagd_file_name.is_some())
+    {
+        errors.push(FieldError::new(
+            "spec.target.flagdFileName",
+            "writes feature flags, and a PoolBudget has none",
+        ));
+    }
     errors.extend(validate_common(
         spec.target.as_ref(),
         spec.revision_history_limit,

@@ -40,8 +40,12 @@ pub fn validate_runtime_config(
         check_maintenance(maintenance, &mut errors);
     }
     check_restart_targets(&spec.restart_targets, &mut errors);
-    if spec.target.as_ref().and_then(|t| t.format) == Some(crate::crd::Format::Flagd) {
-        check_flagd_format(spec, &mut errors);
+    if let Some(target) = &spec.target {
+        if target.format == Some(crate::crd::Format::Flagd) {
+            check_flagd_format(spec, "target.format flagd", &mut errors);
+        } else if target.flagd_file_name.is_some() {
+            check_flagd_format(spec, "target.flagdFileName", &mut errors);
+        }
     }
     errors.extend(validate_common(
         spec.target.as_ref(),
@@ -50,9 +54,10 @@ pub fn validate_runtime_config(
     errors
 }
 
-// `target.format: flagd` writes the flags for flagd, which buckets only as flagd does: a split
-// or a partial rollout bucketed by FNV-1a cannot be written for it.
-fn check_flagd_format(spec: &RuntimeConfigSpec, errors: &mut Vec<FieldError>) {
+// `target.format: flagd` and `target.flagdFileName` write the flags for flagd, which buckets
+// only as flagd does: a split or a partial rollout bucketed by FNV-1a cannot be written for it.
+// `why` names the setting.
+fn check_flagd_format(spec: &RuntimeConfigSpec, why: &str, errors: &mut Vec<FieldError>) {
     use crate::crd::Bucketing;
     for (name, flag) in &spec.feature_flags {
         let splits = if flag.variants.is_empty() {
@@ -64,8 +69,10 @@ fn check_flagd_format(spec: &RuntimeConfigSpec, errors: &mut Vec<FieldError>) {
         if splits {
             errors.push(FieldError::new(
                 format!("spec.featureFlags.{name}.bucketing"),
-                "must be flagd with target.format flagd: flagd buckets subjects only its own \
-                 way, so an FNV-1a split would give them other variants there",
+                format!(
+                    "must be flagd with {why}: flagd buckets subjects only its own way, so an \
+                     FNV-1a split would give them other variants there"
+                ),
             ));
         }
     }

@@ -1851,3 +1851,59 @@ fn the_flagd_format_needs_flagd_bucketing_and_flags() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "spec.target.format");
 }
+
+#[test]
+fn the_flagd_key_beside_the_document_needs_flagd_bucketing_and_its_own_name() {
+    use crate::crd::{Bucketing, Format, Target};
+    let beside = |key: &str| {
+        Some(Target {
+            flagd_file_name: Some(key.to_owned()),
+            ..Default::default()
+        })
+    };
+    let rollout = FeatureFlag {
+        rollout_percentage: Some(25),
+        ..flag()
+    };
+    let mut spec = rtc().with_flag("new_ui", rollout.clone());
+    spec.target = beside("flags.flagd.json");
+    assert_only(
+        check(&spec),
+        "spec.featureFlags.new_ui.bucketing",
+        "must be flagd with target.flagdFileName",
+    );
+    let mut spec = rtc().with_flag(
+        "new_ui",
+        FeatureFlag {
+            bucketing: Some(Bucketing::Flagd),
+            ..rollout
+        },
+    );
+    spec.target = beside("flags.flagd.json");
+    assert_valid(check(&spec));
+    // The document's own key, the metadata key, a key the API server refuses: each named.
+    for (key, says) in [
+        ("config.yaml", "must differ from"),
+        (crate::projection::META_KEY, "must differ from"),
+        ("flags/flagd.json", "must consist of"),
+    ] {
+        spec.target = beside(key);
+        assert_only(check(&spec), "spec.target.flagdFileName", says);
+    }
+    spec.target = Some(Target {
+        format: Some(Format::Flagd),
+        ..beside("more.flagd.json").unwrap()
+    });
+    assert_only(
+        check(&spec),
+        "spec.target.flagdFileName",
+        "must not be set with format flagd",
+    );
+    let pb = crate::crd::PoolBudgetSpec {
+        target: beside("flags.flagd.json"),
+        ..Default::default()
+    };
+    let errors = validate_pool_budget(&pb);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "spec.target.flagdFileName");
+}
