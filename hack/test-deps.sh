@@ -13,14 +13,15 @@ if ! command -v helm >/dev/null 2>&1; then
 fi
 command -v kubectl >/dev/null 2>&1 || { echo "test-deps: kubectl is required on PATH" >&2; exit 1; }
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
-# flagd's own evaluator and the Python OpenFeature SDK's OFREP provider, for
-# tests/flagd_compat.rs and the agent's OFREP test (PyPI; a virtualenv under the cache).
+# flagd's own evaluator, the Python OpenFeature SDK's OFREP provider and flagd's provider (its
+# in-process FILE resolver), for tests/flagd_compat.rs and the agent's OFREP and flagd-file
+# tests (PyPI; a virtualenv under the cache).
 flagd_core() {
 	local venv="${HOME}/.cache/hotconf/python/flagd-core-2.0.0"
-	[ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openfeature.contrib.tools.flagd.core, openfeature.contrib.provider.ofrep' 2>/dev/null && return 0
-	echo "test-deps: installing openfeature-flagd-core 2.0.0 and openfeature-provider-ofrep 0.3.0 into $venv" >&2
+	[ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import openfeature.contrib.tools.flagd.core, openfeature.contrib.provider.ofrep, openfeature.contrib.provider.flagd' 2>/dev/null && return 0
+	echo "test-deps: installing openfeature-flagd-core 2.0.0, openfeature-provider-ofrep 0.3.0 and openfeature-provider-flagd 0.6.1 into $venv" >&2
 	python3 -m venv "$venv" >&2
-	"$venv/bin/pip" install -q openfeature-flagd-core==2.0.0 openfeature-provider-ofrep==0.3.0 >&2
+	"$venv/bin/pip" install -q openfeature-flagd-core==2.0.0 openfeature-provider-ofrep==0.3.0 openfeature-provider-flagd==0.6.1 >&2
 }
 if [ ${#need[@]} -eq 0 ]; then
 	flagd_core

@@ -138,13 +138,15 @@ fn rolled_out(name: &str, flag: &Value, subject: &str) -> bool {
 /// (`target.format: flagd`): what flagd (a sidecar, or an in-process provider in any language)
 /// evaluates to the same variants as [`resolve`], for flags bucketed by flagd.
 ///
-/// - A variant flag keeps its `variants` and `defaultVariant`; `enabled: false` is
-///   `state: DISABLED`; `targets` become an `if` over `{"in": [{"var": "targetingKey"}, [...]]}`
+/// - A variant flag keeps its `variants` and `defaultVariant`; `targets` become an `if` over `{"in": [{"var": "targetingKey"}, [...]]}`
 ///   and `fractional` its last branch, `{"fractional": [[variant, weight], ...]}` in variant-name
 ///   order (flagd's shorthand, bucketing by `[flagKey, targetingKey]`).
 /// - An on/off flag has the variants `on: true` and `off: false`: `deny` and `allow` are the
 ///   first branches, then the rollout as `fractional: [[on, pct], [off, 100 - pct]]`; all in
 ///   or nobody makes `on` or `off` the default.
+/// - `enabled: false` is `defaultVariant` for everyone (§3.1): the flag stays `ENABLED` for flagd,
+///   with no targeting and the flag metadata `disabled: true`. flagd's `state: DISABLED` would
+///   answer with the caller's default value instead, which is not what hotconf resolves.
 ///
 /// Flags bucketed by FNV-1a cannot be written for flagd; validation refuses them with this
 /// format.
@@ -168,7 +170,6 @@ fn flagd_flag(flag: &Value) -> Value {
         .get("enabled")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let state = if enabled { "ENABLED" } else { "DISABLED" };
     let listed = |subjects: &Value| json!({"in": [{"var": "targetingKey"}, subjects]});
     let mut branches: Vec<Value> = Vec::new();
     let (variants, default, rest) = if let Some(variants) = flag.get("variants") {
@@ -212,6 +213,10 @@ fn flagd_flag(flag: &Value) -> Value {
         let default = if enabled { default } else { "off" };
         (json!({"on": true, "off": false}), json!(default), rest)
     };
+    if !enabled {
+        return json!({"state": "ENABLED", "variants": variants, "defaultVariant": default,
+            "metadata": {"disabled": true}});
+    }
     let targeting = match (branches.is_empty(), rest) {
         (true, None) => None,
         (true, Some(rest)) => Some(rest),
@@ -220,7 +225,7 @@ fn flagd_flag(flag: &Value) -> Value {
             Some(json!({"if": branches}))
         }
     };
-    let mut out = json!({"state": state, "variants": variants, "defaultVariant": default});
+    let mut out = json!({"state": "ENABLED", "variants": variants, "defaultVariant": default});
     if let Some(targeting) = targeting {
         out["targeting"] = targeting;
     }
@@ -238,7 +243,8 @@ pub enum Resolved {
     Split,
     /// `enabled: false`.
     Disabled,
-    /// The default, because the split needs a subject and there is none.
+    /// The default: the split needs a subject and there is none, or the flag targets listed
+    /// subjects and this one is not among them.
     Default,
 }
 
@@ -306,7 +312,22 @@ pub fn resolve(name: &str, flag: &Value, subject: Option<&str>) -> Option<Resolu
         .map(|(v, w)| (v.as_str(), w.as_i64().unwrap_or(0)))
         .collect();
     if weights.is_empty() {
-        return pick(default, Resolved::Static);
+        // Targeting that listed others is a default for this subject, as flagd reports it.
+        // With no subject there is nothing to target: one value (`Default` with no subject is
+        // kept for a split that needs one).
+        let targeted = subject.is_some()
+            && targets
+                .into_iter()
+                .flatten()
+                .any(|(_, l)| l.as_array().is_some_and(|l| !l.is_empty()));
+        return pick(
+            default,
+            if targeted {
+                Resolved::Default
+            } else {
+                Resolved::Static
+            },
+        );
     }
     let Some(subject) = subject else {
         return pick(default, Resolved::Default);
@@ -336,11 +357,23 @@ fn fnv1a_split<'a>(name: &str, subject: &str, weights: &[(&'a str, i64)]) -> Opt
 }
 
 fn resolve_on_off(name: &str, flag: &Value, subject: Option<&str>) -> Resolution {
+    // All in or nobody: one value unless `allow` or `deny` lists someone, when it is the default
+    // for everyone else (flagd's reasons for the same definition).
+    let listed = ["allow", "deny"].iter().any(|l| {
+        flag.get(l)
+            .and_then(Value::as_array)
+            .is_some_and(|l| !l.is_empty())
+    });
+    let fixed = if listed {
+        Resolved::Default
+    } else {
+        Resolved::Static
+    };
     let (on, reason) = match subject {
         Some(subject) => match evaluate(name, flag, subject) {
             (on, Reason::Denied | Reason::Allowed) => (on, Resolved::TargetingMatch),
             (on, Reason::Disabled) => (on, Resolved::Disabled),
-            (on, _) if rollout_of(flag) == 100 => (on, Resolved::Static),
+            (on, _) if matches!(rollout_of(flag), 0 | 100) => (on, fixed),
             (on, _) => (on, Resolved::Split),
         },
         None if !flag
@@ -351,6 +384,7 @@ fn resolve_on_off(name: &str, flag: &Value, subject: Option<&str>) -> Resolution
             (false, Resolved::Disabled)
         }
         None if rollout_of(flag) == 100 => (true, Resolved::Static),
+        None if rollout_of(flag) <= 0 => (false, Resolved::Static),
         None => (false, Resolved::Default),
     };
     Resolution {
@@ -441,6 +475,10 @@ mod tests {
         );
         let mut fixed = flag.clone();
         fixed["fractional"] = json!({});
+        // Targets that list others: the default, as flagd reports it; no targets: static.
+        let r = resolve("checkout_flow", &fixed, Some("anyone")).unwrap();
+        assert_eq!((r.value, r.reason), (json!("v1"), Resolved::Default));
+        fixed["targets"] = json!({});
         let r = resolve("checkout_flow", &fixed, Some("anyone")).unwrap();
         assert_eq!((r.value, r.reason), (json!("v1"), Resolved::Static));
         let mut fnv = flag;
@@ -478,6 +516,15 @@ mod tests {
         );
         let all = json!({"enabled": true, "rolloutPercentage": 100, "allow": [], "deny": []});
         assert_eq!(resolve("f", &all, None).unwrap().reason, Resolved::Static);
+        let but = json!({"enabled": true, "rolloutPercentage": 100, "allow": [], "deny": ["x"]});
+        assert_eq!(
+            resolve("f", &but, Some("y")).unwrap().reason,
+            Resolved::Default
+        );
+        assert_eq!(
+            resolve("f", &but, Some("x")).unwrap().reason,
+            Resolved::TargetingMatch
+        );
         // bucketing: flagd rolls out by flagd's hash (SPEC §3.1 vectors: on 25 / off 75).
         let mut flagd = flag;
         flagd["bucketing"] = json!("flagd");

@@ -927,18 +927,21 @@ async fn a_real_openfeature_client_reads_flags_from_the_agent() {
             ["object", "pricing", "anyone", {}],
             ["string", "ghost", "anyone", "fallback"],
             ["string", "checkout_flow", null, "fallback"],
+            ["boolean", "checkout_flow", "anyone", false],
         ]),
     );
     let expected = [
         json!([true, "on", "TARGETING_MATCH", null]),
         json!([false, "off", "TARGETING_MATCH", null]),
-        json!([true, "on", "STATIC", null]),
+        json!([true, "on", "DEFAULT", null]),
         json!(["v2", "streamlined", "TARGETING_MATCH", null]),
         json!(["v2", "streamlined", "SPLIT", null]),
         json!([{"discount": 0}, "a", "DISABLED", null]),
         json!(["fallback", null, "ERROR", "FLAG_NOT_FOUND"]),
         json!(["fallback", null, "ERROR", "TARGETING_KEY_MISSING"]),
+        json!([false, null, "ERROR", "TYPE_MISMATCH"]),
     ];
+    assert_eq!(got.len(), expected.len());
     for (got, want) in got.iter().zip(expected) {
         assert_eq!(got, &want);
     }
@@ -1015,4 +1018,203 @@ fn resolve_expected(subject: &str) -> &'static str {
         Some("classic") => "v1-bis",
         _ => "v2",
     }
+}
+
+/// The flags of the flagd test below: a split with a pinned subject, a three-way string split,
+/// a switched-off object flag, a number flag with a target, and an on/off rollout bucketed as
+/// flagd buckets it.
+const FLAGD_SHOP: &str = r#"apiVersion: hotconf.dev/v1alpha1
+kind: RuntimeConfig
+metadata: {name: shop}
+spec:
+  values: {level: one}
+  featureFlags:
+    checkout_flow:
+      enabled: true
+      variants: {classic: "v1", streamlined: "v2"}
+      defaultVariant: classic
+      fractional: {classic: 50, streamlined: 50}
+      targets: {streamlined: [beta-1]}
+    banner:
+      enabled: true
+      variants: {none: "", sale: "20% off", ship: "free shipping"}
+      defaultVariant: none
+      fractional: {none: 80, sale: 10, ship: 10}
+    pricing:
+      enabled: false
+      variants:
+        current: {currency: EUR, discount: 0}
+        promo: {currency: EUR, discount: 15}
+      defaultVariant: current
+      fractional: {current: 90, promo: 10}
+    limit:
+      enabled: true
+      variants: {low: 10, high: 100}
+      defaultVariant: low
+      targets: {high: [vip]}
+    new_ui:
+      enabled: true
+      rolloutPercentage: 30
+      allow: [vip]
+      deny: [mallory]
+      bucketing: flagd
+  target:
+    flagdFileName: flags.flagd.json
+"#;
+
+// Every flag of FLAGD_SHOP for every subject, as [type, flag, subject, default].
+fn flagd_asks(subjects: &[String]) -> serde_json::Value {
+    let flags = [
+        ("string", "checkout_flow", serde_json::json!("?")),
+        ("string", "banner", serde_json::json!("?")),
+        ("object", "pricing", serde_json::json!({})),
+        ("integer", "limit", serde_json::json!(-1)),
+        ("boolean", "new_ui", serde_json::json!(false)),
+    ];
+    subjects
+        .iter()
+        .flat_map(|s| {
+            flags
+                .iter()
+                .map(move |(kind, flag, default)| serde_json::json!([kind, flag, s, default]))
+        })
+        .collect()
+}
+
+// Asks flagd's file provider (over the mounted `flags.flagd.json`) and the agent's OFREP
+// endpoint the same questions; asserts the same value and variant, no error on either side,
+// and reasons that correspond; flagd's answers.
+fn flagd_and_ofrep_agree(
+    mount: &Path,
+    ofrep: &str,
+    asks: &serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let file = mount.join("flags.flagd.json");
+    let flagd: Vec<serde_json::Value> =
+        agent_common::run_python_json("flagd_file_client.py", &[file.display().to_string()], asks);
+    let ours = openfeature(ofrep, asks.clone());
+    assert_eq!(
+        (flagd.len(), ours.len()),
+        (asks.as_array().unwrap().len(), flagd.len())
+    );
+    for ((ask, theirs), ours) in asks.as_array().unwrap().iter().zip(&flagd).zip(&ours) {
+        assert_eq!(
+            (&theirs[0], &theirs[1], &theirs[3]),
+            (&ours[0], &ours[1], &ours[3]),
+            "{ask}: flagd {theirs}, OFREP {ours}"
+        );
+        assert!(ours[3].is_null(), "{ask}: {ours}");
+        // flagd has no SPLIT or DISABLED reason: a split is a targeting match, a switched-off
+        // flag a static default.
+        let flagd_reason = match ours[2].as_str().unwrap() {
+            "SPLIT" => "TARGETING_MATCH",
+            "DISABLED" => "STATIC",
+            other => other,
+        };
+        assert_eq!(
+            theirs[2], flagd_reason,
+            "{ask}: flagd {theirs}, OFREP {ours}"
+        );
+    }
+    flagd
+}
+
+/// The flagd-format projection (`target.flagdFileName`), as the operator writes it and the
+/// kubelet mounts it, is read by flagd's own provider (openfeature-provider-flagd in FILE mode,
+/// evaluating in process with openfeature-flagd-core) and evaluates exactly as the agent's OFREP
+/// endpoint over the same volume, for every flag and subject tried; after a change to the CR
+/// both give the new revision's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flagds_file_provider_reads_the_projection_as_ofrep_answers() {
+    let env = TestEnv::new("flagd-file").await;
+    let _operator = env.start_operator();
+    env.apply_yaml(FLAGD_SHOP);
+    let cm1 = projected(&env, "shop", 1).await;
+    let data = cm1.data.clone().unwrap();
+    let definition: serde_json::Value = serde_json::from_str(&data["flags.flagd.json"]).unwrap();
+    assert_eq!(
+        definition["flags"].as_object().unwrap().len(),
+        5,
+        "{definition}"
+    );
+    assert!(data.contains_key("config.yaml"), "{:?}", data.keys());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = tmp.path().join("config");
+    mount_config_map(&mount, &cm1);
+    let ofrep = free_addr();
+    let _agent = spawn_agent(
+        "flagd-file",
+        &[
+            format!("--watch-dir={}", mount.display()),
+            format!("--output={}", tmp.path().join("out/config.yaml").display()),
+            format!("--ofrep-addr={ofrep}"),
+            "--admin-addr=off".into(),
+        ],
+        &[],
+    );
+    let served = |revision: i64| {
+        let ofrep = ofrep.clone();
+        async move {
+            wait_for(30, &format!("revision {revision} served"), || async {
+                tokio::net::TcpStream::connect(&ofrep).await.ok()?;
+                let (code, _, body) =
+                    post(&ofrep, "/ofrep/v1/evaluate/flags/limit", "", "{}").await;
+                (code == 200 && body.contains(&format!("\"revision\":{revision}"))).then_some(())
+            })
+            .await
+        }
+    };
+    served(1).await;
+    let mut subjects: Vec<String> = (0..120).map(|i| format!("user-{i}")).collect();
+    subjects.extend(["beta-1", "vip", "mallory"].map(String::from));
+    let asks = flagd_asks(&subjects);
+    let before = flagd_and_ofrep_agree(&mount, &ofrep, &asks);
+    // The spread reaches every variant of the splits, not one answer for all.
+    let seen = |answers: &[serde_json::Value], flag: &str| -> HashSet<String> {
+        asks.as_array()
+            .unwrap()
+            .iter()
+            .zip(answers)
+            .filter(|(ask, _)| ask[1] == flag)
+            .map(|(_, a)| a[1].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(seen(&before, "checkout_flow").len(), 2);
+    assert_eq!(seen(&before, "banner").len(), 3);
+    assert_eq!(seen(&before, "new_ui").len(), 2);
+    assert_eq!(
+        seen(&before, "pricing"),
+        HashSet::from(["current".to_string()])
+    );
+
+    // A change to the CR: the classic flow's value, the split and the switched-off flag.
+    Api::<RuntimeConfig>::namespaced(env.client.clone(), &env.ns)
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"featureFlags": {
+                "checkout_flow": {"variants": {"classic": "v1-bis"},
+                    "fractional": {"classic": 10, "streamlined": 90}},
+                "pricing": {"enabled": true},
+            }}})),
+        )
+        .await
+        .unwrap();
+    let cm2 = projected(&env, "shop", 2).await;
+    mount_config_map(&mount, &cm2);
+    served(2).await;
+    let after = flagd_and_ofrep_agree(&mount, &ofrep, &asks);
+    let values = |answers: &[serde_json::Value], flag: &str| -> HashSet<serde_json::Value> {
+        asks.as_array()
+            .unwrap()
+            .iter()
+            .zip(answers)
+            .filter(|(ask, _)| ask[1] == flag)
+            .map(|(_, a)| a[0].clone())
+            .collect()
+    };
+    assert!(values(&after, "checkout_flow").contains(&serde_json::json!("v1-bis")));
+    assert!(!values(&after, "checkout_flow").contains(&serde_json::json!("v1")));
+    assert_eq!(seen(&after, "pricing").len(), 2, "the pricing split is on");
 }

@@ -293,6 +293,16 @@ fn cel_cases() -> Vec<(&'static str, Value, &'static str)> {
         ),
         (
             rtc,
+            json!({"target": {"flagdFileName": ".."}}),
+            "spec.target.flagdFileName",
+        ),
+        (
+            pb,
+            json!({"target": {"flagdFileName": "."}}),
+            "spec.target.flagdFileName",
+        ),
+        (
+            rtc,
             json!({"schema": {"n": {"type": "integer", "minLength": 1}}}),
             "spec.schema[n].minLength",
         ),

@@ -63,7 +63,7 @@ fn every_subject_gets_the_variant_flagd_gives_it() {
 
 /// The flagd-format projection (`target.format: flagd`) is what flagd evaluates to the same
 /// variants and values as hotconf, for variant flags (targets and splits) and on/off flags
-/// (deny, allow and a flagd-bucketed rollout).
+/// (deny, allow and a flagd-bucketed rollout), switched on or off.
 #[test]
 fn the_flagd_projection_evaluates_in_flagd_as_in_hotconf() {
     let doc = json!({"featureFlags": {
@@ -78,6 +78,10 @@ fn the_flagd_projection_evaluates_in_flagd_as_in_hotconf() {
             "enabled": true, "bucketing": "flagd"},
         "new_ui": {"enabled": true, "rolloutPercentage": 25, "allow": ["beta-1"], "deny": ["user-3"], "bucketing": "flagd"},
         "everyone": {"enabled": true, "rolloutPercentage": 100, "allow": [], "deny": ["user-5"]},
+        // Switched off: defaultVariant for everyone, listed or not.
+        "paused": {"variants": {"a": "old", "b": "new"}, "defaultVariant": "b",
+            "fractional": {"a": 1, "b": 1}, "targets": {"a": ["vip"]}, "enabled": false, "bucketing": "flagd"},
+        "dark": {"enabled": false, "rolloutPercentage": 50, "allow": ["beta-1"], "deny": [], "bucketing": "flagd"},
     }});
     let text = hotconf::document::render(&doc, Format::Flagd);
     let definition: Value = serde_json::from_str(&text).unwrap();
@@ -105,6 +109,43 @@ fn the_flagd_projection_evaluates_in_flagd_as_in_hotconf() {
         );
     }
     eprintln!("{} evaluations of the flagd projection agree", flagd.len());
+}
+
+/// The flagd-testbed's `@fractional-v3` scenarios that bucket by the targeting key, the only
+/// bucketing value hotconf uses (the testbed's other v3 scenarios seed with JSONLogic
+/// expressions such as `cat`, which a hotconf flag cannot state). From open-feature/flagd-testbed
+/// 3.9.0 (commit 82ba89e, Apache-2.0): `gherkin/targeting.feature`, "Fractional operator
+/// shorthand", Examples v3, over `fractional-flag-shorthand` of `flags/custom-ops.json`:
+/// variants heads/tails/draw, default draw, `fractional: [["heads"], ["tails", 1]]` (a missing
+/// weight is 1). The v1 and v2 tables give jon@company.com `heads`; v3 gives `tails`.
+#[test]
+fn the_flagd_testbeds_fractional_v3_shorthand_scenarios_hold() {
+    let flag = json!({"variants": {"heads": "heads", "tails": "tails", "draw": "draw"},
+        "defaultVariant": "draw", "fractional": {"heads": 1, "tails": 1}, "targets": {},
+        "enabled": true, "bucketing": "flagd"});
+    for (key, want) in [("jon@company.com", "tails"), ("jane@company.com", "tails")] {
+        let weights = [("heads", 1), ("tails", 1)];
+        assert_eq!(
+            fractional("fractional-flag-shorthand", key, &weights),
+            Some(want),
+            "{key}"
+        );
+        let got = resolve("fractional-flag-shorthand", &flag, Some(key)).unwrap();
+        assert_eq!(
+            (got.variant.as_str(), &got.value),
+            (want, &json!(want)),
+            "{key}"
+        );
+    }
+    // "Fractional operator with single entry": one weight takes every subject.
+    assert_eq!(
+        fractional(
+            "fractional-single-entry-flag",
+            "some-targeting-key",
+            &[("single", 1)]
+        ),
+        Some("single")
+    );
 }
 
 /// Runs flagd's evaluator on a request (see tests/fixtures/flagd_eval.py).
