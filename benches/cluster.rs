@@ -1029,6 +1029,7 @@ async fn cold_start(
     objects: usize,
 ) -> anyhow::Result<Value> {
     let audit_before = plane.audit_writes(OPERATOR_USER).len();
+    let reads_before = plane.audit_reads(OPERATOR_USER).len();
     let mut operator = Operator::start(plane, bin, log).await?;
     let ready = operator.wait_ready(Duration::from_secs(600)).await?;
     // Every object is reconciled at least once; duplicates (a CR triggered by its own listing and
@@ -1062,6 +1063,8 @@ async fn cold_start(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let writes: Vec<_> = plane.audit_writes(OPERATOR_USER)[audit_before..].to_vec();
+    // Reads of ConfigMaps, Secrets and CRs: a GET of one object, or a page of a listing.
+    let reads: Vec<_> = plane.audit_reads(OPERATOR_USER)[reads_before..].to_vec();
     operator.stop();
 
     let (cr_bytes, crs) = raw_size(client, "/apis/hotconf.dev/v1alpha1/runtimeconfigs").await?;
@@ -1086,6 +1089,9 @@ async fn cold_start(
         "reconciles": last.0,
         "writes": writes.len(),
         "writes_by_resource": count_by_resource(&writes),
+        "reads": reads.len(),
+        "reads_per_object": reads.len() as f64 / objects.max(1) as f64,
+        "reads_by_resource": count_by_resource(&reads),
         "rss_mib": rss_mib,
         "peak_rss_mib": hwm as f64 / 1024.0,
         "raw_mib": mib(raw),
@@ -1232,6 +1238,15 @@ fn rows(r: &Value) -> Vec<Row> {
         let writes = c["writes"].as_u64().unwrap_or(u64::MAX);
         rows.push(
             row(format!("Cold start {n}: writes"), writes.to_string()).target("0", writes == 0),
+        );
+        let per_object = f(&c["reads_per_object"]);
+        rows.push(
+            row(
+                format!("Cold start {n}: reads"),
+                format!("{} ({per_object:.4} per object)", c["reads"]),
+            )
+            .reference(format!("{}", c["reads_by_resource"]))
+            .target("≤ 0.01 per object", per_object <= 0.01),
         );
     }
     rows.push(

@@ -202,11 +202,21 @@ pub fn is_valid_data_key(key: &str) -> bool {
 pub fn config_map(document: &Value, target: &ResolvedTarget, stamp: &Stamp) -> ConfigMap {
     let mut data = config_map_data(document, target);
     data.insert(META_KEY.to_string(), Meta::of(target, stamp).to_text());
+    let mut metadata = meta(target, stamp);
+    metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(names::DATA_HASH.to_string(), data_hash(&data));
     ConfigMap {
-        metadata: meta(target, stamp),
+        metadata,
         data: Some(data),
         ..Default::default()
     }
+}
+
+/// What `hotconf.dev/data-hash` carries: the SHA-256 of the data, as a JSON object.
+pub fn data_hash(data: &BTreeMap<String, String>) -> String {
+    document::hash(&serde_json::json!(data))
 }
 
 /// The desired Secret for sensitive values: one key per value, and the metadata key
@@ -270,6 +280,13 @@ pub fn config_map_matches(existing: &ConfigMap, desired: &ConfigMap) -> bool {
     existing.data.clone().unwrap_or_default() == desired.data.clone().unwrap_or_default()
         && existing.binary_data.as_ref().is_none_or(BTreeMap::is_empty)
         && owned_meta_matches(&existing.metadata, &desired.metadata)
+}
+
+/// Whether a ConfigMap known by its metadata alone already is what `desired` says. Only for one
+/// that `hotconf` alone has written (see `controller`): its data is then what `hotconf` applied
+/// with its annotations, so the data hash among them stands for the data.
+pub fn config_map_metadata_matches(existing: &ObjectMeta, desired: &ConfigMap) -> bool {
+    owned_meta_matches(existing, &desired.metadata)
 }
 
 /// Whether an existing Secret already is what `desired` says.

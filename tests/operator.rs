@@ -556,6 +556,9 @@ async fn rollback_by_annotation_pins_and_releases() {
     assert_eq!(warnings.len(), 1, "one warning, not one per reconcile");
 }
 
+/// A restart over converged objects writes nothing and reads no projected object: each is
+/// recognized as converged from the ConfigMaps' cached metadata (their data hash), not a GET
+/// (Secrets are still read: the projected one, compared by its values, and those of valuesFrom).
 #[tokio::test]
 async fn an_operator_restart_writes_nothing_and_revisions_continue() {
     let env = TestEnv::new("restart").await;
@@ -596,25 +599,58 @@ async fn an_operator_restart_writes_nothing_and_revisions_continue() {
     );
     operator.stop();
 
-    let operator = env.start_operator();
-    // The restarted operator lists, reconciles every object, and must find nothing to do.
-    let log = operator.log().to_path_buf();
-    eventually(30, "the restarted operator to start", || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("hotconf operator started")
-            .count()
-            .eq(&2)
-            .then_some(())
-    })
+    let reads = |env: &TestEnv| {
+        env.plane
+            .audit_reads(hotconf::dev::control_plane::OPERATOR_USER)
+            .into_iter()
+            .filter(|e| e.namespace == env.ns && !e.name.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let reads_before = reads(&env).len();
+    let port = common::free_port();
+    let operator = env.start_operator_with(
+        hotconf::dev::control_plane::OPERATOR_USER,
+        &[format!("--admin-addr=127.0.0.1:{port}")],
+    );
+    // The restarted operator lists and reconciles every object (3), and must find nothing to
+    // do.
+    eventually(
+        30,
+        "the restarted operator to reconcile every object",
+        || async {
+            let metrics = common::http_get(&format!("127.0.0.1:{port}"), "/metrics").await?;
+            let done: f64 = ["RuntimeConfig", "PoolBudget"]
+                .iter()
+                .filter_map(|kind| {
+                    common::sample(
+                        &metrics,
+                        &format!("hotconf_reconciles_total{{kind=\"{kind}\",result=\"success\"}}"),
+                    )
+                })
+                .sum();
+            (done >= 3.0).then_some(())
+        },
+    )
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     let after = writes(&env);
     assert_eq!(
         after.len(),
         first_run.len(),
         "the restart wrote: {:#?}",
         &after[first_run.len()..]
+    );
+    let read = reads(&env)[reads_before..].to_vec();
+    assert!(
+        read.iter().all(|e| e.resource == "secrets"),
+        "the restart read objects one by one: {read:#?}"
+    );
+    // lazy-loading's projected Secret and the Secret its valuesFrom reads, once each.
+    let mut secrets: Vec<&str> = read.iter().map(|e| e.name.as_str()).collect();
+    secrets.sort_unstable();
+    assert_eq!(
+        secrets,
+        ["lazy-loading-config", "lazy-loading-db"],
+        "{read:#?}"
     );
 
     // Revisions continue from where they were.
@@ -636,6 +672,51 @@ async fn an_operator_restart_writes_nothing_and_revisions_continue() {
         .collect();
     assert_eq!(revisions, vec![1, 2]);
     drop(operator);
+}
+
+/// The projected ConfigMap edited by someone else is put back, whether the operator is running
+/// (the edit's watch event) or not (a restart: the edit shows in its managedFields, so the
+/// cached metadata does not stand for the data and the ConfigMap is read).
+#[tokio::test]
+async fn a_projected_configmap_edited_by_someone_else_is_put_back() {
+    let env = TestEnv::new("edited").await;
+    let operator = env.start_operator();
+    env.kubectl(&["apply", "-f", &example("lazy-loading")]);
+    let rtc: RuntimeConfig = ready_at(&env, "lazy-loading", 1).await;
+    let name = rtc.status.unwrap().projected.unwrap().config_map;
+    let projected = config_map(&env, &name).await;
+    let key = projected
+        .data
+        .as_ref()
+        .unwrap()
+        .keys()
+        .find(|k| !k.starts_with('.'))
+        .unwrap()
+        .clone();
+    let want = projected.data.as_ref().unwrap()[&key].clone();
+    let tamper = |env: &TestEnv, text: &str| {
+        env.kubectl(&[
+            "patch",
+            "configmap",
+            &name,
+            "--type=merge",
+            "-p",
+            &json!({"data": {&key: text}}).to_string(),
+        ]);
+    };
+    let put_back = || {
+        eventually(30, "the projected data put back", || async {
+            let cm = config_map(&env, &name).await;
+            (cm.data.as_ref().unwrap()[&key] == want).then_some(())
+        })
+    };
+    tamper(&env, "edited: while running");
+    put_back().await;
+
+    drop(operator);
+    tamper(&env, "edited: while stopped");
+    let _operator = env.start_operator();
+    put_back().await;
 }
 
 #[tokio::test]

@@ -129,6 +129,23 @@ pub(super) fn fingerprint<K: ConfigResource>(obj: &K) -> u64 {
     h.finish()
 }
 
+// What the cache keeps of a projected ConfigMap's metadata: who wrote it, not the field sets
+// (the bulk of managedFields) nor kubectl's copy of a client-side apply.
+pub(super) fn slim_projected(cm: &mut PartialObjectMeta<ConfigMap>) {
+    for m in cm.metadata.managed_fields.iter_mut().flatten() {
+        m.fields_v1 = None;
+    }
+    if let Some(annotations) = cm.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+// Whether `hotconf`, by server-side apply, is the only writer of an object: then it holds
+// exactly what `hotconf` applied last.
+pub(super) fn written_by_us_alone(meta: &kube::api::ObjectMeta) -> bool {
+    Ownership::of(meta, None).alone
+}
+
 // Who writes a part of an object (its status, or all of it), from its managedFields.
 pub(super) struct Ownership {
     // A digest of the fields `hotconf` owns there by Apply, if any.

@@ -81,7 +81,22 @@ pub struct Context {
     health: Arc<Health>,
     // Verifies the webhook's changed-by proofs.
     attribution: Arc<crate::webhook::attribution::Keys>,
+    // The projected ConfigMaps' metadata, one cache per controller (kind and scope).
+    projected: Mutex<Vec<ProjectedCache>>,
 }
+
+// The metadata of the projected ConfigMaps of one controller, as its watch has them, and whether
+// that watch has listed them all once.
+struct ProjectedCache {
+    kind: &'static str,
+    namespace: Option<String>,
+    store: reflector::Store<PartialObjectMeta<ConfigMap>>,
+    synced: watch::Receiver<bool>,
+}
+
+/// How long a reconcile waits for the first listing of the projected ConfigMaps before it reads
+/// its ConfigMap from the server instead.
+const PROJECTED_CACHE_WAIT: Duration = Duration::from_secs(10);
 
 impl Context {
     /// A context for `client`, reporting Events as `hotconf` (instance: `$POD_NAME` if set).
@@ -114,7 +129,31 @@ impl Context {
             pods,
             health: runtime.health.clone(),
             attribution: runtime.attribution.clone(),
+            projected: Mutex::new(Vec::new()),
         })
+    }
+
+    // The metadata of the ConfigMap `ns/name` of a `K`, from the cache, when `hotconf` alone has
+    // written it (so its annotations stand for its data); `None` sends the reconcile to the
+    // server: not cached (not labelled as ours, or not there), or written by someone else too.
+    async fn cached_config_map<K: ConfigResource>(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Option<kube::api::ObjectMeta> {
+        let (store, mut synced) = {
+            let caches = self.projected.lock().expect("lock");
+            let c = caches
+                .iter()
+                .find(|c| c.kind == K::KIND && c.namespace.as_deref().is_none_or(|n| n == ns))?;
+            (c.store.clone(), c.synced.clone())
+        };
+        // At start-up the reconciles can run ahead of the ConfigMaps' listing.
+        if !*synced.borrow() {
+            let _ = tokio::time::timeout(PROJECTED_CACHE_WAIT, synced.wait_for(|s| *s)).await;
+        }
+        let cm = store.get(&ObjectRef::new(name).within(ns))?;
+        feed::written_by_us_alone(&cm.metadata).then(|| cm.metadata.clone())
     }
 
     fn leading(&self) -> bool {
@@ -320,13 +359,33 @@ fn controller_for<K: ConfigResource>(
         )
         .filter_map(move |event| std::future::ready(feed.feed(event)))
         .applied_objects();
-    let cms = health.watch(
-        WatchKind::ConfigMap,
-        format!("ConfigMaps of {}s {within}", K::KIND),
-        &client,
-        |c| scoped::<Meta<ConfigMap>>(c, &namespace),
-        owned.clone(),
-    );
+    // The projected ConfigMaps' metadata is also kept: a converged object is recognized from
+    // it, with no read of its ConfigMap (a restart over N converged objects reads none).
+    let (cm_store, mut cm_writer) = reflector::store::<Meta<ConfigMap>>();
+    let (cm_synced_tx, cm_synced) = watch::channel(false);
+    ctx.projected.lock().expect("lock").push(ProjectedCache {
+        kind: K::KIND,
+        namespace: namespace.clone(),
+        store: cm_store,
+        synced: cm_synced,
+    });
+    let cms = health
+        .watch(
+            WatchKind::ConfigMap,
+            format!("ConfigMaps of {}s {within}", K::KIND),
+            &client,
+            |c| scoped::<Meta<ConfigMap>>(c, &namespace),
+            owned.clone(),
+        )
+        .map(move |event| {
+            if let Ok(e) = &event {
+                cm_writer.apply_watcher_event(&e.clone().modify(feed::slim_projected));
+                if matches!(e, watcher::Event::InitDone) {
+                    cm_synced_tx.send_replace(true);
+                }
+            }
+            event
+        });
     let projected_secrets = health.watch(
         WatchKind::Secret,
         format!("Secrets of {}s {within}", K::KIND),
@@ -538,18 +597,23 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
             None => {}
         }
     }
-    let mut observed = observe(&obj, ctx, &cms, &secrets).await?;
+    let mut observed = observe(&obj, ctx, &cms, &secrets, true).await?;
     let mut plan = reconcile::plan(&obj, &observed);
     if writes(&plan) {
         // The cache can lag behind the server (a watch that fell behind or resumed late, a
         // replica just promoted): a plan made from a stale object would overwrite newer status
         // and lose the revisions recorded since. So a plan that writes is made again from the
         // object as the server has it now, and the status apply is conditional on that version.
+        // A plan made from the ConfigMap's cached metadata is made again from the ConfigMap
+        // itself: only one that writes nothing is taken from the cache.
         let api: Api<K> = Api::namespaced(client.clone(), &ns);
         let fresh = api.get(&name).await?;
-        if fresh.resource_version() != obj.resource_version() {
+        let moved = fresh.resource_version() != obj.resource_version();
+        if moved {
             obj = fresh;
-            observed = observe(&obj, ctx, &cms, &secrets).await?;
+        }
+        if moved || observed.config_map_cached {
+            observed = observe(&obj, ctx, &cms, &secrets, false).await?;
             plan = reconcile::plan(&obj, &observed);
         }
     }
@@ -592,18 +656,33 @@ pub fn attested_author<K: ConfigResource>(
     keys.verify(&claim, proof).then(|| user.clone())
 }
 
-// What a reconcile of `obj` reads besides the object.
+// What a reconcile of `obj` reads besides the object; with `cached`, the ConfigMap's metadata
+// from the cache where that stands for it.
 async fn observe<K: ConfigResource>(
     obj: &K,
     ctx: &Context,
     cms: &Api<ConfigMap>,
     secrets: &Api<Secret>,
+    cached: bool,
 ) -> Result<Observed, Error> {
     let name = obj.name_any();
     let ns = obj.namespace().unwrap_or_default();
     let target = ResolvedTarget::resolve(obj.target(), &name);
+    let from_cache = match cached {
+        true => ctx.cached_config_map::<K>(&ns, &target.name).await,
+        false => None,
+    };
+    let config_map_cached = from_cache.is_some();
+    let config_map = match from_cache {
+        Some(metadata) => Some(ConfigMap {
+            metadata,
+            ..Default::default()
+        }),
+        None => cms.get_opt(&target.name).await?,
+    };
     Ok(Observed {
-        config_map: cms.get_opt(&target.name).await?,
+        config_map,
+        config_map_cached,
         secret: if reconcile::needs_secret(obj) {
             secrets.get_opt(&target.name).await?
         } else {

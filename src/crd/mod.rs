@@ -36,6 +36,9 @@ pub mod names {
     pub const REVISION: &str = "hotconf.dev/revision";
     /// Annotation on projected objects: the SHA-256 of the effective document.
     pub const HASH: &str = "hotconf.dev/hash";
+    /// Annotation on projected ConfigMaps: the SHA-256 of their data, so that a ConfigMap known
+    /// by its metadata alone can be recognized as converged.
+    pub const DATA_HASH: &str = "hotconf.dev/data-hash";
     /// User annotation on a CR: pin a revision from history (`N` or `previous`).
     pub const ROLLBACK_TO: &str = "hotconf.dev/rollback-to";
     /// User annotation on a CR: why the spec changed, recorded in history.

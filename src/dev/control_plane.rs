@@ -138,8 +138,9 @@ pub struct ControlPlane {
     pub(super) crd_server: Option<CrdServer>,
 }
 
-// Every write (and nothing else) at Metadata level: enough to count who wrote what. The reviews
-// the CRD server asks for on each request it authenticates are no writes of anyone's.
+// Every write at Metadata level: enough to count who wrote what. Reads (get, list) of what the
+// operator reads are logged too, to count its reads: ConfigMaps, Secrets and hotconf's own
+// kinds. The reviews the CRD server asks for on each request it authenticates are no one's.
 const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
@@ -152,6 +153,12 @@ rules:
     resources: ["subjectaccessreviews"]
 - level: Metadata
   verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: Metadata
+  verbs: ["get", "list"]
+  resources:
+  - group: ""
+    resources: ["configmaps", "secrets"]
+  - group: hotconf.dev
 - level: None
 "#;
 

@@ -21,10 +21,24 @@ impl ControlPlane {
     /// The write requests of `user` logged since the start, as
     /// (verb, resource, namespace, name, response code).
     pub fn audit_writes(&self, user: &str) -> Vec<AuditEntry> {
+        self.audited(
+            user,
+            &["create", "update", "patch", "delete", "deletecollection"],
+        )
+    }
+
+    /// The reads (get, list) of ConfigMaps, Secrets and hotconf's kinds by `user` logged since
+    /// the start, as [`Self::audit_writes`] has the writes.
+    pub fn audit_reads(&self, user: &str) -> Vec<AuditEntry> {
+        self.audited(user, &["get", "list"])
+    }
+
+    fn audited(&self, user: &str, verbs: &[&str]) -> Vec<AuditEntry> {
         let text = fs::read_to_string(self.audit_log_path()).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user)
+            .filter(|e| e["verb"].as_str().is_some_and(|v| verbs.contains(&v)))
             .map(|e| {
                 let s = |p: &str| {
                     e.pointer(p)

@@ -34,6 +34,10 @@ mod rollback;
 pub struct Observed {
     /// The ConfigMap at the target name, if it exists.
     pub config_map: Option<ConfigMap>,
+    /// `config_map` is its metadata only, from the operator's cache: no data, and `hotconf` is
+    /// its only writer, so its annotations (`hotconf.dev/data-hash` among them) stand for its
+    /// data. A plan made from it is made again from the ConfigMap itself before it writes.
+    pub config_map_cached: bool,
     /// The Secret at the target name, if it exists.
     pub secret: Option<Secret>,
     /// `valuesFrom` resolution: document key → value (with its Secret's uid) or why not.

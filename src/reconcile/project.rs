@@ -71,11 +71,13 @@ pub(crate) fn decide_projection<K: ConfigResource>(
             restart_keys: obj.restart_keys().into_iter().collect(),
         };
         let desired = projection::config_map(doc, target, &stamp);
-        if !observed
-            .config_map
-            .as_ref()
-            .is_some_and(|cm| projection::config_map_matches(cm, &desired))
-        {
+        if !observed.config_map.as_ref().is_some_and(|cm| {
+            if observed.config_map_cached {
+                projection::config_map_metadata_matches(&cm.metadata, &desired)
+            } else {
+                projection::config_map_matches(cm, &desired)
+            }
+        }) {
             draft.events.push(normal(
                 "Projected",
                 "Project",
