@@ -599,23 +599,22 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
     }
     let mut observed = observe(&obj, ctx, &cms, &secrets, true).await?;
     let mut plan = reconcile::plan(&obj, &observed);
-    if writes(&plan) {
+    if writes(&plan) || plan.incomplete {
         // The cache can lag behind the server (a watch that fell behind or resumed late, a
         // replica just promoted): a plan made from a stale object would overwrite newer status
-        // and lose the revisions recorded since. So a plan that writes is made again from the
-        // object as the server has it now, and the status apply is conditional on that version.
-        // A plan made from the ConfigMap's cached metadata is made again from the ConfigMap
-        // itself: only one that writes nothing is taken from the cache.
+        // and lose the revisions recorded since. And it holds no snapshot documents, which a
+        // status write carries whole. So a plan that writes (or that needed a document) is made
+        // again from the object as the server has it now, and the status apply is conditional
+        // on that version. A plan made from the ConfigMap's cached metadata is made again from
+        // the ConfigMap itself: only one that writes nothing is taken from the caches.
         let api: Api<K> = Api::namespaced(client.clone(), &ns);
         let fresh = api.get(&name).await?;
         let moved = fresh.resource_version() != obj.resource_version();
-        if moved {
-            obj = fresh;
-        }
+        obj = fresh;
         if moved || observed.config_map_cached {
             observed = observe(&obj, ctx, &cms, &secrets, false).await?;
-            plan = reconcile::plan(&obj, &observed);
         }
+        plan = reconcile::plan(&obj, &observed);
     }
     execute(&obj, &plan, ctx, &cms, &secrets).await?;
     Ok(match plan.requeue_after {

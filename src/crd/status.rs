@@ -102,6 +102,18 @@ impl StoredDocument {
         StoredDocument(value.to_string().into_boxed_str())
     }
 
+    /// A document left out: the operator's cache keeps none (a reconcile that needs one reads
+    /// the object). It reads as `null`, and serializing it fails, so it can never be written
+    /// over the real one.
+    pub fn elided() -> Self {
+        StoredDocument(Box::from(""))
+    }
+
+    /// Whether this is [`StoredDocument::elided`].
+    pub fn is_elided(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The document, parsed (a copy: change it freely).
     pub fn value(&self) -> Value {
         // The text was written from a `Value` in `new`, so it always parses.
@@ -134,6 +146,11 @@ impl std::fmt::Debug for StoredDocument {
 
 impl Serialize for StoredDocument {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.is_elided() {
+            return Err(serde::ser::Error::custom(
+                "a snapshot document left out of the cache cannot be written",
+            ));
+        }
         // Through a `Value`, so that every serializer (YAML too) sees an ordinary object.
         self.value().serialize(serializer)
     }

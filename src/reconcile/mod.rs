@@ -71,6 +71,9 @@ pub struct PlannedEvent {
 pub struct Plan {
     /// The ConfigMap to apply (`None`: it is as it should be, or must be left alone).
     pub config_map: Option<ConfigMap>,
+    /// The plan needed a snapshot document the object did not carry (the operator's cache
+    /// keeps none): it must be made again from the object as the server has it.
+    pub incomplete: bool,
     /// The Secret to apply.
     pub secret: Option<Secret>,
     /// Projected objects of an earlier target to delete: (ConfigMap names, Secret names).

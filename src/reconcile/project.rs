@@ -34,18 +34,27 @@ pub(crate) fn decide_projection<K: ConfigResource>(
 ) -> Projection {
     let (obj, observed, target) = (cx.obj, cx.observed, &cx.target);
     let status = &mut draft.status;
-    let entry = |r: i64| {
-        status
-            .history
-            .iter()
-            .find(|s| s.revision == r)
-            .map(|s| (s.revision, s.hash.clone(), s.document.value()))
+    // A document the object does not carry (the cache keeps none) is the spec's when the
+    // hashes agree; otherwise the plan is incomplete, and made again from the whole object.
+    let mut incomplete = false;
+    let mut entry = |r: i64| {
+        let s = status.history.iter().find(|s| s.revision == r)?;
+        let document = match &revision.evaluated {
+            _ if !s.document.is_elided() => s.document.value(),
+            Some((hash, document)) if *hash == s.hash => document.clone(),
+            _ => {
+                incomplete = true;
+                serde_json::Value::Null
+            }
+        };
+        Some((s.revision, s.hash.clone(), document))
     };
     let source = match pinned {
         Some(t) => entry(t),
         None if revision.valid() => status.latest_revision.and_then(entry),
         None => None,
     };
+    draft.plan.incomplete |= incomplete;
     let conflict = observed
         .config_map
         .as_ref()
@@ -237,6 +246,37 @@ mod tests {
             Some(&meta.hash),
             obj.status.as_ref().unwrap().current_hash.as_ref()
         );
+    }
+
+    #[test]
+    fn without_its_documents_a_converged_object_plans_nothing_and_a_pin_is_incomplete() {
+        let mut obj = RuntimeConfig::test().with_value("v", 1);
+        let mut observed = Observed::test();
+        for v in [1, 2] {
+            obj = obj.with_value("v", v).next_generation();
+            let p = plan(&obj, &observed);
+            obj.status = Some(p.status);
+            observed.config_map = p.config_map.or(observed.config_map);
+        }
+        // As the operator's cache holds it: no snapshot documents.
+        let mut slim = obj.clone();
+        for s in &mut slim.status.as_mut().unwrap().history {
+            s.document = crate::crd::StoredDocument::elided();
+        }
+        let p = plan(&slim, &observed);
+        assert!(!p.incomplete && !p.status_changed && p.config_map.is_none());
+        // The latest revision's document comes from the spec; a pin needs the old one.
+        let (projection, draft) = decide(&slim, &observed, Some(1));
+        assert!(draft.plan.incomplete);
+        assert_eq!(
+            projection.source.map(|s| s.2),
+            Some(serde_json::Value::Null)
+        );
+        let (_, whole) = decide(&obj, &observed, Some(1));
+        assert!(!whole.plan.incomplete && whole.plan.config_map.is_some());
+        // What was left out can never be written back.
+        let status = serde_json::to_string(&slim.status);
+        assert!(status.is_err_and(|e| e.to_string().contains("left out of the cache")));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub(crate) struct Revision {
     /// reconcile writes status only, since anything it projected next would overwrite the one
     /// place that revision is known if that status write failed too.
     pub recovered: Option<i64>,
+    /// The valid spec's effective document and its hash: the document of the revision with
+    /// that hash, when the object does not carry it.
+    pub evaluated: Option<(String, serde_json::Value)>,
 }
 
 impl Revision {
@@ -78,8 +81,10 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             errors,
             sensitive: None,
             recovered: None,
+            evaluated: None,
         };
     };
+    let evaluated = Some((hash.clone(), eff.document.clone()));
     draft.plan.requeue_after = eff
         .next_change
         .map(|t| (t - now).to_std().unwrap_or_default() + Duration::from_secs(1));
@@ -133,6 +138,7 @@ pub(crate) fn decide_revision<K: ConfigResource>(
                 errors: Vec::new(),
                 sensitive,
                 recovered: adopted,
+                evaluated,
             };
         }
     }
@@ -140,6 +146,7 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         errors: Vec::new(),
         sensitive,
         recovered: None,
+        evaluated,
     }
 }
 
