@@ -14,6 +14,7 @@
 //!
 //! The decisions are a pure function ([`next_step`]); the task around it does the requests.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -48,6 +49,18 @@ pub struct LeaderArgs {
     /// This replica's identity (default: $POD_NAME, else host name and process id).
     #[arg(long, env = "HOTCONF_LEASE_IDENTITY")]
     pub lease_identity: Option<String>,
+    /// Run as a shard of this ControllerRing (the kubernetes-controller-sharding protocol)
+    /// instead of electing a leader: the shard Lease is named after the identity, and only the
+    /// objects the sharder assigns to this shard are watched and reconciled.
+    #[arg(long, env = "HOTCONF_CONTROLLER_RING", conflicts_with = "leader_elect")]
+    pub controller_ring: Option<String>,
+}
+
+impl LeaderArgs {
+    /// This replica's identity: `--lease-identity`, else `$POD_NAME`, else host name and pid.
+    pub fn identity(&self) -> String {
+        self.lease_identity.clone().unwrap_or_else(default_identity)
+    }
 }
 
 /// A running election: `is_leader` follows the Lease.
@@ -72,24 +85,53 @@ impl Election {
 
     /// Starts competing for the Lease.
     pub fn start(client: Client, args: &LeaderArgs) -> Self {
+        Self::start_on(
+            client,
+            args,
+            args.lease_name.clone(),
+            args.identity(),
+            BTreeMap::new(),
+        )
+    }
+
+    /// Holds the shard Lease of `shard`: named after the shard, held by it, labelled for its
+    /// ring. The same Lease mechanics as an election, with one candidate: it writes while it
+    /// holds its Lease, and the sharder takes an expired one.
+    pub fn start_shard(client: Client, args: &LeaderArgs, shard: &crate::sharding::Shard) -> Self {
+        Self::start_on(
+            client,
+            args,
+            shard.name.clone(),
+            shard.name.clone(),
+            shard.lease_labels(),
+        )
+    }
+
+    fn start_on(
+        client: Client,
+        args: &LeaderArgs,
+        lease_name: String,
+        identity: String,
+        labels: BTreeMap<String, String>,
+    ) -> Self {
         let namespace = args
             .lease_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
-        let identity = args.lease_identity.clone().unwrap_or_else(default_identity);
         let timing = Timing::new(args.lease_duration, args.lease_grace);
         let (tx, rx) = watch::channel(false);
         let (until_tx, until_rx) = watch::channel(None);
         let (stop_tx, stop_rx) = oneshot::channel();
         let elector = Elector {
             leases: Api::namespaced(client, &namespace),
-            name: args.lease_name.clone(),
+            name: lease_name.clone(),
             identity: identity.clone(),
+            labels,
             timing,
             until: until_tx,
         };
-        tracing::info!(lease = %args.lease_name, %namespace, %identity, ?timing, "leader election started");
+        tracing::info!(lease = %lease_name, %namespace, %identity, ?timing, "leader election started");
         let task = tokio::spawn(async move {
             let gate = tokio::spawn(gate(until_rx, tx));
             elector.run(stop_rx).await;
@@ -258,6 +300,8 @@ struct Elector {
     leases: Api<Lease>,
     name: String,
     identity: String,
+    // The Lease's labels (a shard Lease's ring).
+    labels: BTreeMap<String, String>,
     timing: Timing,
     // Until when this replica may write (`None`: it may not).
     until: watch::Sender<Option<Instant>>,
@@ -367,6 +411,7 @@ impl Elector {
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.name.clone()),
+                        labels: (!self.labels.is_empty()).then(|| self.labels.clone()),
                         ..ObjectMeta::default()
                     },
                     spec: Some(self.spec(now.clone(), now, 0)),
@@ -378,6 +423,13 @@ impl Elector {
                 let transitions = spec.lease_transitions.unwrap_or(0)
                     + i32::from(holder_of(&spec) != Some(self.identity.as_str()));
                 lease.spec = Some(self.spec(now.clone(), now, transitions));
+                if !self.labels.is_empty() {
+                    lease
+                        .metadata
+                        .labels
+                        .get_or_insert_with(BTreeMap::new)
+                        .extend(self.labels.clone());
+                }
                 self.leases
                     .replace(&self.name, &params, &lease)
                     .await

@@ -27,6 +27,7 @@ pub mod operator;
 pub mod projection;
 pub mod reconcile;
 pub mod rollout;
+pub mod sharding;
 pub mod shutdown;
 pub mod telemetry;
 pub mod validation;

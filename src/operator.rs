@@ -44,7 +44,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the cluster (kubeconfig or in-cluster config)")?;
+    let shard = match &args.leader.controller_ring {
+        Some(ring) => Some(
+            crate::sharding::Shard::new(ring, &args.leader.identity())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let scope = Scope {
+        shard: shard.clone(),
         namespaces: args
             .namespaces
             .iter()
@@ -76,10 +84,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         health.clone(),
         stopped(&stop_tx),
     ));
-    let election = if args.leader.leader_elect {
-        Election::start(client.clone(), &args.leader)
-    } else {
-        Election::solo()
+    let election = match (&shard, args.leader.leader_elect) {
+        (Some(shard), _) => {
+            tracing::info!(ring = %shard.ring, shard = %shard.name, selector = %shard.selector(), "running as a shard");
+            Election::start_shard(client.clone(), &args.leader, shard)
+        }
+        (None, true) => Election::start(client.clone(), &args.leader),
+        (None, false) => Election::solo(),
     };
     let gauge = {
         let mut leading = election.is_leader.clone();

@@ -408,6 +408,20 @@ async fn the_operator_works_in_the_charts_default_mode_across_namespaces() {
     ]);
     assert!(with_workloads.contains("deployments"));
     assert!(!rendered.contains("deployments"));
+    // Sharded: every replica a shard of the ring, no leader election, the same Lease access.
+    let sharded = render(&[
+        "-n",
+        &release,
+        "--name",
+        "wide",
+        "--set",
+        "replicaCount=3",
+        "--set",
+        "sharding.controllerRing=hotconf",
+    ]);
+    assert!(sharded.contains("- --controller-ring=hotconf"), "{sharded}");
+    assert!(!sharded.contains("--leader-elect"), "{sharded}");
+    assert!(kinds(&sharded).contains(&"Role/wide-hotconf-leader-election".to_string()));
 }
 
 fn only_kinds(rendered: &str, keep: &[&str]) -> String {

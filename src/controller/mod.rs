@@ -83,6 +83,8 @@ pub struct Context {
     attribution: Arc<crate::webhook::attribution::Keys>,
     // The projected ConfigMaps' metadata, one cache per controller (kind and scope).
     projected: Mutex<Vec<ProjectedCache>>,
+    // The shard this replica is, when sharded.
+    shard: Option<crate::sharding::Shard>,
 }
 
 // The metadata of the projected ConfigMaps of one controller, as its watch has them, and whether
@@ -111,10 +113,15 @@ impl Context {
             health: Arc::default(),
             attribution: Arc::default(),
         };
-        Self::with_pods(client, &runtime, None)
+        Self::with_pods(client, &runtime, None, None)
     }
 
-    fn with_pods(client: Client, runtime: &Runtime, pods: Option<Arc<PodCache>>) -> Arc<Self> {
+    fn with_pods(
+        client: Client,
+        runtime: &Runtime,
+        pods: Option<Arc<PodCache>>,
+        shard: Option<crate::sharding::Shard>,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "hotconf".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -130,6 +137,7 @@ impl Context {
             health: runtime.health.clone(),
             attribution: runtime.attribution.clone(),
             projected: Mutex::new(Vec::new()),
+            shard,
         })
     }
 
@@ -183,6 +191,9 @@ pub struct Scope {
     /// Watch pods for `spec.rollout.consumerSelector` (consumer status, health-gated
     /// rollback). Off, consumer selectors are ignored (the chart's `rbac.consumers=false`).
     pub consumers: bool,
+    /// Run as this shard of a ControllerRing: only its objects are watched and reconciled,
+    /// and a drained object is handed back (see [`crate::sharding`]).
+    pub shard: Option<crate::sharding::Shard>,
 }
 
 impl Default for Scope {
@@ -190,6 +201,7 @@ impl Default for Scope {
         Scope {
             namespaces: Vec::new(),
             consumers: true,
+            shard: None,
         }
     }
 }
@@ -247,7 +259,7 @@ pub async fn run(
         }));
         cache
     });
-    let ctx = Context::with_pods(client.clone(), &runtime, pods);
+    let ctx = Context::with_pods(client.clone(), &runtime, pods, scope.shard.clone());
     let mut synced = Vec::new();
     for api in scope.apis::<RuntimeConfig>(&client) {
         let (run, ready) = controller_for(api, client.clone(), ctx.clone(), stop(&tx));
@@ -355,7 +367,13 @@ fn controller_for<K: ConfigResource>(
             format!("{}s {within}", K::KIND),
             &client,
             |c| scoped::<K>(c, &namespace),
-            watcher::Config::default().any_semantic(),
+            match &ctx.shard {
+                // Only this shard's objects: one moved away leaves the watch (a deletion).
+                Some(shard) => watcher::Config::default()
+                    .any_semantic()
+                    .labels(&shard.selector()),
+                None => watcher::Config::default().any_semantic(),
+            },
         )
         .filter_map(move |event| std::future::ready(feed.feed(event)))
         .applied_objects();
@@ -555,6 +573,25 @@ async fn reconcile<K: ConfigResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
     ));
     let started = std::time::Instant::now();
     let uid = obj.uid().unwrap_or_default();
+    if let Some(shard) = &ctx.shard
+        && shard.draining(obj.labels())
+    {
+        // The sharder moves it to another shard: acknowledged by removing both labels, and
+        // never reconciled here again (it leaves this shard's watch).
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        api.patch(
+            &obj.name_any(),
+            &params,
+            &Patch::Merge(shard.acknowledge_drain()),
+        )
+        .await?;
+        info!(kind = K::KIND, name = %obj.name_any(), namespace = ?obj.namespace(), "drained: handed back to the sharder");
+        return Ok(Action::await_change());
+    }
     let result = reconcile_inner(obj, &ctx).await;
     if result.is_ok() {
         ctx.backoff.succeeded(&uid);

@@ -37,7 +37,11 @@ impl ControlPlane {
         let text = fs::read_to_string(self.audit_log_path()).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user)
+            // A user the admin impersonates (a ServiceAccount) is the impersonated one.
+            .filter(|e| {
+                e["stage"] == "ResponseComplete"
+                    && (e["user"]["username"] == user || e["impersonatedUser"]["username"] == user)
+            })
             .filter(|e| e["verb"].as_str().is_some_and(|v| verbs.contains(&v)))
             .map(|e| {
                 let s = |p: &str| {

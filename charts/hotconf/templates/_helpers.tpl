@@ -36,7 +36,8 @@ app.kubernetes.io/component: operator
 {{/* Leader election: "auto" means on with more than one replica. */}}
 {{- define "hotconf.leaderElect" -}}
 {{- $e := .Values.leaderElection.enabled -}}
-{{- if or (eq (toString $e) "true") (and (eq (toString $e) "auto") (gt (int .Values.replicaCount) 1)) -}}
+{{- if .Values.sharding.controllerRing -}}
+{{- else if or (eq (toString $e) "true") (and (eq (toString $e) "auto") (gt (int .Values.replicaCount) 1)) -}}
 true
 {{- end -}}
 {{- end }}
@@ -52,7 +53,8 @@ true
 {{- define "hotconf.namespacedRules" -}}
 - apiGroups: ["hotconf.dev"]
   resources: ["runtimeconfigs", "poolbudgets"]
-  # watch the CRs; patch only removes a stale hotconf.dev/rollback-to annotation
+  # watch the CRs; patch only removes a stale hotconf.dev/rollback-to annotation, and (sharded)
+  # the shard and drain labels of an object the sharder moves away
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["hotconf.dev"]
   resources: ["runtimeconfigs/status", "poolbudgets/status"]
