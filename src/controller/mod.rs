@@ -518,6 +518,11 @@ fn outcome<K: ConfigResource>(
     match result {
         Err(controller::Error::ObjectNotFound(r)) if r.name == HEARTBEAT => beat.beat(),
         Err(controller::Error::QueueError(_)) => {}
+        // A projected object's event for a CR this cache does not hold: deleted, or (sharded)
+        // another shard's.
+        Err(controller::Error::ObjectNotFound(r)) => {
+            tracing::debug!(kind = K::KIND, object = %r, "no such object in the cache")
+        }
         Err(e) => warn!(kind = K::KIND, error = %e, "reconcile failed"),
         Ok(_) => {}
     }
