@@ -198,6 +198,20 @@ mod tests {
         (decide_projection(&cx, &mut draft, &revision, pinned), draft)
     }
 
+    // An object planned and written through revisions 1 and 2 (`v: 1`, then `v: 2`), and the
+    // ConfigMap as projected.
+    fn two_revisions() -> (RuntimeConfig, Observed) {
+        let mut obj = RuntimeConfig::test().with_value("v", 1);
+        let mut observed = Observed::test();
+        for v in [1, 2] {
+            obj = obj.with_value("v", v).next_generation();
+            let p = plan(&obj, &observed);
+            obj.status = Some(p.status);
+            observed.config_map = p.config_map.or(observed.config_map);
+        }
+        (obj, observed)
+    }
+
     #[test]
     fn the_latest_revision_is_written_once_and_then_left_alone() {
         let obj = RuntimeConfig::test().with_value("v", 1);
@@ -221,14 +235,7 @@ mod tests {
 
     #[test]
     fn a_pinned_revision_is_projected_instead_of_the_latest() {
-        let mut obj = RuntimeConfig::test().with_value("v", 1);
-        let mut observed = Observed::test();
-        for v in [1, 2] {
-            obj = obj.with_value("v", v).next_generation();
-            let p = plan(&obj, &observed);
-            obj.status = Some(p.status);
-            observed.config_map = p.config_map.or(observed.config_map);
-        }
+        let (obj, observed) = two_revisions();
         let (projection, draft) = decide(&obj, &observed, Some(1));
         assert_eq!(projection.source.as_ref().map(|s| s.0), Some(1));
         assert_eq!(draft.status.current_revision, Some(1));
@@ -250,14 +257,7 @@ mod tests {
 
     #[test]
     fn without_its_documents_a_converged_object_plans_nothing_and_a_pin_is_incomplete() {
-        let mut obj = RuntimeConfig::test().with_value("v", 1);
-        let mut observed = Observed::test();
-        for v in [1, 2] {
-            obj = obj.with_value("v", v).next_generation();
-            let p = plan(&obj, &observed);
-            obj.status = Some(p.status);
-            observed.config_map = p.config_map.or(observed.config_map);
-        }
+        let (obj, observed) = two_revisions();
         // As the operator's cache holds it: no snapshot documents.
         let mut slim = obj.clone();
         for s in &mut slim.status.as_mut().unwrap().history {

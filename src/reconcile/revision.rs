@@ -84,7 +84,6 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             evaluated: None,
         };
     };
-    let evaluated = Some((hash.clone(), eff.document.clone()));
     draft.plan.requeue_after = eff
         .next_change
         .map(|t| (t - now).to_std().unwrap_or_default() + Duration::from_secs(1));
@@ -120,13 +119,13 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         };
         status.history.push(Snapshot {
             revision,
-            hash,
+            hash: hash.clone(),
             created_at: now_string(now),
             generation: cx.generation,
             reason,
             changed_by,
             changed_keys: changed,
-            document: eff.document.into(),
+            document: crate::crd::StoredDocument::new(&eff.document),
             ..Default::default()
         });
         status.latest_revision = Some(revision);
@@ -138,7 +137,7 @@ pub(crate) fn decide_revision<K: ConfigResource>(
                 errors: Vec::new(),
                 sensitive,
                 recovered: adopted,
-                evaluated,
+                evaluated: Some((hash, eff.document)),
             };
         }
     }
@@ -146,7 +145,7 @@ pub(crate) fn decide_revision<K: ConfigResource>(
         errors: Vec::new(),
         sensitive,
         recovered: None,
-        evaluated,
+        evaluated: Some((hash, eff.document)),
     }
 }
 
