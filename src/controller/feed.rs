@@ -11,7 +11,7 @@ pub(super) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-config
 // nothing but the status, written by `hotconf` alone, needs no reconcile. Listings (start-up, a
 // watch that re-lists) and deletions always pass.
 pub(super) struct CacheFeed<K: ConfigResource> {
-    pub(super) writer: reflector::store::Writer<K>,
+    pub(super) writer: reflector::store::Writer<Cached<K>>,
     pub(super) synced: watch::Sender<bool>,
     pub(super) ctx: Arc<Context>,
     // uid → (fingerprint, the status fields `hotconf` owned) as last seen
@@ -22,11 +22,20 @@ impl<K: ConfigResource> CacheFeed<K> {
     pub(super) fn feed(
         &mut self,
         event: watcher::Result<watcher::Event<K>>,
-    ) -> Option<watcher::Result<watcher::Event<K>>> {
-        let Ok(event) = event else { return Some(event) };
+    ) -> Option<watcher::Result<watcher::Event<Cached<K>>>> {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => return Some(Err(e)),
+        };
         let echo = self.is_echo(&event);
         self.forget_written(&event);
-        let event = event.modify(slim);
+        let event = match event {
+            watcher::Event::Apply(obj) => watcher::Event::Apply(Cached::new(obj)),
+            watcher::Event::InitApply(obj) => watcher::Event::InitApply(Cached::new(obj)),
+            watcher::Event::Delete(obj) => watcher::Event::Delete(Cached::new(obj)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
+        };
         self.writer.apply_watcher_event(&event);
         if let watcher::Event::InitDone = event {
             self.synced.send_replace(true);
@@ -270,7 +279,7 @@ mod tests {
         let client = Client::try_from(config).unwrap();
         let metrics = Arc::new(OperatorMetrics::register(&mut Default::default()));
         let ctx = Context::new(client, metrics, watch::channel(true).1);
-        let (_, writer) = reflector::store::<RuntimeConfig>();
+        let (_, writer) = reflector::store::<Cached<RuntimeConfig>>();
         let mut feed = CacheFeed {
             writer,
             synced: watch::channel(false).0,

@@ -47,11 +47,13 @@ use crate::projection::ResolvedTarget;
 use crate::reconcile::{self, Observed, Plan};
 use crate::rollout;
 
+mod cached;
 mod feed;
 mod pods;
 pub(crate) mod read;
 mod write;
 
+use cached::Cached;
 use feed::{CacheFeed, namespace_of, projected_changes};
 use pods::PodCache;
 pub use pods::PodsNotSynced;
@@ -347,7 +349,7 @@ fn controller_for<K: ConfigResource>(
         names::OWNER_KIND,
         K::KIND
     ));
-    let (store, writer) = reflector::store::<K>();
+    let (store, writer) = reflector::store::<Cached<K>>();
     let (synced_tx, mut synced_rx) = watch::channel(false);
     let synced: BoxFuture<'static, ()> = Box::pin(async move {
         if synced_rx.wait_for(|synced| *synced).await.is_err() {
@@ -419,7 +421,7 @@ fn controller_for<K: ConfigResource>(
     let heartbeats =
         futures::stream::unfold(tokio::time::interval(every), |mut interval| async move {
             interval.tick().await;
-            Some((ObjectRef::<K>::new(HEARTBEAT), interval))
+            Some((ObjectRef::<Cached<K>>::new(HEARTBEAT), interval))
         });
     // A replica that becomes leader reconciles everything: it skipped writes until now.
     let became_leader = futures::stream::unfold(ctx.is_leader.clone(), |mut rx| async move {
@@ -456,9 +458,7 @@ fn controller_for<K: ConfigResource>(
             store
                 .state()
                 .into_iter()
-                .filter(|o| {
-                    o.namespace() == ns && o.secret_refs().iter().any(|(_, r)| r.name == name)
-                })
+                .filter(|o| o.namespace() == ns && o.secrets.contains(&name))
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
         });
@@ -467,12 +467,11 @@ fn controller_for<K: ConfigResource>(
         // A consumer pod's change reconciles the CRs that select it.
         let store = pod_store;
         let changes = pods.changes().flat_map(move |change| {
-            let refs: Vec<ObjectRef<K>> = store
+            let refs: Vec<ObjectRef<Cached<K>>> = store
                 .state()
                 .into_iter()
                 .filter(|o| {
-                    let Some(selector) = o.rollout().and_then(|r| r.consumer_selector.as_ref())
-                    else {
+                    let Some(selector) = o.consumer_selector.as_deref() else {
                         return false;
                     };
                     // A receiver that fell behind reconciles every CR with a selector.
@@ -509,10 +508,12 @@ fn watch_kind<K: ConfigResource>() -> WatchKind {
     }
 }
 
+type ControllerError = controller::Error<Error, watcher::Error>;
+
 // What came out of the controller: a reconcile's result, a watch error (the supervised watch has
 // logged, counted and restarted it), or the heartbeat.
 fn outcome<K: ConfigResource>(
-    result: Result<(ObjectRef<K>, Action), controller::Error<Error, watcher::Error>>,
+    result: Result<(ObjectRef<Cached<K>>, Action), ControllerError>,
     beat: &Loop,
 ) {
     match result {
@@ -529,7 +530,11 @@ fn outcome<K: ConfigResource>(
 }
 
 // Retries back off per object: 1 s, doubling to 5 minutes; a success starts over.
-fn error_policy<K: ConfigResource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy<K: ConfigResource>(
+    obj: Arc<Cached<K>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let failures = ctx.backoff.failed(obj.uid().unwrap_or_default());
     let after = backoff_delay(failures);
     warn!(kind = K::KIND, name = %obj.name_any(), namespace = ?obj.namespace(), error = %error, label = error.metric_label(), failures, retry_in = ?after, "reconcile error; retrying");
@@ -564,7 +569,10 @@ impl Backoff {
     }
 }
 
-async fn reconcile<K: ConfigResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile<K: ConfigResource>(
+    obj: Arc<Cached<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     if !ctx.leading() {
         // A follower keeps its caches warm and writes nothing; it reconciles all on promotion.
         return Ok(Action::await_change());
@@ -597,7 +605,7 @@ async fn reconcile<K: ConfigResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<
         info!(kind = K::KIND, name = %obj.name_any(), namespace = ?obj.namespace(), "drained: handed back to the sharder");
         return Ok(Action::await_change());
     }
-    let result = reconcile_inner(obj, &ctx).await;
+    let result = reconcile_inner(Arc::new(obj.unpack()), &ctx).await;
     if result.is_ok() {
         ctx.backoff.succeeded(&uid);
     }
