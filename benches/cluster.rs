@@ -15,7 +15,8 @@
 //! It prints one table and writes `target/bench/report.json`. Under `cargo test` (no `--bench`
 //! argument) it runs every phase at a tiny scale and writes nothing, and it is skipped when the
 //! control-plane binaries are missing. `HOTCONF_BENCH_SCALE` (a factor, default 1) scales the
-//! object counts for a quicker look.
+//! object counts for a quicker look; `HOTCONF_BENCH_HOLD=<file>` keeps the control plane and the
+//! seeded objects up after the cold starts, until that file is removed.
 
 mod fixtures;
 
@@ -280,6 +281,7 @@ async fn phases(
         ));
         cold.push(figure);
     }
+    hold(plane).await;
 
     let core = core_estimates();
     Ok(json!({
@@ -303,6 +305,26 @@ async fn phases(
         "cold_start": cold,
         "core": core,
     }))
+}
+
+/// With `HOTCONF_BENCH_HOLD` set, keeps the control plane with the seeded objects up for a look
+/// (profiling a start-up by hand) until the file it names is removed.
+async fn hold(plane: &ControlPlane) {
+    let Some(marker) = std::env::var_os("HOTCONF_BENCH_HOLD").filter(|m| !m.is_empty()) else {
+        return;
+    };
+    let marker = PathBuf::from(marker);
+    if std::fs::write(&marker, plane.kubeconfig_path().display().to_string()).is_err() {
+        return;
+    }
+    say(format!(
+        "holding the control plane (kubeconfig {}) until {} is removed",
+        plane.kubeconfig_path().display(),
+        marker.display()
+    ));
+    while marker.exists() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-//! What the controller's cache holds of an object: its identity as metadata, and the rest of the
-//! slimmed object (see [`feed::slim`](super::feed)) as deflated JSON, unpacked by each reconcile.
+//! What the controller's caches hold of an object: its identity as metadata, and the rest of
+//! the slimmed object as deflated JSON, unpacked when a reconcile reads it. Both kinds are kept so
+//! (slimmed by `feed::slim`), and the projected ConfigMaps' metadata (by `feed::slim_projected`).
 //!
 //! Parsed, an object is mostly map nodes and small strings: one with 20 settings and 10 snapshots
 //! (documents already left out) costs about 25 KiB of heap, its JSON about 6 KiB, and that JSON
@@ -9,13 +10,13 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Resource;
-use kube::api::ObjectMeta;
-use kube::core::NamespaceResourceScope;
-use serde::{Deserialize, Deserializer};
+use kube::api::{ObjectMeta, PartialObjectMeta};
+use kube::runtime::watcher;
+use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 
 use crate::crd::StoredDocument;
 use crate::kinds::ConfigResource;
@@ -23,42 +24,84 @@ use crate::kinds::ConfigResource;
 /// Deflate's fastest level: half the time of the default, for about 15% more bytes.
 const LEVEL: u8 = 1;
 
-/// A cached `K`: see the module's documentation.
-pub(super) struct Cached<K> {
-    // Only what the controller's own machinery reads without unpacking: the store's key, the
-    // names in logs and backoff, the labels of sharding.
-    meta: ObjectMeta,
-    packed: Arc<[u8]>,
+/// How a kind is kept in the cache.
+pub(super) trait Pack:
+    Resource<DynamicType = ()> + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// What the watch mappers read of every object without unpacking it.
+    type Index: Clone + Send + Sync + 'static;
+    /// Slims the object for the cache (what is left must serialize) and returns its index.
+    fn prepare(&mut self) -> Self::Index;
+    /// Puts back, after parsing, what serialization could not carry.
+    fn restore(&mut self) {}
+}
+
+/// What the watch mappers read of a custom resource.
+#[derive(Clone)]
+pub(super) struct Refs {
     /// The names of the Secrets the spec reads (`valuesFrom`).
     pub(super) secrets: Arc<[String]>,
     /// `spec.rollout.consumerSelector`.
     pub(super) consumer_selector: Option<Arc<BTreeMap<String, String>>>,
-    kind: PhantomData<fn() -> K>,
 }
 
-impl<K: ConfigResource> Cached<K> {
-    /// What the cache keeps of `obj`: slimmed, then packed.
-    pub(super) fn new(obj: K) -> Self {
-        let mut obj = obj;
-        super::feed::slim(&mut obj);
-        Self::pack(obj)
-    }
+impl<K: ConfigResource> Pack for K {
+    type Index = Refs;
 
-    // Packs an object already slimmed.
-    fn pack(mut obj: K) -> Self {
-        let secrets = obj.secret_refs().into_iter().map(|(_, r)| r.name).collect();
-        let consumer_selector = obj
-            .rollout()
-            .and_then(|r| r.consumer_selector.clone())
-            .map(Arc::new);
+    fn prepare(&mut self) -> Refs {
+        super::feed::slim(self);
         // A document left out cannot be serialized (so that it is never written): packed as
-        // `null`, it is left out again by `unpack`.
-        if let Some(status) = obj.status_mut() {
+        // `null`, it is left out again by `restore`.
+        if let Some(status) = self.status_mut() {
             for snapshot in &mut status.history {
                 snapshot.document = StoredDocument::default();
             }
         }
-        let json = serde_json::to_vec(&obj).expect("an object without its documents serializes");
+        Refs {
+            secrets: self
+                .secret_refs()
+                .into_iter()
+                .map(|(_, r)| r.name)
+                .collect(),
+            consumer_selector: self
+                .rollout()
+                .and_then(|r| r.consumer_selector.clone())
+                .map(Arc::new),
+        }
+    }
+
+    fn restore(&mut self) {
+        if let Some(status) = self.status_mut() {
+            for snapshot in &mut status.history {
+                snapshot.document = StoredDocument::elided();
+            }
+        }
+    }
+}
+
+impl Pack for PartialObjectMeta<ConfigMap> {
+    type Index = ();
+
+    fn prepare(&mut self) {
+        super::feed::slim_projected(self);
+    }
+}
+
+/// A cached `T`: see the module's documentation.
+pub(super) struct Cached<T: Pack> {
+    // Only what the controller's own machinery reads without unpacking: the store's key, the
+    // names in logs and backoff, the labels of sharding.
+    meta: ObjectMeta,
+    packed: Arc<[u8]>,
+    /// What the watch mappers read.
+    pub(super) index: T::Index,
+}
+
+impl<T: Pack> Cached<T> {
+    /// What the cache keeps of `obj`: slimmed, then packed.
+    pub(super) fn new(mut obj: T) -> Self {
+        let index = obj.prepare();
+        let json = serde_json::to_vec(&obj).expect("a prepared object serializes");
         let m = obj.meta();
         let meta = ObjectMeta {
             name: m.name.clone(),
@@ -72,64 +115,56 @@ impl<K: ConfigResource> Cached<K> {
         Cached {
             meta,
             packed: miniz_oxide::deflate::compress_to_vec(&json, LEVEL).into(),
-            secrets,
-            consumer_selector,
-            kind: PhantomData,
+            index,
         }
     }
 
-    /// The slimmed object, as [`Cached::new`] was given it less what slimming drops.
-    pub(super) fn unpack(&self) -> K {
+    /// The object as [`Cached::new`] was given it, less what slimming drops.
+    pub(super) fn unpack(&self) -> T {
         let json = miniz_oxide::inflate::decompress_to_vec(&self.packed)
             .expect("the cache inflates what it deflated");
-        let mut obj: K =
-            serde_json::from_slice(&json).expect("the cache parses the JSON it wrote of a K");
-        if let Some(status) = obj.status_mut() {
-            for snapshot in &mut status.history {
-                snapshot.document = StoredDocument::elided();
-            }
-        }
+        let mut obj: T =
+            serde_json::from_slice(&json).expect("the cache parses the JSON it wrote of a T");
+        obj.restore();
         obj
     }
 }
 
-impl<K> Clone for Cached<K> {
+impl<T: Pack> Clone for Cached<T> {
     fn clone(&self) -> Self {
         Cached {
             meta: self.meta.clone(),
             packed: self.packed.clone(),
-            secrets: self.secrets.clone(),
-            consumer_selector: self.consumer_selector.clone(),
-            kind: PhantomData,
+            index: self.index.clone(),
         }
     }
 }
 
-impl<K: ConfigResource> std::fmt::Debug for Cached<K> {
+impl<T: Pack> std::fmt::Debug for Cached<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cached")
-            .field("kind", &K::KIND)
+            .field("kind", &T::kind(&()))
             .field("meta", &self.meta)
             .field("packed_bytes", &self.packed.len())
             .finish()
     }
 }
 
-impl<K: ConfigResource> Resource for Cached<K> {
+impl<T: Pack> Resource for Cached<T> {
     type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+    type Scope = T::Scope;
 
     fn kind(dt: &()) -> Cow<'_, str> {
-        K::kind(dt)
+        T::kind(dt)
     }
     fn group(dt: &()) -> Cow<'_, str> {
-        K::group(dt)
+        T::group(dt)
     }
     fn version(dt: &()) -> Cow<'_, str> {
-        K::version(dt)
+        T::version(dt)
     }
     fn plural(dt: &()) -> Cow<'_, str> {
-        K::plural(dt)
+        T::plural(dt)
     }
     fn meta(&self) -> &ObjectMeta {
         &self.meta
@@ -139,10 +174,21 @@ impl<K: ConfigResource> Resource for Cached<K> {
     }
 }
 
-// The controller asks for it; the cache is fed from watches of `K` (see `feed`).
-impl<'de, K: ConfigResource> Deserialize<'de> for Cached<K> {
+/// A watch event of `T` as the cache's.
+pub(super) fn event<T: Pack>(event: watcher::Event<T>) -> watcher::Event<Cached<T>> {
+    match event {
+        watcher::Event::Apply(obj) => watcher::Event::Apply(Cached::new(obj)),
+        watcher::Event::InitApply(obj) => watcher::Event::InitApply(Cached::new(obj)),
+        watcher::Event::Delete(obj) => watcher::Event::Delete(Cached::new(obj)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+// The controller asks for it; the cache is fed from watches of `T` (see `feed`).
+impl<'de, T: Pack> Deserialize<'de> for Cached<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        K::deserialize(deserializer).map(Cached::new)
+        T::deserialize(deserializer).map(Cached::new)
     }
 }
 
@@ -150,7 +196,9 @@ impl<'de, K: ConfigResource> Deserialize<'de> for Cached<K> {
 mod tests {
     use super::*;
     use crate::crd::{PoolBudget, RuntimeConfig};
+    use k8s_openapi::api::core::v1::ConfigMap;
     use kube::ResourceExt as _;
+    use kube::api::PartialObjectMeta;
 
     const RUNTIME_CONFIG: &str = r#"
 apiVersion: hotconf.dev/v1alpha1
@@ -225,9 +273,9 @@ status:
         assert_eq!(back.annotations()["hotconf.dev/rollback-to"], "2");
         assert!(crate::reconcile::sets_spec(&back.managed_fields()[0]));
 
-        assert_eq!(&*cached.secrets, ["checkout-token".to_string()]);
+        assert_eq!(&*cached.index.secrets, ["checkout-token".to_string()]);
         assert_eq!(
-            cached.consumer_selector.as_deref().unwrap()["app"],
+            cached.index.consumer_selector.as_deref().unwrap()["app"],
             "checkout"
         );
         assert_eq!(cached.name_any(), "checkout");
@@ -241,6 +289,33 @@ status:
     }
 
     #[test]
+    fn a_configmaps_metadata_unpacks_without_field_sets() {
+        let cm: PartialObjectMeta<ConfigMap> = serde_yaml::from_str(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: checkout-config
+  namespace: shop
+  uid: 9f
+  labels: {app.kubernetes.io/managed-by: hotconf}
+  annotations: {hotconf.dev/revision: "2", hotconf.dev/data-hash: d1, kubectl.kubernetes.io/last-applied-configuration: "{}"}
+  ownerReferences: [{apiVersion: hotconf.dev/v1alpha1, kind: RuntimeConfig, name: checkout, uid: 6a1f, controller: true}]
+  managedFields:
+  - {manager: hotconf, operation: Apply, apiVersion: v1, fieldsType: FieldsV1, fieldsV1: {"f:data": {}}}
+"#,
+        )
+        .unwrap();
+        let back = Cached::new(cm).unpack().metadata;
+        assert_eq!(back.annotations.as_ref().unwrap().len(), 2);
+        assert_eq!(back.annotations.unwrap()["hotconf.dev/data-hash"], "d1");
+        assert_eq!(back.owner_references.unwrap()[0].uid, "6a1f");
+        let fields = back.managed_fields.unwrap();
+        assert_eq!(fields[0].manager.as_deref(), Some("hotconf"));
+        assert!(fields[0].fields_v1.is_none());
+    }
+
+    #[test]
     fn a_pool_budget_unpacks_too() {
         let obj: PoolBudget =
             serde_yaml::from_str(include_str!("../../examples/pool-budget.yaml")).unwrap();
@@ -249,6 +324,6 @@ status:
             format!("{:?}", cached.unpack()),
             format!("{:?}", slimmed(obj))
         );
-        assert!(cached.secrets.is_empty() && cached.consumer_selector.is_none());
+        assert!(cached.index.secrets.is_empty() && cached.index.consumer_selector.is_none());
     }
 }

@@ -29,13 +29,7 @@ impl<K: ConfigResource> CacheFeed<K> {
         };
         let echo = self.is_echo(&event);
         self.forget_written(&event);
-        let event = match event {
-            watcher::Event::Apply(obj) => watcher::Event::Apply(Cached::new(obj)),
-            watcher::Event::InitApply(obj) => watcher::Event::InitApply(Cached::new(obj)),
-            watcher::Event::Delete(obj) => watcher::Event::Delete(Cached::new(obj)),
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitDone => watcher::Event::InitDone,
-        };
+        let event = cached::event(event);
         self.writer.apply_watcher_event(&event);
         if let watcher::Event::InitDone = event {
             self.synced.send_replace(true);

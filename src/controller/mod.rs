@@ -94,7 +94,7 @@ pub struct Context {
 struct ProjectedCache {
     kind: &'static str,
     namespace: Option<String>,
-    store: reflector::Store<PartialObjectMeta<ConfigMap>>,
+    store: reflector::Store<Cached<PartialObjectMeta<ConfigMap>>>,
     synced: watch::Receiver<bool>,
 }
 
@@ -162,8 +162,8 @@ impl Context {
         if !*synced.borrow() {
             let _ = tokio::time::timeout(PROJECTED_CACHE_WAIT, synced.wait_for(|s| *s)).await;
         }
-        let cm = store.get(&ObjectRef::new(name).within(ns))?;
-        feed::written_by_us_alone(&cm.metadata).then(|| cm.metadata.clone())
+        let cm = store.get(&ObjectRef::new(name).within(ns))?.unpack();
+        feed::written_by_us_alone(&cm.metadata).then_some(cm.metadata)
     }
 
     fn leading(&self) -> bool {
@@ -364,7 +364,7 @@ fn controller_for<K: ConfigResource>(
         seen: HashMap::new(),
     };
     let objects = health
-        .watch(
+        .watch_streaming_list(
             watch_kind::<K>(),
             format!("{}s {within}", K::KIND),
             &client,
@@ -381,7 +381,7 @@ fn controller_for<K: ConfigResource>(
         .applied_objects();
     // The projected ConfigMaps' metadata is also kept: a converged object is recognized from
     // it, with no read of its ConfigMap (a restart over N converged objects reads none).
-    let (cm_store, mut cm_writer) = reflector::store::<Meta<ConfigMap>>();
+    let (cm_store, mut cm_writer) = reflector::store::<Cached<Meta<ConfigMap>>>();
     let (cm_synced_tx, cm_synced) = watch::channel(false);
     ctx.projected.lock().expect("lock").push(ProjectedCache {
         kind: K::KIND,
@@ -399,7 +399,7 @@ fn controller_for<K: ConfigResource>(
         )
         .map(move |event| {
             if let Ok(e) = &event {
-                cm_writer.apply_watcher_event(&e.clone().modify(feed::slim_projected));
+                cm_writer.apply_watcher_event(&cached::event(e.clone()));
                 if matches!(e, watcher::Event::InitDone) {
                     cm_synced_tx.send_replace(true);
                 }
@@ -458,7 +458,7 @@ fn controller_for<K: ConfigResource>(
             store
                 .state()
                 .into_iter()
-                .filter(|o| o.namespace() == ns && o.secrets.contains(&name))
+                .filter(|o| o.namespace() == ns && o.index.secrets.contains(&name))
                 .map(|o| ObjectRef::from_obj(&*o))
                 .collect::<Vec<_>>()
         });
@@ -471,7 +471,7 @@ fn controller_for<K: ConfigResource>(
                 .state()
                 .into_iter()
                 .filter(|o| {
-                    let Some(selector) = o.consumer_selector.as_deref() else {
+                    let Some(selector) = o.index.consumer_selector.as_deref() else {
                         return false;
                     };
                     // A receiver that fell behind reconciles every CR with a selector.

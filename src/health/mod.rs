@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::metrics::OperatorMetrics;
 
+mod list;
 pub(crate) mod watch;
 
 /// The health bounds (`hotconf operator --watch-idle-timeout ...`), in seconds.

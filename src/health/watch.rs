@@ -43,6 +43,45 @@ impl Health {
         K::DynamicType: Default,
         F: FnOnce(Client) -> Api<K>,
     {
+        self.supervised(kind, name, client, api, config, |api, config| {
+            watcher(api, config).boxed()
+        })
+    }
+
+    /// [`Health::watch`], listing from the API server's watch cache with the list streamed (see
+    /// `health::list`): for kinds whose objects are big.
+    pub(crate) fn watch_streaming_list<K, F>(
+        self: &Arc<Self>,
+        kind: WatchKind,
+        name: String,
+        client: &Client,
+        api: F,
+        config: watcher::Config,
+    ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+        K::DynamicType: Default,
+        F: FnOnce(Client) -> Api<K>,
+    {
+        self.supervised(kind, name, client, api, config, |api, config| {
+            super::list::list_and_watch(api, config).boxed()
+        })
+    }
+
+    fn supervised<K, F>(
+        self: &Arc<Self>,
+        kind: WatchKind,
+        name: String,
+        client: &Client,
+        api: F,
+        config: watcher::Config,
+        start: fn(Api<K>, watcher::Config) -> Events<K>,
+    ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+        K::DynamicType: Default,
+        F: FnOnce(Client) -> Api<K>,
+    {
         let watch = self.register_watch(kind, name);
         let observed = Client::new(
             Observed {
@@ -65,7 +104,7 @@ impl Health {
             })
         });
         supervise(self.clone(), watch, probe, move || {
-            watcher(api.clone(), config.clone()).boxed()
+            start(api.clone(), config.clone())
         })
     }
 }
