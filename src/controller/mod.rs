@@ -376,6 +376,9 @@ fn controller_for<K: ConfigResource>(
                     .labels(&shard.selector()),
                 None => watcher::Config::default().any_semantic(),
             },
+            // The listing goes to the cache, which keeps no documents (`cached`), and to echo
+            // detection, which reads none of a listed object.
+            |json| crate::crd::without_documents(|| serde_json::from_slice(json)),
         )
         .filter_map(move |event| std::future::ready(feed.feed(event)))
         .applied_objects();

@@ -158,8 +158,31 @@ impl Serialize for StoredDocument {
 
 impl<'de> Deserialize<'de> for StoredDocument {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if LEAVING_OUT.get() {
+            serde::de::IgnoredAny::deserialize(deserializer)?;
+            return Ok(StoredDocument::elided());
+        }
         Value::deserialize(deserializer).map(|v| StoredDocument::new(&v))
     }
+}
+
+thread_local! {
+    // Whether documents parsed on this thread now are left out (see `without_documents`).
+    static LEAVING_OUT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `parse` with every [`StoredDocument`] it deserializes left out
+/// ([`StoredDocument::elided`]) and only skipped over: for a cache that keeps no documents, whose
+/// listing would otherwise build and drop each one.
+pub fn without_documents<T>(parse: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LEAVING_OUT.set(self.0);
+        }
+    }
+    let _reset = Reset(LEAVING_OUT.replace(true));
+    parse()
 }
 
 /// The rollback pin.
@@ -287,4 +310,28 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_are_left_out_only_while_asked_to() {
+        let text = r#"{"revision": 1, "hash": "h", "createdAt": "t", "generation": 1, "document": {"a": [1, {"b": "}"}]}}"#;
+        let parse = || serde_json::from_str::<Snapshot>(text).unwrap();
+        let left_out = without_documents(parse);
+        assert!(left_out.document.is_elided());
+        assert_eq!((left_out.revision, left_out.hash.as_str()), (1, "h"));
+        // Nested, and after: back as it was.
+        let (inner, outer) = without_documents(|| (without_documents(parse), parse()));
+        assert!(inner.document.is_elided() && outer.document.is_elided());
+        let whole = parse();
+        assert_eq!(whole.document.json(), r#"{"a":[1,{"b":"}"}]}"#);
+        // A parse that fails inside does not leave the thread leaving documents out.
+        assert!(without_documents(
+            || serde_json::from_str::<Snapshot>("{").is_err()
+        ));
+        assert!(!parse().document.is_elided());
+    }
 }

@@ -20,16 +20,21 @@ use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 
+/// How a listed object is parsed from its JSON text.
+pub(crate) type Parse<K> = fn(&[u8]) -> serde_json::Result<K>;
+
 /// The events of a list (from the watch cache, streamed) and then a watch of `api`, as
-/// kube-runtime's watcher gives them. `config` gives the selectors and the watch timeout.
+/// kube-runtime's watcher gives them. `config` gives the selectors and the watch timeout;
+/// `parse` parses the listed objects (the watched ones are parsed whole).
 pub(crate) fn list_and_watch<K>(
     api: Api<K>,
     config: watcher::Config,
+    parse: Parse<K>,
 ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let run = Run { api, config };
+    let run = Run { api, config, parse };
     futures::stream::unfold((run, State::Start), |(run, state)| async move {
         let (item, next) = run.step(state).await;
         Some((item, (run, next)))
@@ -39,6 +44,7 @@ where
 struct Run<K> {
     api: Api<K>,
     config: watcher::Config,
+    parse: Parse<K>,
 }
 
 type Reader = Box<dyn AsyncBufRead + Unpin + Send>;
@@ -70,7 +76,7 @@ where
                 },
                 State::Listing(mut reader, mut scanner) => {
                     match next_piece(&mut reader, &mut scanner).await {
-                        Ok(Piece::Item(bytes)) => match serde_json::from_slice::<K>(&bytes) {
+                        Ok(Piece::Item(bytes)) => match (self.parse)(&bytes) {
                             Ok(obj) => {
                                 return (
                                     Ok(watcher::Event::InitApply(obj)),

@@ -49,7 +49,8 @@ impl Health {
     }
 
     /// [`Health::watch`], listing from the API server's watch cache with the list streamed (see
-    /// `health::list`): for kinds whose objects are big.
+    /// `health::list`): for kinds whose objects are big. `parse` parses each listed object.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn watch_streaming_list<K, F>(
         self: &Arc<Self>,
         kind: WatchKind,
@@ -57,14 +58,15 @@ impl Health {
         client: &Client,
         api: F,
         config: watcher::Config,
+        parse: super::list::Parse<K>,
     ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
         K::DynamicType: Default,
         F: FnOnce(Client) -> Api<K>,
     {
-        self.supervised(kind, name, client, api, config, |api, config| {
-            super::list::list_and_watch(api, config).boxed()
+        self.supervised(kind, name, client, api, config, move |api, config| {
+            super::list::list_and_watch(api, config, parse).boxed()
         })
     }
 
@@ -75,7 +77,7 @@ impl Health {
         client: &Client,
         api: F,
         config: watcher::Config,
-        start: fn(Api<K>, watcher::Config) -> Events<K>,
+        start: impl Fn(Api<K>, watcher::Config) -> Events<K> + Send + 'static,
     ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
