@@ -47,6 +47,11 @@ const KEYS: usize = 20;
 const HISTORY: u64 = 10;
 /// The annotation the floor's ConfigMap carries its sequence number in.
 const SEQ: &str = "bench.hotconf.dev/seq";
+/// How many shards the sharded run has, and their ring (`--controller-ring`).
+const SHARDS: usize = 3;
+const RING: &str = "hotconf";
+/// The label kubernetes-controller-sharding's sharder assigns an object to a shard of `RING` by.
+const SHARD_LABEL: &str = "shard.alpha.sharding.timebertt.dev/hotconf";
 /// Field manager of the benchmark's own writes (the "user" side).
 const BENCH_MANAGER: &str = "hotconf-bench";
 
@@ -281,6 +286,8 @@ async fn phases(
         ));
         cold.push(figure);
     }
+    say(format!("{SHARDS} shards over the {seeded} seeded CRs"));
+    let shards = sharded(plane, bin, logs, &seed_ns, seeded).await?;
     hold(plane).await;
 
     let core = core_estimates();
@@ -303,6 +310,7 @@ async fn phases(
         "latency": latency,
         "empty_rss_mib": baseline_rss,
         "cold_start": cold,
+        "shards": shards,
         "core": core,
     }))
 }
@@ -379,13 +387,23 @@ struct Operator {
 
 impl Operator {
     async fn start(plane: &ControlPlane, bin: &Path, log: &Path) -> anyhow::Result<Operator> {
+        Self::start_with(plane, bin, log, &[]).await
+    }
+
+    async fn start_with(
+        plane: &ControlPlane,
+        bin: &Path,
+        log: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Operator> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let args = vec![
+        let mut args = vec![
             "operator".to_string(),
             format!("--admin-addr=127.0.0.1:{port}"),
         ];
+        args.extend_from_slice(extra);
         let started = Instant::now();
         let process = plane.spawn("hotconf-operator", bin, &args, OPERATOR_USER, log)?;
         Ok(Operator {
@@ -968,7 +986,11 @@ async fn seed_one(client: &Client, ns: &str, i: usize) -> anyhow::Result<()> {
     let crs: Api<RuntimeConfig> = Api::namespaced(client.clone(), ns);
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let name = format!("seed-{i:05}");
-    let mut obj = crs.create(&bench_post(), &bench_cr(&name, HISTORY)).await?;
+    let mut obj = bench_cr(&name, HISTORY);
+    // Assigned to a shard as the sharder would (the unsharded operator ignores the label).
+    obj.labels_mut()
+        .insert(SHARD_LABEL.into(), format!("shard-{}", i % SHARDS));
+    let mut obj = crs.create(&bench_post(), &obj).await?;
     let latest = obj.spec.clone();
     let mut observed = Observed {
         now: chrono::Utc::now() - chrono::Duration::minutes(HISTORY as i64 + 1),
@@ -998,6 +1020,69 @@ async fn seed_one(client: &Client, ns: &str, i: usize) -> anyhow::Result<()> {
     crs.patch_status(&name, &apply, &Patch::Apply(&body))
         .await?;
     Ok(())
+}
+
+/// `SHARDS` operators sharing the seeded objects by their shard label (kubernetes-controller-
+/// sharding's protocol, see docs/install.md): each one's start-up and RSS once all have settled,
+/// beside the one replica's over all of them.
+async fn sharded(
+    plane: &ControlPlane,
+    bin: &Path,
+    logs: &Path,
+    ns: &str,
+    objects: usize,
+) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let mut shards = Vec::new();
+    for i in 0..SHARDS {
+        let args = [
+            format!("--controller-ring={RING}"),
+            format!("--lease-namespace={ns}"),
+            format!("--lease-identity=shard-{i}"),
+        ];
+        let log = logs.join(format!("shard-{i}.log"));
+        shards.push(Operator::start_with(plane, bin, &log, &args).await?);
+    }
+    let mut ready = Vec::new();
+    for shard in &shards {
+        ready.push(shard.wait_ready(Duration::from_secs(600)).await?);
+    }
+    // Settled: every object reconciled (by its shard), and the counters still for 3 s.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = (0.0, Instant::now());
+    loop {
+        let mut total = 0.0;
+        for shard in &shards {
+            total += shard.reconciles().await;
+        }
+        if total > last.0 {
+            last = (total, Instant::now());
+        }
+        if total >= objects as f64 && last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{SHARDS} shards did not reconcile {objects} objects within 600s ({total})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = Vec::new();
+    for (shard, ready) in shards.iter_mut().zip(ready) {
+        let (rss, hwm) = shard.memory_kib();
+        out.push(json!({
+            "ready_s": ready.as_secs_f64(),
+            "reconciles": shard.reconciles().await,
+            "rss_mib": rss as f64 / 1024.0,
+            "peak_rss_mib": hwm as f64 / 1024.0,
+        }));
+        shard.stop();
+    }
+    Ok(json!({
+        "shards": SHARDS,
+        "objects": objects,
+        "settled_s": (last.1 - started).as_secs_f64(),
+        "each": out,
+    }))
 }
 
 /// Fails unless a reconcile of `name` as the API server has it would write nothing.
@@ -1353,6 +1438,37 @@ fn rows(r: &Value) -> Vec<Row> {
                 f(&c["raw_configmaps_mib"]),
                 f(&c["peak_rss_mib"])
             )),
+        );
+    }
+    if let Some(each) = r["shards"]["each"].as_array() {
+        let rss: Vec<f64> = each.iter().map(|s| f(&s["rss_mib"])).collect();
+        let one = r["cold_start"]
+            .as_array()
+            .and_then(|c| c.last())
+            .map(|c| f(&c["rss_mib"]))
+            .unwrap_or(f64::NAN);
+        let most = rss.iter().copied().fold(0.0, f64::max);
+        let list = |key: &str, digits: usize| {
+            each.iter()
+                .map(|s| format!("{:.digits$}", f(&s[key])))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        rows.push(
+            row(
+                format!(
+                    "Memory per shard ({} shards, {} CRs)",
+                    r["shards"]["shards"], r["shards"]["objects"]
+                ),
+                format!("{} MiB RSS", list("rss_mib", 1)),
+            )
+            .reference(format!(
+                "one replica over all: {one:.1} MiB; reconciles {}, ready {} s",
+                list("reconciles", 0),
+                list("ready_s", 2)
+            ))
+            .ratio(most / one)
+            .target("each below one replica", most < one),
         );
     }
     let wpc = f(&lat["writes_per_change"]);

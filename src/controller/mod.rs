@@ -393,12 +393,13 @@ fn controller_for<K: ConfigResource>(
         synced: cm_synced,
     });
     let cms = health
-        .watch(
+        .watch_streaming_list(
             WatchKind::ConfigMap,
             format!("ConfigMaps of {}s {within}", K::KIND),
             &client,
             |c| scoped::<Meta<ConfigMap>>(c, &namespace),
             owned.clone(),
+            |json| serde_json::from_slice(json),
         )
         .map(move |event| {
             if let Ok(e) = &event {
@@ -589,6 +590,7 @@ async fn reconcile<K: ConfigResource>(
     ));
     let started = std::time::Instant::now();
     let uid = obj.uid().unwrap_or_default();
+    let obj = Arc::new(obj.unpack());
     if let Some(shard) = &ctx.shard
         && shard.draining(obj.labels())
     {
@@ -608,7 +610,7 @@ async fn reconcile<K: ConfigResource>(
         info!(kind = K::KIND, name = %obj.name_any(), namespace = ?obj.namespace(), "drained: handed back to the sharder");
         return Ok(Action::await_change());
     }
-    let result = reconcile_inner(Arc::new(obj.unpack()), &ctx).await;
+    let result = reconcile_inner(obj, &ctx).await;
     if result.is_ok() {
         ctx.backoff.succeeded(&uid);
     }

@@ -128,9 +128,13 @@ where
             limit: None,
             ..ListParams::default()
         };
-        let request = kube::core::Request::new(self.api.resource_url())
-            .list(&params)
-            .map_err(kube::Error::BuildRequest)?;
+        let request = kube::core::Request::new(self.api.resource_url());
+        // A metadata-only type asks for the metadata only (`PartialObjectMetadataList`).
+        let request = match K::metadata_api() {
+            true => request.list_metadata(&params),
+            false => request.list(&params),
+        }
+        .map_err(kube::Error::BuildRequest)?;
         let client: kube::Client = self.api.clone().into();
         Ok(Box::new(client.request_stream(request).await?))
     }
