@@ -16,9 +16,38 @@ pub(super) struct CacheFeed<K: ConfigResource> {
     pub(super) ctx: Arc<Context>,
     // uid → (fingerprint, the status fields `hotconf` owned) as last seen
     pub(super) seen: HashMap<String, (u64, Option<u64>)>,
+    // How far the first listing is (see `CacheFeed::new`).
+    first: First,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum First {
+    NotStarted,
+    Listing,
+    Done,
 }
 
 impl<K: ConfigResource> CacheFeed<K> {
+    // The store is ready from the start, and the first listing's objects go straight into it:
+    // the controller (which waits for its store to be ready) reconciles each object as it
+    // arrives, not after the whole listing. A reconcile reads only its own object. A listing
+    // after that (a watch that lists again) is applied whole, as `reflect` does, so that objects
+    // deleted meanwhile leave the cache; so is the first one, if it fails and starts over.
+    pub(super) fn new(
+        mut writer: reflector::store::Writer<Cached<K>>,
+        synced: watch::Sender<bool>,
+        ctx: Arc<Context>,
+    ) -> Self {
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        CacheFeed {
+            writer,
+            synced,
+            ctx,
+            seen: HashMap::new(),
+            first: First::NotStarted,
+        }
+    }
+
     pub(super) fn feed(
         &mut self,
         event: watcher::Result<watcher::Event<K>>,
@@ -30,7 +59,20 @@ impl<K: ConfigResource> CacheFeed<K> {
         let echo = self.is_echo(&event);
         self.forget_written(&event);
         let event = cached::event(event);
-        self.writer.apply_watcher_event(&event);
+        match (&event, self.first) {
+            (watcher::Event::Init, First::NotStarted) => self.first = First::Listing,
+            (watcher::Event::InitApply(obj), First::Listing) => {
+                self.writer
+                    .apply_watcher_event(&watcher::Event::Apply(obj.clone()));
+            }
+            (watcher::Event::InitDone, First::Listing) => self.first = First::Done,
+            (watcher::Event::Init, First::Listing) => {
+                // The first listing failed and starts over: this one is applied whole.
+                self.first = First::Done;
+                self.writer.apply_watcher_event(&event);
+            }
+            _ => self.writer.apply_watcher_event(&event),
+        }
         if let watcher::Event::InitDone = event {
             self.synced.send_replace(true);
         }
@@ -252,6 +294,7 @@ pub(super) fn namespace_of(url: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::crd::RuntimeConfig;
+    use futures::FutureExt as _;
 
     fn object(rv: &str, revision: i64) -> RuntimeConfig {
         let mut obj: RuntimeConfig = serde_yaml::from_str(
@@ -266,20 +309,74 @@ mod tests {
         obj
     }
 
-    #[tokio::test]
-    async fn a_written_status_is_forgotten_once_the_cache_moves_past_it() {
+    fn context() -> Arc<Context> {
         // Nothing here talks to the server: the client only has to exist.
         let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         let client = Client::try_from(config).unwrap();
         let metrics = Arc::new(OperatorMetrics::register(&mut Default::default()));
-        let ctx = Context::new(client, metrics, watch::channel(true).1);
-        let (_, writer) = reflector::store::<Cached<RuntimeConfig>>();
-        let mut feed = CacheFeed {
-            writer,
-            synced: watch::channel(false).0,
-            ctx: ctx.clone(),
-            seen: HashMap::new(),
+        Context::new(client, metrics, watch::channel(true).1)
+    }
+
+    fn named(name: &str, uid: &str) -> RuntimeConfig {
+        let mut obj = object("1", 1);
+        obj.metadata.name = Some(name.into());
+        obj.metadata.uid = Some(uid.into());
+        obj
+    }
+
+    #[tokio::test]
+    async fn the_first_listing_is_reconcilable_as_it_arrives_and_a_relisting_is_applied_whole() {
+        let (reader, writer) = reflector::store::<Cached<RuntimeConfig>>();
+        let (synced, synced_rx) = watch::channel(false);
+        let mut feed = CacheFeed::new(writer, synced, context());
+        // Ready at once (the controller starts reconciling), though nothing is listed yet.
+        assert!(reader.wait_until_ready().now_or_never().is_some());
+        let get = |name: &str| reader.get(&ObjectRef::new(name).within("n"));
+        let passed = |e: Option<watcher::Result<watcher::Event<Cached<RuntimeConfig>>>>| {
+            matches!(e, Some(Ok(watcher::Event::InitApply(_))))
         };
+
+        feed.feed(Ok(watcher::Event::Init));
+        assert!(passed(
+            feed.feed(Ok(watcher::Event::InitApply(named("a", "ua"))))
+        ));
+        assert!(get("a").is_some(), "in the store before the listing ends");
+        assert!(!*synced_rx.borrow(), "but not synced");
+        feed.feed(Ok(watcher::Event::InitApply(named("b", "ub"))));
+        feed.feed(Ok(watcher::Event::InitDone));
+        assert!(*synced_rx.borrow());
+        assert!(
+            get("a").is_some() && get("b").is_some(),
+            "the end keeps both"
+        );
+
+        // A later listing, without `a` (deleted meanwhile): applied whole at its end.
+        feed.feed(Ok(watcher::Event::Init));
+        feed.feed(Ok(watcher::Event::InitApply(named("b", "ub"))));
+        assert!(get("a").is_some(), "the old state until the listing ends");
+        feed.feed(Ok(watcher::Event::InitDone));
+        assert!(get("a").is_none() && get("b").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_first_listing_that_starts_over_is_applied_whole() {
+        let (reader, writer) = reflector::store::<Cached<RuntimeConfig>>();
+        let mut feed = CacheFeed::new(writer, watch::channel(false).0, context());
+        let get = |name: &str| reader.get(&ObjectRef::new(name).within("n"));
+        feed.feed(Ok(watcher::Event::Init));
+        feed.feed(Ok(watcher::Event::InitApply(named("a", "ua"))));
+        // The listing failed; the next one has no `a`.
+        feed.feed(Ok(watcher::Event::Init));
+        feed.feed(Ok(watcher::Event::InitApply(named("b", "ub"))));
+        feed.feed(Ok(watcher::Event::InitDone));
+        assert!(get("a").is_none() && get("b").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_written_status_is_forgotten_once_the_cache_moves_past_it() {
+        let ctx = context();
+        let (_, writer) = reflector::store::<Cached<RuntimeConfig>>();
+        let mut feed = CacheFeed::new(writer, watch::channel(false).0, ctx.clone());
         let wrote = |ctx: &Context, rv: &str| {
             let status = object(rv, 2).status.unwrap();
             ctx.written

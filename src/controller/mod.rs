@@ -357,12 +357,7 @@ fn controller_for<K: ConfigResource>(
             futures::future::pending::<()>().await;
         }
     });
-    let mut feed = CacheFeed {
-        writer,
-        synced: synced_tx,
-        ctx: ctx.clone(),
-        seen: HashMap::new(),
-    };
+    let mut feed = CacheFeed::new(writer, synced_tx, ctx.clone());
     let objects = health
         .watch_streaming_list(
             watch_kind::<K>(),
@@ -573,7 +568,29 @@ impl Backoff {
     }
 }
 
+// kube-runtime polls every reconcile inside the controller's own future, with the watches that
+// feed it: on one thread at a time. Each runs as a task of its own instead, so reconciles, and
+// the parsing of a listing, use every core; dropping the reconcile (shutdown) still cancels it.
 async fn reconcile<K: ConfigResource>(
+    obj: Arc<Cached<K>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(reconcile_task(obj, ctx)));
+    match (&mut task.0).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled with the runtime (the process is ending): nothing more to do.
+        Err(_) => Ok(Action::await_change()),
+    }
+}
+
+async fn reconcile_task<K: ConfigResource>(
     obj: Arc<Cached<K>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
