@@ -50,13 +50,11 @@ impl<K: ConfigResource> Pack for K {
 
     fn prepare(&mut self) -> Refs {
         super::feed::slim(self);
-        // A document left out cannot be serialized (so that it is never written): packed as
-        // `null`, it is left out again by `restore`.
-        if let Some(status) = self.status_mut() {
-            for snapshot in &mut status.history {
-                snapshot.document = StoredDocument::default();
-            }
-        }
+        // The snapshot documents, the bulk of an object, are left out: a reconcile that writes
+        // reads the object whole, and one that projects the current spec has its document from
+        // the spec. A document left out cannot be serialized (so that it is never written):
+        // packed as `null`, it is left out again by `restore`.
+        set_documents(self, StoredDocument::default);
         Refs {
             secrets: self
                 .secret_refs()
@@ -71,10 +69,15 @@ impl<K: ConfigResource> Pack for K {
     }
 
     fn restore(&mut self) {
-        if let Some(status) = self.status_mut() {
-            for snapshot in &mut status.history {
-                snapshot.document = StoredDocument::elided();
-            }
+        set_documents(self, StoredDocument::elided);
+    }
+}
+
+// Replaces every snapshot document of `obj`.
+fn set_documents<K: ConfigResource>(obj: &mut K, document: fn() -> StoredDocument) {
+    if let Some(status) = obj.status_mut() {
+        for snapshot in &mut status.history {
+            snapshot.document = document();
         }
     }
 }
@@ -250,8 +253,10 @@ status:
   rollback: {targetRevision: 2, pinnedGeneration: 3, requested: "2"}
 "#;
 
+    // What the cache should give back of `obj`: slimmed, without its documents.
     fn slimmed<K: ConfigResource>(mut obj: K) -> K {
         super::super::feed::slim(&mut obj);
+        set_documents(&mut obj, StoredDocument::elided);
         obj
     }
 

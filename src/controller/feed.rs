@@ -130,7 +130,7 @@ impl<K: ConfigResource> CacheFeed<K> {
 // What the cache keeps of an object: everything a reconcile that writes nothing reads. Of
 // managedFields that is, per `reconcile::changed_by`, which manager touched `spec` last,
 // outside subresources, and, per `reconcile::rollback_requester`, which one set the rollback
-// annotation. Of the history, everything but the documents.
+// annotation. (The snapshot documents are left out when the object is packed: see `cached`.)
 pub(super) fn slim<K: ConfigResource>(obj: &mut K) {
     let meta = obj.meta_mut();
     if let Some(entries) = meta.managed_fields.as_mut() {
@@ -156,13 +156,6 @@ pub(super) fn slim<K: ConfigResource>(obj: &mut K) {
     }
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
-    }
-    // The snapshot documents, the bulk of an object: a reconcile that writes reads the object
-    // whole, and one that projects the current spec has its document from the spec.
-    if let Some(status) = obj.status_mut().as_mut() {
-        for snapshot in &mut status.history {
-            snapshot.document = crate::crd::StoredDocument::elided();
-        }
     }
 }
 

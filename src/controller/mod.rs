@@ -40,7 +40,7 @@ use crate::crd::{
     ConfigStatus, MANAGER, PoolBudget, RestartTarget, RuntimeConfig, WorkloadKind, names,
 };
 use crate::document::ResolvedSecret;
-use crate::health::{Health, Loop, WatchKind};
+use crate::health::{Health, Listing, Loop, WatchKind};
 use crate::kinds::ConfigResource;
 use crate::metrics::{OperatorMetrics, ResultLabels};
 use crate::projection::ResolvedTarget;
@@ -359,7 +359,7 @@ fn controller_for<K: ConfigResource>(
     });
     let mut feed = CacheFeed::new(writer, synced_tx, ctx.clone());
     let objects = health
-        .watch_streaming_list(
+        .watch(
             watch_kind::<K>(),
             format!("{}s {within}", K::KIND),
             &client,
@@ -373,7 +373,9 @@ fn controller_for<K: ConfigResource>(
             },
             // The listing goes to the cache, which keeps no documents (`cached`), and to echo
             // detection, which reads none of a listed object.
-            |json| crate::crd::without_documents(|| serde_json::from_slice(json)),
+            Listing::Streamed(|json| {
+                crate::crd::without_documents(|| serde_json::from_slice(json))
+            }),
         )
         .filter_map(move |event| std::future::ready(feed.feed(event)))
         .applied_objects();
@@ -388,13 +390,13 @@ fn controller_for<K: ConfigResource>(
         synced: cm_synced,
     });
     let cms = health
-        .watch_streaming_list(
+        .watch(
             WatchKind::ConfigMap,
             format!("ConfigMaps of {}s {within}", K::KIND),
             &client,
             |c| scoped::<Meta<ConfigMap>>(c, &namespace),
             owned.clone(),
-            |json| serde_json::from_slice(json),
+            Listing::Streamed(|json| serde_json::from_slice(json)),
         )
         .map(move |event| {
             if let Ok(e) = &event {
@@ -411,6 +413,7 @@ fn controller_for<K: ConfigResource>(
         &client,
         |c| scoped::<Meta<Secret>>(c, &namespace),
         owned,
+        Listing::Paged,
     );
     // The heartbeat: a request for an object that cannot exist goes through the controller's
     // own queue and runner like any reconcile (and waits for a free slot like one), and comes
@@ -450,6 +453,7 @@ fn controller_for<K: ConfigResource>(
                 &client,
                 |c| scoped::<Meta<Secret>>(c, &namespace),
                 watcher::Config::default(),
+                Listing::Paged,
             )
             .touched_objects();
         controller = controller.watches_stream(changes, move |s: Meta<Secret>| {

@@ -24,12 +24,31 @@ use super::{Health, Problem, Watch, WatchKind};
 
 type Events<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
+/// How a watch lists.
+pub(crate) enum Listing<K> {
+    /// kube-runtime's watcher: pages of 500, which the API server serves from etcd.
+    Paged,
+    /// From the API server's watch cache, the response parsed as it streams (see
+    /// `health::list`), each object by `parse`: for kinds whose objects are big.
+    Streamed(super::list::Parse<K>),
+}
+
+// A `fn` pointer whatever `K` is.
+impl<K> Clone for Listing<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<K> Copy for Listing<K> {}
+
 // Whether the API server answers at all (kube-apiserver's own `/version`).
 type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 impl Health {
     /// A supervised watch of `kind` (see the module): `api` builds the watched API on the
-    /// client it is given (this watch's own); `config` gets the server-side timeout.
+    /// client it is given (this watch's own); `config` gets the server-side timeout; `listing`
+    /// says how it lists.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn watch<K, F>(
         self: &Arc<Self>,
         kind: WatchKind,
@@ -37,47 +56,7 @@ impl Health {
         client: &Client,
         api: F,
         config: watcher::Config,
-    ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
-    where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-        K::DynamicType: Default,
-        F: FnOnce(Client) -> Api<K>,
-    {
-        self.supervised(kind, name, client, api, config, |api, config| {
-            watcher(api, config).boxed()
-        })
-    }
-
-    /// [`Health::watch`], listing from the API server's watch cache with the list streamed (see
-    /// `health::list`): for kinds whose objects are big. `parse` parses each listed object.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn watch_streaming_list<K, F>(
-        self: &Arc<Self>,
-        kind: WatchKind,
-        name: String,
-        client: &Client,
-        api: F,
-        config: watcher::Config,
-        parse: super::list::Parse<K>,
-    ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
-    where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-        K::DynamicType: Default,
-        F: FnOnce(Client) -> Api<K>,
-    {
-        self.supervised(kind, name, client, api, config, move |api, config| {
-            super::list::list_and_watch(api, config, parse).boxed()
-        })
-    }
-
-    fn supervised<K, F>(
-        self: &Arc<Self>,
-        kind: WatchKind,
-        name: String,
-        client: &Client,
-        api: F,
-        config: watcher::Config,
-        start: impl Fn(Api<K>, watcher::Config) -> Events<K> + Send + 'static,
+        listing: Listing<K>,
     ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -105,8 +84,11 @@ impl Health {
                     .map_err(|e| e.to_string())
             })
         });
-        supervise(self.clone(), watch, probe, move || {
-            start(api.clone(), config.clone())
+        supervise(self.clone(), watch, probe, move || match listing {
+            Listing::Paged => watcher(api.clone(), config.clone()).boxed(),
+            Listing::Streamed(parse) => {
+                super::list::list_and_watch(api.clone(), config.clone(), parse).boxed()
+            }
         })
     }
 }
