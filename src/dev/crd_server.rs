@@ -89,6 +89,9 @@ pub fn resolve(cache_root: &Path) -> std::result::Result<Option<PathBuf>, String
     }
 }
 
+/// Where the CRD server keeps its objects in the etcd it shares with kube-apiserver.
+pub(super) const ETCD_PREFIX: &str = "/hotconf-crd-server";
+
 /// The arguments of the CRD server process.
 pub(super) struct Flags<'a> {
     pub etcd_url: &'a str,
@@ -98,16 +101,18 @@ pub(super) struct Flags<'a> {
     /// Its own audit log (kube-apiserver's audits what clients sent through it; this one, what
     /// reached the CRD server and how it answered).
     pub audit_log: &'a Path,
+    /// Whether it keeps a watch cache (see `Options::custom_resource_watch_cache`).
+    pub watch_cache: bool,
 }
 
 impl Flags<'_> {
     pub fn args(&self) -> Vec<String> {
         let p = |f: &str| self.pki.join(f).display().to_string();
         let kubeconfig = self.kubeconfig.display();
-        vec![
+        let mut args = vec![
             format!("--etcd-servers={}", self.etcd_url),
             // Its own key space in the shared etcd: kube-apiserver has CRD objects of its own.
-            "--etcd-prefix=/hotconf-crd-server".into(),
+            format!("--etcd-prefix={ETCD_PREFIX}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
             format!("--secure-port={}", self.port),
@@ -129,7 +134,11 @@ impl Flags<'_> {
             format!("--audit-log-path={}", self.audit_log.display()),
             "--audit-log-format=json".into(),
             "--v=1".into(),
-        ]
+        ];
+        if !self.watch_cache {
+            args.push("--watch-cache=false".into());
+        }
+        args
     }
 }
 
@@ -534,6 +543,7 @@ impl ControlPlane {
         etcd_url: &str,
         pki: &Path,
         ca_pem: &str,
+        watch_cache: bool,
     ) -> Result<(), Error> {
         let port = free_port()?;
         let kubeconfig = self.kubeconfig_for(CRD_SERVER_USER)?;
@@ -543,6 +553,7 @@ impl ControlPlane {
             pki,
             kubeconfig: &kubeconfig,
             audit_log: &self.log_dir.join("crd-server-audit.log"),
+            watch_cache,
         };
         self.start_component("crd-server", binary, &flags.args())?;
         let url = format!("https://127.0.0.1:{port}");

@@ -3,6 +3,7 @@
 //! stand-in for agent tests.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
 };
@@ -18,6 +19,153 @@ use super::error::Error;
 use super::process::Process;
 
 impl ControlPlane {
+    /// The etcd key of an object: kube-apiserver's `/registry/<resource>/…` for the core group
+    /// (`group` ""), `/registry/<group>/<resource>/…` for custom resources it serves itself, the
+    /// CRD server's own prefix for those that one serves.
+    pub fn storage_key(&self, group: &str, resource: &str, namespace: &str, name: &str) -> String {
+        let prefix = match (group, &self.crd_server) {
+            ("", _) => "/registry".to_string(),
+            (_, Some(_)) => format!("{}/{group}", super::crd_server::ETCD_PREFIX),
+            (_, None) => format!("/registry/{group}"),
+        };
+        format!("{prefix}/{resource}/{namespace}/{name}")
+    }
+
+    /// Copies the converged RuntimeConfig `template` of `namespace` and the ConfigMap it projects
+    /// (of the same name) once for each of `copies` (a name, and labels to add to the CR),
+    /// straight into etcd ([`Self::etcd_put`]): seeding as many converged objects as a benchmark
+    /// wants in seconds. A copy is the template with the template's name replaced wherever it
+    /// occurs (so the name must not occur otherwise: `seed-00000`, not `a`), new uids (the
+    /// ConfigMap's owner reference follows), and the ConfigMap's data hash taken again, as its
+    /// metadata key names the object. Copies are written in batches of 2,000, so memory stays
+    /// bounded whatever their number.
+    pub async fn copy_converged(
+        &self,
+        namespace: &str,
+        template: &str,
+        copies: &[(String, BTreeMap<String, String>)],
+    ) -> Result<()> {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let client = self.client().await?;
+        let path =
+            format!("/apis/hotconf.dev/v1alpha1/namespaces/{namespace}/runtimeconfigs/{template}");
+        let request = |path: &str| {
+            http::Request::get(path)
+                .body(Vec::new())
+                .map_err(|e| Error::Kube(kube::Error::HttpError(e)))
+        };
+        let mut cr: serde_json::Value = client.request(request(&path)?).await?;
+        let mut cm: ConfigMap = Api::namespaced(client.clone(), namespace)
+            .get(template)
+            .await?;
+        let cr_uid = cr["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let cm_uid = cm.metadata.uid.clone().unwrap_or_default();
+        if cr_uid.is_empty() || cm_uid.is_empty() {
+            return Err(Error::Fault {
+                component: "etcd".into(),
+                message: format!("{namespace}/{template}: no uid to copy"),
+            });
+        }
+        // As stored: no resourceVersion (the servers set it from etcd's revision on reads).
+        cr["metadata"]
+            .as_object_mut()
+            .map(|m| m.remove("resourceVersion"));
+        cm.metadata.resource_version = None;
+        let cr_text = serde_json::to_string(&cr).map_err(json_error)?;
+        let cm_text = serde_json::to_string(&cm).map_err(json_error)?;
+        let uid = || {
+            let hex = format!("{:032x}", rand::random::<u128>());
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            )
+        };
+        for batch in copies.chunks(2_000) {
+            let mut entries = Vec::with_capacity(batch.len() * 2);
+            for (name, labels) in batch {
+                let new_uid = uid();
+                let rename = |text: &str| text.replace(template, name).replace(&cr_uid, &new_uid);
+                let mut cr: serde_json::Value =
+                    serde_json::from_str(&rename(&cr_text)).map_err(json_error)?;
+                if !labels.is_empty() {
+                    let meta = &mut cr["metadata"];
+                    if !meta["labels"].is_object() {
+                        meta["labels"] = serde_json::json!({});
+                    }
+                    for (k, v) in labels {
+                        meta["labels"][k] = v.clone().into();
+                    }
+                }
+                let mut cm: ConfigMap =
+                    serde_json::from_str(&rename(&cm_text).replace(&cm_uid, &uid()))
+                        .map_err(json_error)?;
+                let hash =
+                    crate::projection::data_hash(cm.data.as_ref().unwrap_or(&BTreeMap::new()));
+                cm.metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(crate::crd::names::DATA_HASH.to_string(), hash);
+                entries.push((
+                    self.storage_key("hotconf.dev", "runtimeconfigs", namespace, name),
+                    serde_json::to_vec(&cr).map_err(json_error)?,
+                ));
+                entries.push((
+                    self.storage_key("", "configmaps", namespace, name),
+                    serde_json::to_vec(&cm).map_err(json_error)?,
+                ));
+            }
+            self.etcd_put(&entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `entries` (key, value) straight into etcd, past the API servers: seeding at a scale
+    /// the API would take many minutes to write. A value is an object as an API server stores it:
+    /// JSON with `apiVersion` and `kind` and no `resourceVersion` (kube-apiserver reads JSON as
+    /// well as its own protobuf). The servers see the objects through their etcd watches, or at
+    /// their next read when they keep no cache. Transactions of at most 64 keys and 1 MiB (etcd's
+    /// request limit is 1.5 MiB), four at a time.
+    pub async fn etcd_put(&self, entries: &[(String, Vec<u8>)]) -> Result<()> {
+        use base64::{Engine as _, engine::general_purpose::STANDARD};
+        use futures::{StreamExt as _, TryStreamExt as _};
+        const MAX_OPS: usize = 64;
+        const MAX_BYTES: usize = 1 << 20;
+        let url = self.etcd_url()?;
+        let addr = url.trim_start_matches("http://").to_string();
+        let mut batches: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for (key, value) in entries {
+            let size = (key.len() + value.len()) * 4 / 3 + 64;
+            let last = batches.last().map_or(0, Vec::len);
+            if last == MAX_OPS || (last > 0 && bytes + size > MAX_BYTES) {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += size;
+            if let Some(batch) = batches.last_mut() {
+                batch.push(serde_json::json!({"requestPut": {
+                    "key": STANDARD.encode(key), "value": STANDARD.encode(value)}}));
+            }
+        }
+        futures::stream::iter(batches.into_iter().filter(|b| !b.is_empty()))
+            .map(|batch| {
+                let body = serde_json::json!({ "success": batch }).to_string();
+                let addr = addr.clone();
+                async move { super::faults::etcd_post(&addr, "/v3/kv/txn", &body).await }
+            })
+            .buffer_unordered(4)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
     /// The write requests of `user` logged since the start, as
     /// (verb, resource, namespace, name, response code).
     pub fn audit_writes(&self, user: &str) -> Vec<AuditEntry> {
@@ -265,4 +413,8 @@ pub struct AuditEntry {
     pub code: i64,
     /// When the API server received the request (RFC 3339, microseconds).
     pub received: String,
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error::Kube(kube::Error::SerdeError(e))
 }

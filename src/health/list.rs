@@ -9,6 +9,12 @@
 //! what the cache costs the server, and the operator holds one object of it at a time: client-go's
 //! informers list the same way (from the cache), without the streaming.
 //!
+//! The list still asks for pages of [`PAGE`], as client-go's reflector does: a server that answers
+//! from its watch cache ignores the limit, but one without a cache (`--watch-cache=false`, or
+//! while its cache is not ready) goes to etcd, and unpaged that would be one read of every object
+//! at once, held decoded in the server. The pages after the first follow `continue` (without a
+//! resourceVersion, as the API requires), and the watch starts from the last page's.
+//!
 //! After the list it watches from the list's resourceVersion, with bookmarks, and watches again
 //! from the last one seen when the server ends the watch; any error ends it (the supervisor in
 //! `health::watch` starts over with a fresh list).
@@ -19,6 +25,9 @@ use kube::api::{ListParams, VersionMatch, WatchEvent, WatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
+
+/// The page size of the list, where the server pages it (kube-runtime's and client-go's).
+const PAGE: u32 = 500;
 
 /// How a listed object is parsed from its JSON text.
 pub(crate) type Parse<K> = fn(&[u8]) -> serde_json::Result<K>;
@@ -65,7 +74,7 @@ where
         let mut state = state;
         loop {
             state = match state {
-                State::Start => match self.list().await {
+                State::Start => match self.list(None).await {
                     Ok(reader) => {
                         return (
                             Ok(watcher::Event::Init),
@@ -85,9 +94,25 @@ where
                             }
                             Err(e) => return (Err(list_failed(e)), State::Start),
                         },
-                        Ok(Piece::End) => match scanner.resource_version.take() {
-                            Some(rv) => return (Ok(watcher::Event::InitDone), State::Listed(rv)),
-                            None => return (Err(watcher::Error::NoResourceVersion), State::Start),
+                        Ok(Piece::End) => match (
+                            scanner.continue_token.take(),
+                            scanner.resource_version.take(),
+                        ) {
+                            (Some(token), _) => match self.list(Some(token)).await {
+                                Ok(reader) => State::Listing(reader, ListScanner::default()),
+                                Err(e) => {
+                                    return (
+                                        Err(watcher::Error::InitialListFailed(e)),
+                                        State::Start,
+                                    );
+                                }
+                            },
+                            (None, Some(rv)) => {
+                                return (Ok(watcher::Event::InitDone), State::Listed(rv));
+                            }
+                            (None, None) => {
+                                return (Err(watcher::Error::NoResourceVersion), State::Start);
+                            }
                         },
                         Err(e) => return (Err(watcher::Error::InitialListFailed(e)), State::Start),
                     }
@@ -119,13 +144,16 @@ where
         }
     }
 
-    async fn list(&self) -> kube::Result<Reader> {
+    // The first page (`continue_token` `None`), or the one a token continues to.
+    async fn list(&self, continue_token: Option<String>) -> kube::Result<Reader> {
+        let first = continue_token.is_none();
         let params = ListParams {
             label_selector: self.config.label_selector.clone(),
             field_selector: self.config.field_selector.clone(),
-            resource_version: Some("0".into()),
-            version_match: Some(VersionMatch::NotOlderThan),
-            limit: None,
+            resource_version: first.then(|| "0".into()),
+            version_match: first.then_some(VersionMatch::NotOlderThan),
+            limit: Some(PAGE),
+            continue_token,
             ..ListParams::default()
         };
         let request = kube::core::Request::new(self.api.resource_url());
@@ -186,7 +214,7 @@ enum Piece {
 
 /// Splits a JSON list object (`{"items": [...], "metadata": {...}, ...}`, fields in any order) as
 /// its bytes arrive: each element of `items` comes out as its own text, `metadata.resourceVersion`
-/// is kept, and the other fields are skipped. It holds the unread part of what it was given: at
+/// and `metadata.continue` are kept, and the other fields are skipped. It holds the unread part of what it was given: at
 /// most one element and a chunk.
 #[derive(Default)]
 struct ListScanner {
@@ -197,6 +225,8 @@ struct ListScanner {
     // The value being scanned, once it started.
     value: Option<ValueScan>,
     resource_version: Option<String>,
+    // A next page's token (none, or empty, on the last page).
+    continue_token: Option<String>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Debug)]
@@ -316,9 +346,12 @@ impl ListScanner {
                         #[serde(rename_all = "camelCase")]
                         struct ListMeta {
                             resource_version: Option<String>,
+                            #[serde(rename = "continue")]
+                            continue_token: Option<String>,
                         }
                         let meta: ListMeta = serde_json::from_slice(text)?;
                         self.resource_version = meta.resource_version;
+                        self.continue_token = meta.continue_token.filter(|t| !t.is_empty());
                         self.place = Place::Fields;
                     }
                     Place::Fields => {
@@ -427,6 +460,31 @@ mod tests {
                 let (got, got_rv) = pieces(text.as_bytes(), size);
                 assert_eq!(Value::Array(got), items, "chunks of {size}");
                 assert_eq!(got_rv.as_deref(), Some(rv));
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_keeps_its_continue_token_and_the_last_page_has_none() {
+        for (text, token) in [
+            (
+                r#"{"items":[{"a":1}],"metadata":{"continue":"eyJ2IjoiNDcxMSJ9","resourceVersion":"9"}}"#,
+                Some("eyJ2IjoiNDcxMSJ9"),
+            ),
+            (
+                r#"{"metadata":{"continue":"","resourceVersion":"9"},"items":[]}"#,
+                None,
+            ),
+            (r#"{"metadata":{"resourceVersion":"9"},"items":[]}"#, None),
+        ] {
+            for size in [1, 7, text.len()] {
+                let mut scanner = ListScanner::default();
+                for chunk in text.as_bytes().chunks(size) {
+                    scanner.push(chunk);
+                    while scanner.next().unwrap().is_some() {}
+                }
+                assert_eq!(scanner.continue_token.as_deref(), token, "{text}");
+                assert_eq!(scanner.resource_version.as_deref(), Some("9"));
             }
         }
     }
