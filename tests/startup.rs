@@ -36,9 +36,10 @@ async fn the_operator_refuses_to_start_without_its_crds() {
 }
 
 /// Without a watch cache (`--watch-cache=false`, or a cache not yet ready) the server answers a
-/// list from etcd, and unpaged that is every object at once. The operator asks for pages of 500:
-/// 1,200 converged RuntimeConfigs (copies of one, written straight into etcd) come in three, and
-/// the restart over them reconciles each and writes nothing.
+/// list from etcd, and unpaged that is every object at once. The operator asks for pages
+/// (`--list-page-size`, here 500): 1,200 converged RuntimeConfigs (copies of one, written
+/// straight into etcd) come in three, and the restart over them reconciles each and writes
+/// nothing.
 #[tokio::test]
 async fn a_cold_start_pages_through_a_server_without_a_watch_cache() {
     const COPIES: usize = 1_199;
@@ -88,8 +89,13 @@ async fn a_cold_start_pages_through_a_server_without_a_watch_cache() {
     let writes_before = in_ns(plane.audit_writes(OPERATOR_USER)).len();
     let reads_before = in_ns(plane.audit_reads(OPERATOR_USER)).len();
     let port = common::free_port();
-    let _operator =
-        env.start_operator_with(OPERATOR_USER, &[format!("--admin-addr=127.0.0.1:{port}")]);
+    let _operator = env.start_operator_with(
+        OPERATOR_USER,
+        &[
+            format!("--admin-addr=127.0.0.1:{port}"),
+            "--list-page-size=500".into(),
+        ],
+    );
     common::eventually(120, "every copy reconciled", || async {
         let metrics = common::http_get(&format!("127.0.0.1:{port}"), "/metrics").await?;
         let done = common::sample(

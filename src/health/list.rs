@@ -9,10 +9,13 @@
 //! what the cache costs the server, and the operator holds one object of it at a time: client-go's
 //! informers list the same way (from the cache), without the streaming.
 //!
-//! The list still asks for pages of [`PAGE`], as client-go's reflector does: a server that answers
-//! from its watch cache ignores the limit, but one without a cache (`--watch-cache=false`, or
-//! while its cache is not ready) goes to etcd, and unpaged that would be one read of every object
-//! at once, held decoded in the server. The pages after the first follow `continue` (without a
+//! The list still asks for pages (`config.page_size`, `--list-page-size`, 10,000 by default): a
+//! server without a watch cache (`--watch-cache=false`, or while its cache is not ready) goes to
+//! etcd, and unpaged that would be one read of every object at once, held decoded in the server.
+//! A server that answers from its cache pages too (kube-apiserver 1.20 and the 1.36 CRD server
+//! both do), and a page ends with the `continue` token the next request needs, so pages come one
+//! after another: client-go's 500 took a cold start over 10,000 objects here from 5.65 to 6.11 s,
+//! and over 1,000 from 0.54 to 1.26 s. The pages after the first follow `continue` (without a
 //! resourceVersion, as the API requires), and the watch starts from the last page's.
 //!
 //! After the list it watches from the list's resourceVersion, with bookmarks, and watches again
@@ -25,9 +28,6 @@ use kube::api::{ListParams, VersionMatch, WatchEvent, WatchParams};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
-
-/// The page size of the list, where the server pages it (kube-runtime's and client-go's).
-const PAGE: u32 = 500;
 
 /// How a listed object is parsed from its JSON text.
 pub(crate) type Parse<K> = fn(&[u8]) -> serde_json::Result<K>;
@@ -152,7 +152,7 @@ where
             field_selector: self.config.field_selector.clone(),
             resource_version: first.then(|| "0".into()),
             version_match: first.then_some(VersionMatch::NotOlderThan),
-            limit: Some(PAGE),
+            limit: self.config.page_size,
             continue_token,
             ..ListParams::default()
         };
@@ -263,6 +263,14 @@ impl ValueScan {
     // The end (exclusive) of the value starting at `self.start`, if `buf` holds all of it.
     fn end(&mut self, buf: &[u8]) -> Option<usize> {
         while self.pos < buf.len() {
+            if self.in_string && !self.escaped {
+                // Most of a list is strings: skip to the next quote or backslash at once.
+                let Some(i) = memchr::memchr2(b'"', b'\\', &buf[self.pos..]) else {
+                    self.pos = buf.len();
+                    return None;
+                };
+                self.pos += i;
+            }
             let c = buf[self.pos];
             self.pos += 1;
             if self.in_string {
@@ -270,7 +278,8 @@ impl ValueScan {
                     self.escaped = false;
                 } else if c == b'\\' {
                     self.escaped = true;
-                } else if c == b'"' {
+                } else {
+                    // A quote: memchr stopped at nothing else.
                     self.in_string = false;
                     if self.depth == 0 {
                         return Some(self.pos);

@@ -38,6 +38,13 @@ pub struct HealthArgs {
     /// for longer.
     #[arg(long, env = "HOTCONF_LOOP_STALL_TIMEOUT", default_value_t = 120)]
     pub loop_stall_timeout: u64,
+    /// How many custom resources (and projected objects' metadata) one list request asks for.
+    /// A page ends with a `continue` token the next request needs, so pages come one after
+    /// another: larger pages start faster, smaller ones bound what a server without a watch
+    /// cache holds decoded to answer one (it reads each page from etcd).
+    #[arg(long, env = "HOTCONF_LIST_PAGE_SIZE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub list_page_size: u32,
 }
 
 impl Default for HealthArgs {
@@ -46,6 +53,7 @@ impl Default for HealthArgs {
             watch_idle_timeout: 60,
             watch_timeout: 30,
             loop_stall_timeout: 120,
+            list_page_size: 10_000,
         }
     }
 }
@@ -76,6 +84,8 @@ pub struct Bounds {
     pub watch_timeout: u32,
     /// No heartbeat from a loop, or one reconcile running, for longer: wedged.
     pub loop_stall: Duration,
+    /// The page size of a streamed list.
+    pub list_page_size: u32,
 }
 
 impl Default for Bounds {
@@ -94,6 +104,7 @@ impl From<&HealthArgs> for Bounds {
             idle: Duration::from_secs(idle),
             watch_timeout: u32::try_from(args.watch_timeout.clamp(1, ceiling)).unwrap_or(u32::MAX),
             loop_stall: Duration::from_secs(args.loop_stall_timeout.max(1)),
+            list_page_size: args.list_page_size.max(1),
         }
     }
 }
@@ -574,6 +585,7 @@ mod tests {
                 watch_idle_timeout: 3,
                 watch_timeout: 30,
                 loop_stall_timeout: 2,
+                list_page_size: 500,
             }),
             None,
         ));

@@ -73,6 +73,8 @@ impl Health {
         );
         let api = api(observed);
         let config = config.timeout(self.bounds.watch_timeout);
+        // kube-runtime's watcher keeps its own page size (500): its pages are held whole.
+        let streamed = config.clone().page_size(self.bounds.list_page_size);
         let client = client.clone();
         let probe: Probe = Arc::new(move || {
             let client = client.clone();
@@ -87,7 +89,7 @@ impl Health {
         supervise(self.clone(), watch, probe, move || match listing {
             Listing::Paged => watcher(api.clone(), config.clone()).boxed(),
             Listing::Streamed(parse) => {
-                super::list::list_and_watch(api.clone(), config.clone(), parse).boxed()
+                super::list::list_and_watch(api.clone(), streamed.clone(), parse).boxed()
             }
         })
     }
@@ -307,6 +309,7 @@ mod tests {
             idle: IDLE,
             watch_timeout: 2,
             loop_stall: IDLE,
+            list_page_size: 500,
         };
         (
             Arc::new(Health::new(bounds, Some(metrics.clone()))),
