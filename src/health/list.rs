@@ -214,8 +214,8 @@ enum Piece {
 
 /// Splits a JSON list object (`{"items": [...], "metadata": {...}, ...}`, fields in any order) as
 /// its bytes arrive: each element of `items` comes out as its own text, `metadata.resourceVersion`
-/// and `metadata.continue` are kept, and the other fields are skipped. It holds the unread part of what it was given: at
-/// most one element and a chunk.
+/// and `metadata.continue` are kept, and the other fields are skipped. It holds the unread part of
+/// what it was given: at most one element and a chunk.
 #[derive(Default)]
 struct ListScanner {
     buf: Vec<u8>,
