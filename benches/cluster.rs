@@ -1067,8 +1067,8 @@ async fn seed_one(client: &Client, ns: &str, i: usize) -> anyhow::Result<()> {
 /// of its own, whose CRD server keeps no watch cache: the 1.36 CRD server's cache holds about
 /// 100 KiB per seeded CR, 10 GB here, which with its garbage collector's headroom is more than
 /// this machine has. Without a cache the server answers the operator's list page by page from
-/// etcd (`health::list` asks for pages; a cache would ignore the limit). One CR is seeded through
-/// the API as the others are, then copied straight into etcd: the API takes 60 objects/s here.
+/// etcd (`health::list` asks for pages of `--list-page-size`). One CR is seeded through the API
+/// as the others are, then copied straight into etcd: the API takes 60 objects/s here.
 async fn huge(bin: &Path, logs: &Path, total: usize) -> anyhow::Result<Value> {
     let plane = ControlPlane::start(Options {
         controller_manager: false,
