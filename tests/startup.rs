@@ -1,6 +1,6 @@
-//! The operator's start-up: without the CRDs it exits at once with a hint; against a server of
-//! custom resources without a watch cache its list comes page by page, and a restart over
-//! converged objects still writes nothing.
+//! The operator's start-up: without the CRDs it exits at once with a hint; a server of custom
+//! resources with a watch cache answers its list in one response from the cache, one without
+//! pages it from etcd, and a restart over converged objects writes nothing either way.
 
 mod common;
 
@@ -42,29 +42,67 @@ async fn the_operator_refuses_to_start_without_its_crds() {
 /// nothing.
 #[tokio::test]
 async fn a_cold_start_pages_through_a_server_without_a_watch_cache() {
+    let lists = cold_start_over_copies("paged", false).await;
+    assert_eq!(lists.len(), 3, "1,200 objects in pages of 500: {lists:#?}");
+    assert_any_version(&lists[0]);
+    for page in &lists[1..] {
+        assert!(
+            page.uri.contains("continue=") && !page.uri.contains("resourceVersion="),
+            "a later page follows the token alone: {page:#?}"
+        );
+    }
+}
+
+/// With a watch cache the first page, at any resourceVersion, is the whole list from the cache,
+/// whatever the limit: one request. (Without `resourceVersion=0`, as kube's `ListParams` sends a
+/// limited list, the server would read each page from etcd instead.)
+#[tokio::test]
+async fn a_cold_start_lists_from_the_watch_cache_in_one_request() {
+    let lists = cold_start_over_copies("cached", true).await;
+    assert_eq!(lists.len(), 1, "the whole list from the cache: {lists:#?}");
+    assert_any_version(&lists[0]);
+}
+
+fn assert_any_version(list: &hotconf::dev::control_plane::AuditEntry) {
+    assert!(
+        list.uri.contains("limit=500")
+            && list.uri.contains("resourceVersion=0")
+            && list.uri.contains("resourceVersionMatch=NotOlderThan"),
+        "the first page asks for any resourceVersion: {list:#?}"
+    );
+}
+
+/// Seeds 1,200 converged RuntimeConfigs (one through the operator, 1,199 copies of it straight
+/// into etcd) on a control plane of its own, restarts the operator over them with pages of 500,
+/// checks that it reconciles each and writes nothing, and returns its RuntimeConfig lists.
+async fn cold_start_over_copies(
+    name: &str,
+    watch_cache: bool,
+) -> Vec<hotconf::dev::control_plane::AuditEntry> {
     const COPIES: usize = 1_199;
     let plane = ControlPlane::start(Options {
         controller_manager: false,
         crds: vec![common::repo().join("crds")],
-        log_dir: Some(common::repo().join("target/control-plane-logs/startup-paged")),
-        custom_resource_watch_cache: false,
+        log_dir: Some(common::repo().join(format!("target/control-plane-logs/startup-{name}"))),
+        custom_resource_watch_cache: watch_cache,
         ..Options::default()
     })
     .await
     .expect("control plane");
     let plane: &'static ControlPlane = Box::leak(Box::new(plane));
-    let env = common::TestEnv::on(plane, "paged").await;
-    env.apply_yaml(
-        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata:\n  name: paged-00000\n\
-         spec:\n  values:\n    workers: 4\n    mode: fast\n",
-    );
+    let env = common::TestEnv::on(plane, name).await;
+    let template = format!("{name}-00000");
+    env.apply_yaml(&format!(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata:\n  name: {template}\n\
+         spec:\n  values:\n    workers: 4\n    mode: fast\n"
+    ));
     let mut operator = env.start_operator();
     let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
     common::eventually(60, "the template to be projected", || async {
-        let rtc = rtcs.get("paged-00000").await.ok()?;
+        let rtc = rtcs.get(&template).await.ok()?;
         let status = rtc.config_status()?;
         let cm = Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
-            .get_opt("paged-00000")
+            .get_opt(&template)
             .await
             .ok()??;
         (status.current_revision == Some(1) && cm.data.is_some()).then_some(())
@@ -73,10 +111,10 @@ async fn a_cold_start_pages_through_a_server_without_a_watch_cache() {
     operator.stop();
 
     let copies: Vec<(String, BTreeMap<String, String>)> = (1..=COPIES)
-        .map(|i| (format!("paged-{i:05}"), BTreeMap::new()))
+        .map(|i| (format!("{name}-{i:05}"), BTreeMap::new()))
         .collect();
     plane
-        .copy_converged(&env.ns, "paged-00000", &copies)
+        .copy_converged(&env.ns, &template, &copies)
         .await
         .expect("copies written to etcd");
 
@@ -107,21 +145,21 @@ async fn a_cold_start_pages_through_a_server_without_a_watch_cache() {
     .await;
     let writes = in_ns(plane.audit_writes(OPERATOR_USER))[writes_before..].to_vec();
     assert!(writes.is_empty(), "the restart wrote: {writes:#?}");
-    let lists: Vec<_> = in_ns(plane.audit_reads(OPERATOR_USER))[reads_before..]
-        .iter()
-        .filter(|e| e.resource == "runtimeconfigs" && e.verb == "list")
-        .cloned()
-        .collect();
-    assert_eq!(lists.len(), 3, "1,200 objects in pages of 500: {lists:#?}");
     // A copy is the object it claims to be: its own ConfigMap, owned by it.
-    let copy = rtcs.get("paged-01199").await.unwrap();
+    let last = format!("{name}-{COPIES:05}");
+    let copy = rtcs.get(&last).await.unwrap();
     let cm = Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
-        .get("paged-01199")
+        .get(&last)
         .await
         .unwrap();
     let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
     assert_eq!(
         (owner.name.as_str(), Some(&owner.uid)),
-        ("paged-01199", copy.metadata.uid.as_ref())
+        (last.as_str(), copy.metadata.uid.as_ref())
     );
+    in_ns(plane.audit_reads(OPERATOR_USER))[reads_before..]
+        .iter()
+        .filter(|e| e.resource == "runtimeconfigs" && e.verb == "list")
+        .cloned()
+        .collect()
 }

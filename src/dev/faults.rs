@@ -170,7 +170,7 @@ impl ControlPlane {
 }
 
 // A JSON POST to etcd's gRPC gateway (plain HTTP on the client port).
-pub(super) async fn etcd_post(addr: &str, path: &str, body: &str) -> Result<serde_json::Value> {
+async fn etcd_post(addr: &str, path: &str, body: &str) -> Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let failed = |e: std::io::Error| fault("etcd", format!("POST {path}: {e}"));
     let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(failed)?;

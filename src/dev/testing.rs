@@ -130,38 +130,59 @@ impl ControlPlane {
     /// the API would take many minutes to write. A value is an object as an API server stores it:
     /// JSON with `apiVersion` and `kind` and no `resourceVersion` (kube-apiserver reads JSON as
     /// well as its own protobuf). The servers see the objects through their etcd watches, or at
-    /// their next read when they keep no cache. Transactions of at most 64 keys and 1 MiB (etcd's
-    /// request limit is 1.5 MiB), four at a time.
+    /// their next read when they keep no cache.
+    ///
+    /// One put each, as an API server writes: a watch cache takes each etcd revision for one
+    /// object, and a transaction of many keys under one revision breaks that (a list answered
+    /// from the cache midway through such a revision has some of its objects, and the watch from
+    /// the list's resourceVersion has none of the rest). Sixteen at a time, over kept-alive
+    /// connections.
     pub async fn etcd_put(&self, entries: &[(String, Vec<u8>)]) -> Result<()> {
         use base64::{Engine as _, engine::general_purpose::STANDARD};
+        use bytes::Bytes;
         use futures::{StreamExt as _, TryStreamExt as _};
-        const MAX_OPS: usize = 64;
-        const MAX_BYTES: usize = 1 << 20;
-        let url = self.etcd_url()?;
-        let addr = url.trim_start_matches("http://").to_string();
-        let mut batches: Vec<Vec<serde_json::Value>> = vec![Vec::new()];
-        let mut bytes = 0;
-        for (key, value) in entries {
-            let size = (key.len() + value.len()) * 4 / 3 + 64;
-            let last = batches.last().map_or(0, Vec::len);
-            if last == MAX_OPS || (last > 0 && bytes + size > MAX_BYTES) {
-                batches.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += size;
-            if let Some(batch) = batches.last_mut() {
-                batch.push(serde_json::json!({"requestPut": {
-                    "key": STANDARD.encode(key), "value": STANDARD.encode(value)}}));
-            }
-        }
-        futures::stream::iter(batches.into_iter().filter(|b| !b.is_empty()))
-            .map(|batch| {
-                let body = serde_json::json!({ "success": batch }).to_string();
-                let addr = addr.clone();
-                async move { super::faults::etcd_post(&addr, "/v3/kv/txn", &body).await }
+        use http_body_util::{BodyExt as _, Full};
+        use hyper_util::client::legacy::Client;
+        use hyper_util::rt::TokioExecutor;
+        let url = format!("{}/v3/kv/put", self.etcd_url()?);
+        let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let failed = |key: &str, e: String| Error::Fault {
+            component: "etcd".into(),
+            message: format!("put {key}: {e}"),
+        };
+        futures::stream::iter(entries)
+            .map(|(key, value)| {
+                let body = serde_json::json!({
+                    "key": STANDARD.encode(key), "value": STANDARD.encode(value)})
+                .to_string();
+                let request = http::Request::post(&url)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)));
+                let http = http.clone();
+                async move {
+                    let request = request.map_err(|e| failed(key, e.to_string()))?;
+                    let response = http
+                        .request(request)
+                        .await
+                        .map_err(|e| failed(key, e.to_string()))?;
+                    let status = response.status();
+                    let body = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| failed(key, e.to_string()))?
+                        .to_bytes();
+                    match status.is_success() {
+                        true => Ok(()),
+                        false => Err(failed(
+                            key,
+                            format!("{status}: {}", String::from_utf8_lossy(&body)),
+                        )),
+                    }
+                }
             })
-            .buffer_unordered(4)
-            .try_collect::<Vec<_>>()
+            .buffer_unordered(16)
+            .try_collect::<Vec<()>>()
             .await?;
         Ok(())
     }
@@ -209,6 +230,7 @@ impl ControlPlane {
                         .and_then(|v| v.as_i64())
                         .unwrap_or(0),
                     received: s("/requestReceivedTimestamp"),
+                    uri: s("/requestURI"),
                 }
             })
             .collect()
@@ -413,6 +435,8 @@ pub struct AuditEntry {
     pub code: i64,
     /// When the API server received the request (RFC 3339, microseconds).
     pub received: String,
+    /// The request's path and query.
+    pub uri: String,
 }
 
 fn json_error(e: serde_json::Error) -> Error {

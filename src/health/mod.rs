@@ -38,11 +38,11 @@ pub struct HealthArgs {
     /// for longer.
     #[arg(long, env = "HOTCONF_LOOP_STALL_TIMEOUT", default_value_t = 120)]
     pub loop_stall_timeout: u64,
-    /// How many custom resources (and projected objects' metadata) one list request asks for.
-    /// A page ends with a `continue` token the next request needs, so pages come one after
-    /// another: larger pages start faster, smaller ones bound what a server without a watch
-    /// cache holds decoded to answer one (it reads each page from etcd).
-    #[arg(long, env = "HOTCONF_LIST_PAGE_SIZE", default_value_t = 10_000,
+    /// How many custom resources (and projected objects' metadata) one list request asks for,
+    /// where a server pages it: one without a watch cache (or while its cache is not ready) reads
+    /// each page from etcd and holds it decoded while it answers. A server with a cache answers
+    /// the list (asked at any resourceVersion) whole from the cache, whatever the limit.
+    #[arg(long, env = "HOTCONF_LIST_PAGE_SIZE", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub list_page_size: u32,
 }
@@ -53,7 +53,7 @@ impl Default for HealthArgs {
             watch_idle_timeout: 60,
             watch_timeout: 30,
             loop_stall_timeout: 120,
-            list_page_size: 10_000,
+            list_page_size: 500,
         }
     }
 }

@@ -396,6 +396,7 @@ mod tests {
                     name: "a".into(),
                     code: 200,
                     received: at.into(),
+                    uri: "/api/v1/namespaces/ns/configmaps/a".into(),
                 },
             )
         };
