@@ -147,7 +147,7 @@ where
     // The first page (`continue_token` `None`), or the one a token continues to.
     async fn list(&self, continue_token: Option<String>) -> kube::Result<Reader> {
         let request = list_request(
-            &self.api.resource_url(),
+            self.api.resource_url(),
             &self.config,
             continue_token,
             K::metadata_api(),
