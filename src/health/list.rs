@@ -569,8 +569,10 @@ mod tests {
         let accept = metadata.headers().get("accept").unwrap().to_str().unwrap();
         assert!(accept.contains("as=PartialObjectMetadataList"), "{accept}");
 
-        let mut unpaged = watcher::Config::default();
-        unpaged.page_size = None;
+        let unpaged = watcher::Config {
+            page_size: None,
+            ..Default::default()
+        };
         let unpaged = list_request("/api/v1/configmaps", &unpaged, None, false);
         assert_eq!(
             unpaged.unwrap().uri().to_string(),
