@@ -1,11 +1,14 @@
 //! What the controller's caches hold of an object: its identity as metadata, and the rest of
-//! the slimmed object as deflated JSON, unpacked when a reconcile reads it. Both kinds are kept so
+//! the slimmed object as LZ4-compressed JSON, unpacked when a reconcile reads it. Both kinds are kept so
 //! (slimmed by `feed::slim`), and the projected ConfigMaps' metadata (by `feed::slim_projected`).
 //!
 //! Parsed, an object is mostly map nodes and small strings: one with 20 settings and 10 snapshots
-//! (documents already left out) costs about 25 KiB of heap, its JSON about 6 KiB, and that JSON
-//! deflated about 1.3 KiB. Unpacking costs about 40 µs, against the milliseconds of a reconcile's
-//! API calls. What the watch mappers read of every object (which Secrets it reads, which pods it
+//! (documents already left out) costs about 25 KiB of heap, and its JSON about 6 KiB. LZ4 rather
+//! than deflate: over a cold start at 10,000 objects deflate's level 1 and inflate were a fifth
+//! of the operator's CPU (every listed object is packed, and its first reconcile unpacks it),
+//! and LZ4 takes a small part of that for somewhat larger packs (measured in the cluster bench's
+//! memory rows). Unpacking costs microseconds, against the milliseconds of a reconcile's API
+//! calls. What the watch mappers read of every object (which Secrets it reads, which pods it
 //! selects) is kept beside, so that a Secret's change does not unpack every object.
 
 use std::borrow::Cow;
@@ -20,9 +23,6 @@ use serde::{Deserialize, Deserializer, Serialize, de::DeserializeOwned};
 
 use crate::crd::StoredDocument;
 use crate::kinds::ConfigResource;
-
-/// Deflate's fastest level: half the time of the default, for about 15% more bytes.
-const LEVEL: u8 = 1;
 
 /// How a kind is kept in the cache.
 pub(super) trait Pack:
@@ -116,15 +116,15 @@ impl<T: Pack> Cached<T> {
         };
         Cached {
             meta,
-            packed: miniz_oxide::deflate::compress_to_vec(&json, LEVEL).into(),
+            packed: lz4_flex::block::compress_prepend_size(&json).into(),
             index,
         }
     }
 
     /// The object as [`Cached::new`] was given it, less what slimming drops.
     pub(super) fn unpack(&self) -> T {
-        let json = miniz_oxide::inflate::decompress_to_vec(&self.packed)
-            .expect("the cache inflates what it deflated");
+        let json = lz4_flex::block::decompress_size_prepended(&self.packed)
+            .expect("the cache unpacks what it packed");
         let mut obj: T =
             serde_json::from_slice(&json).expect("the cache parses the JSON it wrote of a T");
         obj.restore();
