@@ -1,6 +1,7 @@
 //! What the controller's caches hold of an object: its identity as metadata, and the rest of
-//! the slimmed object as LZ4-compressed JSON, unpacked when a reconcile reads it. Both kinds are kept so
-//! (slimmed by `feed::slim`), and the projected ConfigMaps' metadata (by `feed::slim_projected`).
+//! the slimmed object as LZ4-compressed JSON, unpacked when a reconcile reads it. Both kinds are
+//! kept so (slimmed by `feed::slim`), and the projected ConfigMaps' metadata (by
+//! `feed::slim_projected`).
 //!
 //! Parsed, an object is mostly map nodes and small strings: one with 20 settings and 10 snapshots
 //! (documents already left out) costs about 25 KiB of heap, and its JSON about 6 KiB. LZ4 rather
