@@ -8,8 +8,8 @@
 //! 3. Cold start: an operator start over 1,000 and 10,000 converged CRs (seeded with the library's
 //!    own `reconcile::plan`, 10 snapshots each): time to `/readyz`, time until every object was
 //!    reconciled, writes and reads in the audit log, the operator's CPU, and a plain client's
-//!    list of the same CRs, asked as the operator asks. Then 100,000 on a control plane of their own (see [`huge`]):
-//!    one seeded as the others, then copied straight into etcd.
+//!    list of the same CRs, asked as the operator asks. Then 100,000 on a control plane of
+//!    their own (see [`huge`]): one seeded as the others, then copied straight into etcd.
 //! 4. Memory: the operator's RSS at those sizes against the raw JSON of what it caches.
 //! 5. Discipline: writes and reconciles per change over the latency run.
 //! 6. Core speed: read back from criterion's estimates (`cargo bench --bench core`).
