@@ -42,7 +42,7 @@ async fn the_operator_refuses_to_start_without_its_crds() {
 /// nothing.
 #[tokio::test]
 async fn a_cold_start_pages_through_a_server_without_a_watch_cache() {
-    let lists = cold_start_over_copies("paged", false).await;
+    let lists = runtimeconfigs(cold_start_over_copies("paged", false).await);
     assert_eq!(lists.len(), 3, "1,200 objects in pages of 500: {lists:#?}");
     assert_any_version(&lists[0]);
     for page in &lists[1..] {
@@ -58,9 +58,36 @@ async fn a_cold_start_pages_through_a_server_without_a_watch_cache() {
 /// limited list, the server would read each page from etcd instead.)
 #[tokio::test]
 async fn a_cold_start_lists_from_the_watch_cache_in_one_request() {
-    let lists = cold_start_over_copies("cached", true).await;
+    let all = cold_start_over_copies("cached", true).await;
+    // Every watch lists from the cache, not only the CRs': the projected ConfigMaps and Secrets,
+    // the valuesFrom Secrets and the consumer pods too (kube-runtime's watcher, which lists
+    // Secrets and pods from etcd, is not used).
+    for resource in [
+        "runtimeconfigs",
+        "poolbudgets",
+        "configmaps",
+        "secrets",
+        "pods",
+    ] {
+        assert!(
+            all.iter().any(|l| l.resource == resource),
+            "{resource} listed: {all:#?}"
+        );
+    }
+    for list in &all {
+        assert_any_version(list);
+    }
+    let lists = runtimeconfigs(all);
     assert_eq!(lists.len(), 1, "the whole list from the cache: {lists:#?}");
-    assert_any_version(&lists[0]);
+}
+
+fn runtimeconfigs(
+    lists: Vec<hotconf::dev::control_plane::AuditEntry>,
+) -> Vec<hotconf::dev::control_plane::AuditEntry> {
+    lists
+        .into_iter()
+        .filter(|e| e.resource == "runtimeconfigs")
+        .collect()
 }
 
 fn assert_any_version(list: &hotconf::dev::control_plane::AuditEntry) {
@@ -74,7 +101,7 @@ fn assert_any_version(list: &hotconf::dev::control_plane::AuditEntry) {
 
 /// Seeds 1,200 converged RuntimeConfigs (one through the operator, 1,199 copies of it straight
 /// into etcd) on a control plane of its own, restarts the operator over them with pages of 500,
-/// checks that it reconciles each and writes nothing, and returns its RuntimeConfig lists.
+/// checks that it reconciles each and writes nothing, and returns its lists in the namespace.
 async fn cold_start_over_copies(
     name: &str,
     watch_cache: bool,
@@ -159,7 +186,7 @@ async fn cold_start_over_copies(
     );
     in_ns(plane.audit_reads(OPERATOR_USER))[reads_before..]
         .iter()
-        .filter(|e| e.resource == "runtimeconfigs" && e.verb == "list")
+        .filter(|e| e.verb == "list")
         .cloned()
         .collect()
 }

@@ -40,7 +40,7 @@ use crate::crd::{
     ConfigStatus, MANAGER, PoolBudget, RestartTarget, RuntimeConfig, WorkloadKind, names,
 };
 use crate::document::ResolvedSecret;
-use crate::health::{Health, Listing, Loop, WatchKind};
+use crate::health::{Health, Loop, WatchKind};
 use crate::kinds::ConfigResource;
 use crate::metrics::{OperatorMetrics, ResultLabels};
 use crate::projection::ResolvedTarget;
@@ -373,9 +373,7 @@ fn controller_for<K: ConfigResource>(
             },
             // The listing goes to the cache, which keeps no documents (`cached`), and to echo
             // detection, which reads none of a listed object.
-            Listing::Streamed(|json| {
-                crate::crd::without_documents(|| serde_json::from_slice(json))
-            }),
+            |json| crate::crd::without_documents(|| serde_json::from_slice(json)),
         )
         .filter_map(move |event| std::future::ready(feed.feed(event)))
         .applied_objects();
@@ -396,7 +394,7 @@ fn controller_for<K: ConfigResource>(
             &client,
             |c| scoped::<Meta<ConfigMap>>(c, &namespace),
             owned.clone(),
-            Listing::Streamed(|json| serde_json::from_slice(json)),
+            crate::health::parse,
         )
         .map(move |event| {
             if let Ok(e) = &event {
@@ -413,7 +411,7 @@ fn controller_for<K: ConfigResource>(
         &client,
         |c| scoped::<Meta<Secret>>(c, &namespace),
         owned,
-        Listing::Paged,
+        crate::health::parse,
     );
     // The heartbeat: a request for an object that cannot exist goes through the controller's
     // own queue and runner like any reconcile (and waits for a free slot like one), and comes
@@ -453,7 +451,7 @@ fn controller_for<K: ConfigResource>(
                 &client,
                 |c| scoped::<Meta<Secret>>(c, &namespace),
                 watcher::Config::default(),
-                Listing::Paged,
+                crate::health::parse,
             )
             .touched_objects();
         controller = controller.watches_stream(changes, move |s: Meta<Secret>| {

@@ -12,7 +12,7 @@ use kube::{Api, Client, ResourceExt as _, runtime::watcher};
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
-use crate::health::{Health, Listing, WatchKind};
+use crate::health::{self, Health, WatchKind};
 use crate::rollout::Consumer;
 
 /// One pod watch: the namespace it covers (`None`: all) and its events.
@@ -285,7 +285,7 @@ pub(crate) fn pod_watches(
                         None => Api::all(c),
                     },
                     watcher::Config::default(),
-                    Listing::Paged,
+                    health::parse,
                 )
                 .boxed();
             (namespace, events)

@@ -150,8 +150,8 @@ pub struct ControlPlane {
 }
 
 // Every write at Metadata level: enough to count who wrote what. Reads (get, list) of what the
-// operator reads are logged too, to count its reads: ConfigMaps, Secrets and hotconf's own
-// kinds. The reviews the CRD server asks for on each request it authenticates are no one's.
+// operator reads are logged too, to count its reads: ConfigMaps, Secrets, Pods and hotconf's
+// own kinds. The reviews the CRD server asks for on each request it authenticates are no one's.
 const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
@@ -168,7 +168,7 @@ rules:
   verbs: ["get", "list"]
   resources:
   - group: ""
-    resources: ["configmaps", "secrets"]
+    resources: ["configmaps", "secrets", "pods"]
   - group: hotconf.dev
 - level: None
 "#;

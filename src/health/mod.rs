@@ -18,7 +18,7 @@ use crate::metrics::OperatorMetrics;
 
 mod list;
 pub(crate) mod watch;
-pub(crate) use watch::Listing;
+pub(crate) use list::parse;
 
 /// The health bounds (`hotconf operator --watch-idle-timeout ...`), in seconds.
 #[derive(clap::Args, Debug, Clone)]

@@ -1,10 +1,11 @@
-//! Supervised watches: kube's `watcher` with bookmarks and a server-side timeout, on a client of
-//! its own whose transport reports every response and every chunk of a stream as progress
-//! (kube's watcher consumes bookmarks and re-watches without telling its caller, so the wire is
-//! the one place they show). The supervisor judges the watch by that progress: an error marks it
-//! down and restarts it with a fresh list after a backoff; silence beyond the idle bound, while
-//! the API server answers, marks it stalled and restarts it too. A stalled watch is never
-//! trusted: its stream is dropped, not waited on.
+//! Supervised watches: the list-then-watch of `health::list` (a list from the API server's watch
+//! cache, parsed as it streams, then a watch with bookmarks and a server-side timeout), on a
+//! client of its own whose transport reports every response and every chunk of a stream as
+//! progress (bookmarks and re-watches happen inside the stream without telling its caller, so
+//! the wire is the one place they show). The supervisor judges the watch by that progress: an
+//! error marks it down and restarts it with a fresh list after a backoff; silence beyond the idle
+//! bound, while the API server answers, marks it stalled and restarts it too. A stalled watch is
+//! never trusted: its stream is dropped, not waited on.
 
 use std::fmt::Debug;
 use std::pin::Pin;
@@ -16,6 +17,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _, future::BoxFuture, stream::BoxStream};
 use hyper::body::Frame;
 use kube::{Api, Client, Resource, runtime::watcher};
+
+use super::list::Parse;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -24,30 +27,13 @@ use super::{Health, Problem, Watch, WatchKind};
 
 type Events<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
-/// How a watch lists.
-pub(crate) enum Listing<K> {
-    /// kube-runtime's watcher: pages of 500, which the API server serves from etcd.
-    Paged,
-    /// From the API server's watch cache, the response parsed as it streams (see
-    /// `health::list`), each object by `parse`: for kinds whose objects are big.
-    Streamed(super::list::Parse<K>),
-}
-
-// A `fn` pointer whatever `K` is.
-impl<K> Clone for Listing<K> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<K> Copy for Listing<K> {}
-
 // Whether the API server answers at all (kube-apiserver's own `/version`).
 type Probe = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 impl Health {
     /// A supervised watch of `kind` (see the module): `api` builds the watched API on the
-    /// client it is given (this watch's own); `config` gets the server-side timeout; `listing`
-    /// says how it lists.
+    /// client it is given (this watch's own); `config` gets the server-side timeout and the
+    /// page size; `parse` parses each listed object (see `health::list`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn watch<K, F>(
         self: &Arc<Self>,
@@ -56,7 +42,7 @@ impl Health {
         client: &Client,
         api: F,
         config: watcher::Config,
-        listing: Listing<K>,
+        parse: Parse<K>,
     ) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -72,9 +58,9 @@ impl Health {
             client.default_namespace().to_string(),
         );
         let api = api(observed);
-        let config = config.timeout(self.bounds.watch_timeout);
-        // kube-runtime's watcher keeps its own page size (500): its pages are held whole.
-        let streamed = config.clone().page_size(self.bounds.list_page_size);
+        let config = config
+            .timeout(self.bounds.watch_timeout)
+            .page_size(self.bounds.list_page_size);
         let client = client.clone();
         let probe: Probe = Arc::new(move || {
             let client = client.clone();
@@ -86,11 +72,8 @@ impl Health {
                     .map_err(|e| e.to_string())
             })
         });
-        supervise(self.clone(), watch, probe, move || match listing {
-            Listing::Paged => watcher(api.clone(), config.clone()).boxed(),
-            Listing::Streamed(parse) => {
-                super::list::list_and_watch(api.clone(), streamed.clone(), parse).boxed()
-            }
+        supervise(self.clone(), watch, probe, move || {
+            super::list::list_and_watch(api.clone(), config.clone(), parse).boxed()
         })
     }
 }
