@@ -17,13 +17,11 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _, future::BoxFuture, stream::BoxStream};
 use hyper::body::Frame;
 use kube::{Api, Client, Resource, runtime::watcher};
-
-use super::list::Parse;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{Health, Problem, Watch, WatchKind};
+use super::{Health, Problem, Watch, WatchKind, list::Parse};
 
 type Events<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
 
