@@ -1136,3 +1136,92 @@ async fn variant_flags_are_projected_and_resolved() {
         assert!(message.contains(part), "{part} not in {message}");
     }
 }
+
+/// A change to an object whose status this operator wrote last is projected before the object
+/// is read again (the projection waits for no read); one whose cached status it cannot vouch
+/// for (a restarted operator has written nothing yet) reads the object first. Both ways write
+/// one ConfigMap and one status per change, and the revisions follow on.
+#[tokio::test]
+async fn a_change_after_our_own_write_is_projected_before_any_read() {
+    use hotconf::dev::control_plane::{AuditEntry, OPERATOR_USER};
+    let env = TestEnv::new("ahead").await;
+    let operator = env.start_operator();
+    env.kubectl(&["apply", "-f", &example("pool-budget")]);
+    let _: PoolBudget = ready_at(&env, "order-service", 1).await;
+    let requests = |env: &TestEnv| {
+        let mut all: Vec<AuditEntry> = env.plane.audit_writes(OPERATOR_USER);
+        all.extend(env.plane.audit_reads(OPERATOR_USER));
+        // The object's and its ConfigMap's, not the Events'.
+        all.retain(|e| {
+            e.namespace == env.ns
+                && !e.name.is_empty()
+                && ["configmaps", "poolbudgets"].contains(&e.resource.as_str())
+        });
+        all.sort_by(|a, b| a.received.cmp(&b.received));
+        all
+    };
+    let budgets: Api<PoolBudget> = Api::namespaced(env.client.clone(), &env.ns);
+    let change = |connections: i64| {
+        let budgets = budgets.clone();
+        async move {
+            let patch = json!({"spec": {"pools": {"database": {"maxConnections": connections}}}});
+            budgets
+                .patch(
+                    "order-service",
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // The requests of one change, in the order the API server received them.
+    let requests_of = |before: &[AuditEntry], env: &TestEnv| -> Vec<String> {
+        requests(env)
+            .into_iter()
+            .filter(|e| !before.contains(e))
+            .map(|e| format!("{} {} {}", e.verb, e.resource, e.subresource))
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+
+    let before = requests(&env);
+    change(41).await;
+    let _: PoolBudget = ready_at(&env, "order-service", 2).await;
+    assert_eq!(
+        requests_of(&before, &env),
+        [
+            "patch configmaps",
+            "get poolbudgets",
+            "patch poolbudgets status"
+        ],
+        "projected first, then the object read for its status write"
+    );
+
+    drop(operator);
+    let _operator = env.start_operator();
+    let before = requests(&env);
+    change(42).await;
+    let budget: PoolBudget = ready_at(&env, "order-service", 3).await;
+    let after = requests_of(&before, &env);
+    let read = after.iter().position(|r| r == "get poolbudgets");
+    let projected = after.iter().position(|r| r == "patch configmaps");
+    assert!(
+        read.is_some() && read < projected,
+        "a restarted operator reads first: {after:?}"
+    );
+    assert_eq!(
+        after.iter().filter(|r| r.starts_with("patch")).count(),
+        2,
+        "{after:?}"
+    );
+    let status = budget.status.unwrap();
+    let revisions: Vec<i64> = status.history.iter().map(|s| s.revision).collect();
+    assert_eq!(revisions, vec![1, 2, 3]);
+    let cm = config_map(&env, &status.projected.unwrap().config_map).await;
+    assert_eq!(
+        projection::stamped(&cm.metadata).0,
+        Some(3),
+        "the ConfigMap carries the last revision"
+    );
+}

@@ -75,7 +75,7 @@ impl<K: ConfigResource> Pack for K {
 }
 
 // Replaces every snapshot document of `obj`.
-fn set_documents<K: ConfigResource>(obj: &mut K, document: fn() -> StoredDocument) {
+pub(super) fn set_documents<K: ConfigResource>(obj: &mut K, document: fn() -> StoredDocument) {
     if let Some(status) = obj.status_mut() {
         for snapshot in &mut status.history {
             snapshot.document = document();

@@ -90,6 +90,11 @@ impl<K: ConfigResource> CacheFeed<K> {
             _ => return,
         };
         let Some(uid) = obj.uid() else { return };
+        // Gone from this watch, or listed again after it broke off (it may have been away):
+        // its cached status is trusted again only after our next status write.
+        if deleted || matches!(event, watcher::Event::InitApply(_)) {
+            self.ctx.distrust(&uid);
+        }
         let mut written = self.ctx.written.lock().expect("lock");
         if written.get(&uid).is_some_and(|(based_on, _)| {
             deleted || obj.resource_version().as_ref() != Some(based_on)
@@ -363,6 +368,60 @@ mod tests {
         feed.feed(Ok(watcher::Event::InitApply(named("b", "ub"))));
         feed.feed(Ok(watcher::Event::InitDone));
         assert!(get("a").is_none() && get("b").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_cached_status_is_trusted_from_our_write_within_one_term() {
+        let ctx = context();
+        let (_, writer) = reflector::store::<Cached<RuntimeConfig>>();
+        let mut feed = CacheFeed::new(writer, watch::channel(false).0, ctx.clone());
+        assert!(!ctx.trusts(&object("7", 1)), "nothing written yet");
+
+        // Our status write made version 7: the cache at 7 or later has it, before 7 not yet.
+        ctx.trust("u1", ctx.current_term(), Some("7"));
+        assert!(ctx.trusts(&object("7", 1)) && ctx.trusts(&object("12", 1)));
+        assert!(!ctx.trusts(&object("6", 1)));
+        assert!(
+            !ctx.trusts(&object("x7", 1)),
+            "a version that is no integer"
+        );
+
+        // A listing (the watch broke off) or a deletion ends it.
+        feed.feed(Ok(watcher::Event::InitApply(object("8", 1))));
+        assert!(!ctx.trusts(&object("8", 1)));
+        ctx.trust("u1", ctx.current_term(), Some("8"));
+        feed.feed(Ok(watcher::Event::Delete(object("8", 1))));
+        assert!(!ctx.trusts(&object("8", 1)));
+
+        // So does a change of leadership, even for a write that began before it.
+        let term = ctx.current_term();
+        ctx.trust("u1", term, Some("9"));
+        ctx.new_term();
+        assert!(!ctx.trusts(&object("9", 1)));
+        ctx.trust("u1", term, Some("10"));
+        assert!(!ctx.trusts(&object("10", 1)), "written in the term before");
+        ctx.trust("u1", ctx.current_term(), Some("10"));
+        assert!(ctx.trusts(&object("10", 1)));
+    }
+
+    #[tokio::test]
+    async fn losing_the_lease_ends_the_term() {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let metrics = Arc::new(OperatorMetrics::register(&mut Default::default()));
+        let (leading, is_leader) = watch::channel(true);
+        let ctx = Context::new(client, metrics, is_leader);
+        ctx.trust("u1", ctx.current_term(), Some("7"));
+        assert!(ctx.trusts(&object("7", 1)));
+        leading.send(false).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while ctx.trusts(&object("7", 1)) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the term to end");
+        assert_eq!(ctx.current_term(), 1);
     }
 
     #[tokio::test]

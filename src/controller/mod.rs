@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +76,12 @@ pub struct Context {
     // uid → (resourceVersion the write was based on, status written): a reconcile that still
     // sees the object as it was before our own status write uses what we wrote.
     written: Mutex<HashMap<String, (String, ConfigStatus)>>,
+    // Leadership changes so far: a term is one stretch of holding (or not holding) the Lease.
+    term: AtomicU64,
+    // uid → (term, resourceVersion of our last status write in it). Within one term only this
+    // replica writes status (every other holder stopped writing before its Lease ran out), so a
+    // cached copy at or past that version has the server's status: see `project_ahead`.
+    trusted: Mutex<HashMap<String, (u64, u64)>>,
     // Failures in a row per object, for the retry delay.
     backoff: Backoff,
     // The consumer pods (none when consumer tracking is off).
@@ -128,19 +135,74 @@ impl Context {
             controller: "hotconf".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        Arc::new(Context {
+        let ctx = Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics: runtime.metrics.clone(),
             is_leader: runtime.is_leader.clone(),
             written: Mutex::new(HashMap::new()),
+            term: AtomicU64::new(0),
+            trusted: Mutex::new(HashMap::new()),
             backoff: Backoff::default(),
             pods,
             health: runtime.health.clone(),
             attribution: runtime.attribution.clone(),
             projected: Mutex::new(Vec::new()),
             shard,
-        })
+        });
+        // Every change of leadership starts a term, which trusts no cached status yet.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (weak, mut leadership) = (Arc::downgrade(&ctx), ctx.is_leader.clone());
+            runtime.spawn(async move {
+                while leadership.changed().await.is_ok() {
+                    let Some(ctx) = weak.upgrade() else { return };
+                    ctx.new_term();
+                }
+            });
+        }
+        ctx
+    }
+
+    fn new_term(&self) {
+        let mut trusted = self.trusted.lock().expect("lock");
+        self.term.fetch_add(1, Ordering::SeqCst);
+        trusted.clear();
+    }
+
+    // The term now, taken before a status write whose version is then `trust`ed.
+    fn current_term(&self) -> u64 {
+        self.term.load(Ordering::SeqCst)
+    }
+
+    // Our status write in `term` made `uid` `resource_version`.
+    fn trust(&self, uid: &str, term: u64, resource_version: Option<&str>) {
+        let Some(rv) = resource_version.and_then(|rv| rv.parse().ok()) else {
+            return;
+        };
+        let mut trusted = self.trusted.lock().expect("lock");
+        if term == self.current_term() {
+            trusted.insert(uid.to_string(), (term, rv));
+        }
+    }
+
+    // The object left this replica's watch (deleted, or moved to another shard).
+    fn distrust(&self, uid: &str) {
+        self.trusted.lock().expect("lock").remove(uid);
+    }
+
+    // Whether `obj`'s cached status is the server's: our last status write in this term is in
+    // it. Versions are compared as the integers etcd makes them; any other kind is not trusted.
+    fn trusts<K: ConfigResource>(&self, obj: &K) -> bool {
+        let (Some(uid), Some(rv)) = (obj.uid(), obj.resource_version()) else {
+            return false;
+        };
+        let Ok(rv) = rv.parse::<u64>() else {
+            return false;
+        };
+        let trusted = self.trusted.lock().expect("lock");
+        trusted
+            .get(&uid)
+            .is_some_and(|&(term, written)| term == self.current_term() && rv >= written)
     }
 
     // The metadata of the ConfigMap `ns/name` of a `K`, from the cache, when `hotconf` alone has
@@ -626,6 +688,7 @@ async fn reconcile_task<K: ConfigResource>(
             &Patch::Merge(shard.acknowledge_drain()),
         )
         .await?;
+        ctx.distrust(&uid);
         info!(kind = K::KIND, name = %obj.name_any(), namespace = ?obj.namespace(), "drained: handed back to the sharder");
         return Ok(Action::await_change());
     }
@@ -673,6 +736,12 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
     }
     let mut observed = observe(&obj, ctx, &cms, &secrets, true).await?;
     let mut plan = reconcile::plan(&obj, &observed);
+    if writes(&plan)
+        && let Some((fresh, rest)) = project_ahead(&obj, &observed, &plan, ctx, &cms).await?
+    {
+        execute(&fresh, &rest, ctx, &cms, &secrets).await?;
+        return Ok(requeue(&rest));
+    }
     if writes(&plan) || plan.incomplete {
         // The cache can lag behind the server (a watch that fell behind or resumed late, a
         // replica just promoted): a plan made from a stale object would overwrite newer status
@@ -681,20 +750,114 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
         // again from the object as the server has it now, and the status apply is conditional
         // on that version. A plan made from the ConfigMap's cached metadata is made again from
         // the ConfigMap itself: only one that writes nothing is taken from the caches.
+        // The ConfigMap is read beside the object, in the same round trip: a change's
+        // projection waits for one read, not two.
         let api: Api<K> = Api::namespaced(client.clone(), &ns);
-        let fresh = api.get(&name).await?;
+        let cached_config_map = observed
+            .config_map_cached
+            .then(|| ResolvedTarget::resolve(obj.target(), &name).name);
+        let (fresh, config_map) = tokio::try_join!(api.get(&name), async {
+            match &cached_config_map {
+                Some(target) => cms.get_opt(target).await.map(Some),
+                None => Ok(None),
+            }
+        })?;
         let moved = fresh.resource_version() != obj.resource_version();
         obj = fresh;
-        if moved || observed.config_map_cached {
+        if moved {
+            // Another spec or status: everything it reads is read again.
             observed = observe(&obj, ctx, &cms, &secrets, false).await?;
+        } else {
+            if let Some(config_map) = config_map {
+                observed.config_map = config_map;
+                observed.config_map_cached = false;
+            }
         }
         plan = reconcile::plan(&obj, &observed);
     }
     execute(&obj, &plan, ctx, &cms, &secrets).await?;
-    Ok(match plan.requeue_after {
+    Ok(requeue(&plan))
+}
+
+fn requeue(plan: &Plan) -> Action {
+    match plan.requeue_after {
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
-    })
+    }
+}
+
+// A change whose plan writes the ConfigMap and the status, and nothing else, to an object whose
+// cached status is the server's (`Context::trusts`), is projected before the object is read
+// again: the projection waits for no read. That apply is conditional on the ConfigMap's cached
+// version (one written meanwhile, by anyone, sends the reconcile the usual way), and only when
+// the ConfigMap carries no unrecorded projection. The plan is then made again from the object as
+// the server has it, and the rest of it (the status and the Event) is returned when it projects
+// the very same ConfigMap (it is, unless that status is not the cached one after all: then
+// `None`, and the usual way records the projection from the ConfigMap).
+async fn project_ahead<K: ConfigResource>(
+    obj: &K,
+    observed: &Observed,
+    plan: &Plan,
+    ctx: &Context,
+    cms: &Api<ConfigMap>,
+) -> Result<Option<(K, Plan)>, Error> {
+    let only_config_map = plan.secret.is_none()
+        && plan.restart.is_empty()
+        && plan.delete_config_maps.is_empty()
+        && plan.delete_secrets.is_empty()
+        && !plan.remove_rollback_annotation
+        && !plan.incomplete;
+    let (Some(desired), Some(cached), true) = (
+        &plan.config_map,
+        observed
+            .config_map
+            .as_ref()
+            .filter(|_| observed.config_map_cached),
+        only_config_map,
+    ) else {
+        return Ok(None);
+    };
+    let recorded = obj.config_status().and_then(|s| s.latest_revision);
+    let unrecorded = crate::projection::stamped(&cached.metadata)
+        .0
+        .is_some_and(|r| recorded.is_none_or(|latest| r > latest));
+    let version = cached.metadata.resource_version.clone();
+    if unrecorded || version.is_none() || !ctx.trusts(obj) {
+        return Ok(None);
+    }
+    if !ctx.leading() {
+        return Err(Error::NotLeader);
+    }
+    let mut conditional = desired.clone();
+    conditional.metadata.resource_version = version;
+    let name = desired.name_any();
+    let apply = PatchParams::apply(MANAGER).force();
+    match cms.patch(&name, &apply, &Patch::Apply(&conditional)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let status = &plan.status;
+    info!(kind = K::KIND, name = %obj.name_any(), configmap = %name, revision = status.current_revision, "projected");
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let fresh = api.get(&obj.name_any()).await?;
+    let mut documents_left_out = fresh.clone();
+    cached::set_documents(&mut documents_left_out, crate::crd::StoredDocument::elided);
+    if documents_left_out.config_status() != obj.config_status() {
+        return Ok(None);
+    }
+    // The object as cached (the spec just projected, even if it has moved on since: the next
+    // reconcile projects the newer one), with the documents of its history, on the version
+    // the status write is conditional on.
+    let mut whole = obj.clone();
+    *whole.status_mut() = fresh.config_status().cloned();
+    whole.meta_mut().resource_version = fresh.resource_version();
+    let mut rest = reconcile::plan(&whole, observed);
+    if rest.incomplete || rest.config_map.as_ref() != Some(desired) {
+        return Ok(None);
+    }
+    rest.config_map = None;
+    Ok(Some((whole, rest)))
 }
 
 // Whether executing `plan` writes anything.
@@ -718,7 +881,11 @@ pub fn attested_author<K: ConfigResource>(
     let annotations = obj.annotations();
     let user = annotations.get(crate::crd::names::CHANGED_BY)?;
     let proof = annotations.get(crate::crd::names::CHANGED_BY_PROOF)?;
-    let spec = spec_digest(obj);
+    // Without the status: a cached copy's documents are left out, and such a copy does not
+    // serialize (its digest would be nobody's).
+    let mut spec_only = obj.clone();
+    *spec_only.status_mut() = None;
+    let spec = spec_digest(&spec_only);
     let claim = Claim {
         kind: K::KIND,
         namespace: obj.meta().namespace.as_deref().unwrap_or("default"),

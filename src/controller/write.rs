@@ -102,9 +102,13 @@ pub(super) async fn execute<K: ConfigResource>(
             "metadata": {"resourceVersion": obj.resource_version()},
             "status": plan.status,
         });
+        let term = ctx.current_term();
         let updated = api
             .patch_status(&name, &apply, &Patch::Apply(&body))
             .await?;
+        if let Some(uid) = obj.uid() {
+            ctx.trust(&uid, term, updated.resource_version().as_deref());
+        }
         if let (Some(rv), Some(uid)) = (obj.resource_version(), obj.uid()) {
             let mut written = ctx.written.lock().expect("lock");
             written.insert(uid, (rv, plan.status.clone()));
