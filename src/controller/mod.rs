@@ -767,11 +767,9 @@ async fn reconcile_inner<K: ConfigResource>(obj: Arc<K>, ctx: &Context) -> Resul
         if moved {
             // Another spec or status: everything it reads is read again.
             observed = observe(&obj, ctx, &cms, &secrets, false).await?;
-        } else {
-            if let Some(config_map) = config_map {
-                observed.config_map = config_map;
-                observed.config_map_cached = false;
-            }
+        } else if let Some(config_map) = config_map {
+            observed.config_map = config_map;
+            observed.config_map_cached = false;
         }
         plan = reconcile::plan(&obj, &observed);
     }
@@ -790,10 +788,11 @@ fn requeue(plan: &Plan) -> Action {
 // cached status is the server's (`Context::trusts`), is projected before the object is read
 // again: the projection waits for no read. That apply is conditional on the ConfigMap's cached
 // version (one written meanwhile, by anyone, sends the reconcile the usual way), and only when
-// the ConfigMap carries no unrecorded projection. The plan is then made again from the object as
-// the server has it, and the rest of it (the status and the Event) is returned when it projects
-// the very same ConfigMap (it is, unless that status is not the cached one after all: then
-// `None`, and the usual way records the projection from the ConfigMap).
+// the ConfigMap carries no unrecorded projection. The object is then read for its snapshot
+// documents, the plan made again from the cached object with them, and the rest of that plan
+// (the status and the Event) returned when it projects the very same ConfigMap. It does, unless
+// the server's status is not the cached one after all: then `None`, and the usual way records
+// the projection (adopted, or read back from the ConfigMap) before anything else.
 async fn project_ahead<K: ConfigResource>(
     obj: &K,
     observed: &Observed,
@@ -837,8 +836,8 @@ async fn project_ahead<K: ConfigResource>(
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let status = &plan.status;
-    info!(kind = K::KIND, name = %obj.name_any(), configmap = %name, revision = status.current_revision, "projected");
+    let revision = plan.status.current_revision;
+    info!(kind = K::KIND, name = %obj.name_any(), configmap = %name, revision, "projected");
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let fresh = api.get(&obj.name_any()).await?;
     let mut documents_left_out = fresh.clone();
