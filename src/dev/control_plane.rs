@@ -639,9 +639,18 @@ impl ControlPlane {
         )?;
         let admin_token = self.token_for(ADMIN_USER).unwrap_or_default();
         let path = self.dir.join(format!("kubeconfig-{user}"));
+        // Written aside and renamed over: tests that share the plane start operators as the
+        // same user at once, and one must never read the file another is rewriting (an
+        // operator started on a truncated kubeconfig fails "no current context").
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let aside = self
+            .dir
+            .join(format!(".kubeconfig-{user}.{}.{n}", std::process::id()));
         io(
             "writing a user kubeconfig",
-            fs::write(&path, admin.replace(admin_token, token)),
+            fs::write(&aside, admin.replace(admin_token, token))
+                .and_then(|()| fs::rename(&aside, &path)),
         )?;
         Ok(path)
     }
