@@ -308,11 +308,15 @@ mod tests {
     }
 
     fn context() -> Arc<Context> {
+        context_led_by(watch::channel(true).1)
+    }
+
+    fn context_led_by(is_leader: watch::Receiver<bool>) -> Arc<Context> {
         // Nothing here talks to the server: the client only has to exist.
         let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
         let client = Client::try_from(config).unwrap();
         let metrics = Arc::new(OperatorMetrics::register(&mut Default::default()));
-        Context::new(client, metrics, watch::channel(true).1)
+        Context::new(client, metrics, is_leader)
     }
 
     fn named(name: &str, uid: &str) -> RuntimeConfig {
@@ -406,11 +410,8 @@ mod tests {
 
     #[tokio::test]
     async fn losing_the_lease_ends_the_term() {
-        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
-        let client = Client::try_from(config).unwrap();
-        let metrics = Arc::new(OperatorMetrics::register(&mut Default::default()));
         let (leading, is_leader) = watch::channel(true);
-        let ctx = Context::new(client, metrics, is_leader);
+        let ctx = context_led_by(is_leader);
         ctx.trust("u1", ctx.current_term(), Some("7"));
         assert!(ctx.trusts(&object("7", 1)));
         leading.send(false).unwrap();
