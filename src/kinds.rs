@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use chrono::{DateTime, Utc};
-use kube::{Resource, core::NamespaceResourceScope};
+use kube::{Resource, core::NamespaceResourceScope, core::object::HasSpec};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::crd::{
@@ -19,6 +19,7 @@ use crate::validation::{self, FieldError, SecretValues};
 /// A hotconf custom resource: what the generic reconciler needs to know of a kind.
 pub trait ConfigResource:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + HasSpec<Spec: Serialize>
     + Clone
     + Debug
     + Serialize

@@ -880,11 +880,7 @@ pub fn attested_author<K: ConfigResource>(
     let annotations = obj.annotations();
     let user = annotations.get(crate::crd::names::CHANGED_BY)?;
     let proof = annotations.get(crate::crd::names::CHANGED_BY_PROOF)?;
-    // Without the status: a cached copy's documents are left out, and such a copy does not
-    // serialize (its digest would be nobody's).
-    let mut spec_only = obj.clone();
-    *spec_only.status_mut() = None;
-    let spec = spec_digest(&spec_only);
+    let spec = spec_digest(obj.spec());
     let claim = Claim {
         kind: K::KIND,
         namespace: obj.meta().namespace.as_deref().unwrap_or("default"),

@@ -96,8 +96,8 @@ fn proof(req: &AdmissionRequest<DynamicObject>, user: &str, keys: &Keys) -> Opti
     let object = req.object.as_ref()?;
     let value = serde_json::to_value(object).ok()?;
     let spec = match req.kind.kind.as_str() {
-        "RuntimeConfig" => attribution::spec_digest(&typed::<RuntimeConfig>(value).ok()?),
-        "PoolBudget" => attribution::spec_digest(&typed::<PoolBudget>(value).ok()?),
+        "RuntimeConfig" => attribution::spec_digest(&typed::<RuntimeConfig>(value).ok()?.spec),
+        "PoolBudget" => attribution::spec_digest(&typed::<PoolBudget>(value).ok()?.spec),
         _ => return None,
     };
     keys.sign(&Claim {
