@@ -550,3 +550,47 @@ fn a_spec_the_operator_could_not_project_fails_validation() {
         0
     );
 }
+
+/// `hotconf dev` applies the examples as it reads them (YAML 1.2); kubectl reads YAML 1.1 (a
+/// plain `0440` is octal there and a string here). Every example must mean the same to both.
+#[test]
+fn every_example_reads_as_kubectl_reads_it() {
+    let ours = hotconf::dev::manifests::read(&[repo().join("examples")]).unwrap();
+    let out = Command::new("kubectl")
+        .args([
+            "label",
+            "--local",
+            "-o",
+            "json",
+            "-f",
+            "examples",
+            "hotconf-check=1",
+        ])
+        .current_dir(repo())
+        .env("KUBECONFIG", "/dev/null")
+        .output()
+        .expect("running kubectl");
+    assert!(out.status.success(), "kubectl: {}", stderr(&out));
+    let theirs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .map(|v| {
+            let mut v = v.unwrap();
+            let labels = v["metadata"]["labels"].as_object_mut().unwrap();
+            labels.remove("hotconf-check");
+            if labels.is_empty() {
+                v["metadata"].as_object_mut().unwrap().remove("labels");
+            }
+            v
+        })
+        .collect();
+    assert_eq!(ours.len(), theirs.len());
+    for (doc, kubectl) in ours.iter().zip(&theirs) {
+        assert_eq!(
+            &doc.value,
+            kubectl,
+            "{} document {} reads differently",
+            doc.file.display(),
+            doc.index
+        );
+    }
+}
