@@ -96,6 +96,21 @@ async fn wait_event(env: &TestEnv, object: &str, reason: &str) -> String {
     .await
 }
 
+async fn wait_note(env: &TestEnv, object: &str, reason: &str, text: &str) -> String {
+    eventually(
+        30,
+        &format!("a {reason} event on {object} saying {text}"),
+        || async {
+            events(env, object)
+                .await
+                .into_iter()
+                .find(|(_, r, note)| r == reason && note.contains(text))
+                .map(|(_, _, note)| note)
+        },
+    )
+    .await
+}
+
 fn example(name: &str) -> String {
     repo()
         .join("examples")
@@ -375,6 +390,31 @@ async fn invalid_updates_never_reach_the_configmap() {
     .unwrap();
     let rtc: RuntimeConfig = ready_at(&env, "app", 2).await;
     assert!(is(rtc.status.as_ref(), "Valid", "True"));
+    // Each message is an Event of its own (`kubectl describe` shows what happened last), not a
+    // series counted under the first one's note.
+    wait_note(&env, "app", "Projected", "revision 2").await;
+    wait_note(&env, "app", "Projected", "revision 1").await;
+    rtcs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"values": {"mode": "WARP"}}})),
+    )
+    .await
+    .unwrap();
+    let note = wait_note(&env, "app", "ValidationFailed", "WARP").await;
+    assert!(!note.contains("TURBO"), "{note}");
+    rtcs.patch(
+        "app",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"values": {"mode": "SAFE"}}})),
+    )
+    .await
+    .unwrap();
+    let _: RuntimeConfig = wait_for(&env, "app", "Valid=True", |o: &RuntimeConfig| {
+        is(o.status.as_ref(), "Valid", "True")
+            && o.status.as_ref().unwrap().observed_generation == o.metadata.generation
+    })
+    .await;
     pbs.patch(
         "pools",
         &PatchParams::default(),

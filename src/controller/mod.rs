@@ -26,7 +26,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt as _,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Event, EventType, Reporter},
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -47,8 +47,10 @@ use crate::metrics::{OperatorMetrics, ResultLabels};
 use crate::projection::ResolvedTarget;
 use crate::reconcile::{self, Observed, Plan};
 use crate::rollout;
+use events::Recorder;
 
 mod cached;
+mod events;
 mod feed;
 mod pods;
 pub(crate) mod read;
