@@ -28,13 +28,8 @@ struct Key {
     reason: String,
     action: String,
     note: Option<String>,
-    regarding: (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ),
+    // apiVersion, kind, namespace, name, uid.
+    regarding: [Option<String>; 5],
 }
 
 impl Key {
@@ -44,13 +39,13 @@ impl Key {
             reason: ev.reason.clone(),
             action: ev.action.clone(),
             note: ev.note.clone(),
-            regarding: (
+            regarding: [
                 regarding.api_version.clone(),
                 regarding.kind.clone(),
                 regarding.namespace.clone(),
                 regarding.name.clone(),
                 regarding.uid.clone(),
-            ),
+            ],
         }
     }
 }
