@@ -162,7 +162,7 @@ fn fixture_errors() -> Vec<String> {
             "{PB}: spec.pools.redis.retryDelay: must be a duration such as 30s, 5m or 1h30m: expected a number before each unit (got \"soon\")"
         ),
         format!("{PB}: spec.pools.cache.maxEntries: must be between 1 and 10000000 (got 0)"),
-        "tests/fixtures/invalid/mixed.yaml:10 PoolBudget/default/typed: spec.pools.database.maxConnections: invalid type: string \"ten\", expected i64".to_string(),
+        "tests/fixtures/invalid/mixed.yaml:10 PoolBudget/default/typed: spec.pools.database.maxConnections: must be of type integer (got \"ten\")".to_string(),
         "tests/fixtures/invalid/mixed.yaml:20 RuntimeConfig/default/future: apiVersion: is not served: use hotconf.dev/v1alpha1 (got \"hotconf.dev/v1\")".to_string(),
         "tests/fixtures/invalid/syntax-error.yaml:8: cannot parse YAML: did not find expected ',' or ']' at line 13 column 20, while parsing a flow sequence at line 13 column 15".to_string(),
     ]

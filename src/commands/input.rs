@@ -385,33 +385,44 @@ fn classify(
         meta.insert("namespace".into(), Value::String(namespace));
     }
     doc.content = match kind.as_str() {
-        "RuntimeConfig" => typed::<RuntimeConfig>(value, &mut doc.problems)
+        "RuntimeConfig" => typed::<RuntimeConfig>(&value, &mut doc.problems)
             .map_or(Content::Broken, |o| Content::RuntimeConfig(Box::new(o))),
-        _ => typed::<PoolBudget>(value, &mut doc.problems)
+        _ => typed::<PoolBudget>(&value, &mut doc.problems)
             .map_or(Content::Broken, |o| Content::PoolBudget(Box::new(o))),
     };
     doc
 }
 
-/// Deserializes a hotconf object; a field of the wrong type is a problem at its path.
-fn typed<K: ConfigResource>(value: Value, problems: &mut Vec<Problem>) -> Option<K> {
-    match serde_path_to_error::deserialize::<_, K>(value) {
-        Ok(obj) => Some(obj),
-        Err(e) => {
-            let path = e.path().to_string();
-            problems.push(Problem {
-                path: if path == "." { String::new() } else { path },
-                value: None,
-                rule: e.into_inner().to_string(),
-            });
-            None
-        }
+/// Deserializes a hotconf object. When it does not deserialize, every field that breaks the
+/// CRD's schema is a problem at its path, as the API server reports them all at once (the
+/// operator's own rules need the typed object, so they come once these are fixed).
+fn typed<K: ConfigResource>(value: &Value, problems: &mut Vec<Problem>) -> Option<K> {
+    let e = match serde_path_to_error::deserialize::<_, K>(value) {
+        Ok(obj) => return Some(obj),
+        Err(e) => e,
+    };
+    let found = spec_schema(K::KIND)
+        .zip(value.get("spec"))
+        .map(|(schema, spec)| {
+            let mut found = Vec::new();
+            violations(spec, schema, "spec", &mut found);
+            found
+        })
+        .unwrap_or_default();
+    let path = e.path().to_string();
+    if !found.iter().any(|p| p.path == path) {
+        problems.push(Problem {
+            path: if path == "." { String::new() } else { path },
+            value: None,
+            rule: e.into_inner().to_string(),
+        });
     }
+    problems.extend(found);
+    None
 }
 
-/// Fields the CRD does not declare. The API server drops them silently (or refuses the object
-/// under strict field validation), so a typo such as `revisonHistoryLimit` would otherwise pass.
-fn unknown_fields(kind: &str, value: &Value) -> Vec<Problem> {
+/// The CRD's schema of `spec` for `kind`.
+fn spec_schema(kind: &str) -> Option<&'static Value> {
     static SPEC_SCHEMAS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
         crate::crd::crds()
             .into_iter()
@@ -432,9 +443,144 @@ fn unknown_fields(kind: &str, value: &Value) -> Vec<Problem> {
             })
             .collect()
     });
+    SPEC_SCHEMAS.get(kind)
+}
+
+// What the API server's schema validation says of `value` at `path`: types, enums, bounds,
+// lengths, patterns, item counts and required fields (unknown fields are `walk`'s).
+fn violations(value: &Value, schema: &Value, path: &str, problems: &mut Vec<Problem>) {
+    let rule = |problems: &mut Vec<Problem>, rule: String| {
+        let mut shown = value.to_string();
+        if shown.chars().count() > 80 {
+            shown = shown.chars().take(80).chain("…".chars()).collect();
+        }
+        problems.push(Problem {
+            path: path.to_string(),
+            value: Some(shown),
+            rule,
+        });
+    };
+    let has = |key: &str| schema.get(key).and_then(Value::as_bool) == Some(true);
+    // The API server drops a null where the schema does not allow one.
+    if value.is_null()
+        || has("x-kubernetes-preserve-unknown-fields") && schema.get("type").is_none()
+    {
+        return;
+    }
+    let number = |key: &str| schema.get(key).and_then(Value::as_f64);
+    let count = |key: &str| schema.get(key).and_then(Value::as_u64);
+    let ty = schema.get("type").and_then(Value::as_str);
+    let fits = match ty {
+        _ if has("x-kubernetes-int-or-string") => {
+            value.is_i64() || value.is_u64() || value.is_string()
+        }
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_i64() || value.is_u64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        _ => true,
+    };
+    if !fits {
+        let ty = ty.unwrap_or("integer or string");
+        return rule(problems, format!("must be of type {ty}"));
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let allowed: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        rule(problems, format!("must be one of {}", allowed.join(", ")));
+    }
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = number("minimum") {
+            if has("exclusiveMinimum") && n <= min {
+                rule(problems, format!("must be greater than {min}"));
+            } else if n < min {
+                rule(problems, format!("must be greater than or equal to {min}"));
+            }
+        }
+        if let Some(max) = number("maximum")
+            && n > max
+        {
+            rule(problems, format!("must be less than or equal to {max}"));
+        }
+    }
+    match value {
+        Value::String(text) => {
+            let chars = text.chars().count() as u64;
+            if let Some(min) = count("minLength")
+                && chars < min
+            {
+                rule(problems, format!("must be at least {min} characters long"));
+            }
+            if let Some(max) = count("maxLength")
+                && chars > max
+            {
+                rule(problems, format!("may be at most {max} characters long"));
+            }
+            if let Some(pattern) = schema.get("pattern").and_then(Value::as_str)
+                && regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(text))
+            {
+                rule(problems, format!("must match {pattern:?}"));
+            }
+        }
+        Value::Array(items) => {
+            if let Some(min) = count("minItems")
+                && (items.len() as u64) < min
+            {
+                rule(problems, format!("must have at least {min} items"));
+            }
+            if let Some(max) = count("maxItems")
+                && items.len() as u64 > max
+            {
+                rule(problems, format!("must have at most {max} items"));
+            }
+            if let Some(item) = schema.get("items") {
+                for (i, child) in items.iter().enumerate() {
+                    violations(child, item, &format!("{path}[{i}]"), problems);
+                }
+            }
+        }
+        Value::Object(map) => {
+            if let Some(max) = count("maxProperties")
+                && map.len() as u64 > max
+            {
+                rule(problems, format!("must have at most {max} properties"));
+            }
+            for key in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                if map.get(key).is_none_or(Value::is_null) {
+                    problems.push(Problem {
+                        path: format!("{path}.{key}"),
+                        value: None,
+                        rule: "is required".into(),
+                    });
+                }
+            }
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (key, child) in map {
+                if let Some(child_schema) = properties.and_then(|p| p.get(key)).or(additional) {
+                    violations(child, child_schema, &format!("{path}.{key}"), problems);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Fields the CRD does not declare. The API server drops them silently (or refuses the object
+/// under strict field validation), so a typo such as `revisonHistoryLimit` would otherwise pass.
+fn unknown_fields(kind: &str, value: &Value) -> Vec<Problem> {
     let mut problems = Vec::new();
     // The root's apiVersion, kind and metadata are the API server's; status is not the user's.
-    if let (Some(spec), Some(schema)) = (value.get("spec"), SPEC_SCHEMAS.get(kind)) {
+    if let (Some(spec), Some(schema)) = (value.get("spec"), spec_schema(kind)) {
         walk(spec, schema, "spec", &mut problems);
     }
     problems
@@ -537,6 +683,40 @@ mod tests {
     }
 
     #[test]
+    fn an_object_that_breaks_the_schema_reports_every_field_at_once() {
+        let (doc, _) = one(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: a}\nspec:\n  schema:\n    a: {type: integr}\n  values: {b: 0}\n  target: {format: toml, configMapName: Bad_Name}\n  revisionHistoryLimit: 0\n  paused: \"no\"\n",
+        );
+        assert!(matches!(doc.content, Content::Broken));
+        let problems: Vec<_> = doc.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "spec.paused: must be of type boolean (got \"no\")",
+                "spec.revisionHistoryLimit: must be greater than or equal to 1 (got 0)",
+                "spec.schema.a.type: must be one of \"string\", \"integer\", \"number\", \
+                 \"boolean\", \"duration\", \"json\" (got \"integr\")",
+                "spec.target.configMapName: must match \"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$\" (got \"Bad_Name\")",
+                "spec.target.format: must be one of \"yaml\", \"json\", \"properties\", \"env\", \
+                 \"flagd\" (got \"toml\")",
+            ],
+            "{problems:#?}"
+        );
+        let (doc, _) = one(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: PoolBudget\nmetadata: {name: a}\nspec:\n  pools:\n    cache: {evictionPolicy: FIFO, maxEntries: 0}\n    database: {maxConnections: 1000}\n",
+        );
+        let paths: Vec<_> = doc.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.pools.cache.evictionPolicy",
+                "spec.pools.cache.maxEntries",
+                "spec.pools.database.maxConnections"
+            ]
+        );
+    }
+
+    #[test]
     fn free_form_fields_are_not_unknown() {
         let (doc, _) = one(
             "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: a, labels: {x: y}}\nspec:\n  schema: {k: {type: json, default: {deep: [1]}}}\n  values: {k: {any: thing}}\n",
@@ -550,8 +730,9 @@ mod tests {
             "apiVersion: hotconf.dev/v1alpha1\nkind: PoolBudget\nmetadata: {name: a}\nspec: {pools: {database: {maxConnections: ten}}}\n",
         );
         assert!(matches!(doc.content, Content::Broken));
+        assert_eq!(doc.problems.len(), 1, "{:?}", doc.problems);
         assert_eq!(doc.problems[0].path, "spec.pools.database.maxConnections");
-        assert!(doc.problems[0].rule.contains("invalid type"));
+        assert_eq!(doc.problems[0].rule, "must be of type integer");
     }
 
     #[test]
