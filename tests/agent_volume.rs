@@ -987,6 +987,14 @@ async fn a_real_openfeature_client_reads_flags_from_the_agent() {
     )
     .await;
     assert_eq!(code, 304);
+    let (code, _, _) = post(
+        &ofrep,
+        "/ofrep/v1/evaluate/flags",
+        &format!("If-None-Match: \"other\", W/{etag}\r\n"),
+        body,
+    )
+    .await;
+    assert_eq!(code, 304, "a weak tag in a list matches too");
     let other = r#"{"context": {"targetingKey": "someone-else"}}"#;
     let (code, _, _) = post(
         &ofrep,

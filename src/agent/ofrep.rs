@@ -209,7 +209,12 @@ async fn bulk(State(server): State<Server>, headers: HeaderMap, body: String) ->
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        .is_some_and(|v| {
+            // If-None-Match compares weakly (RFC 9110 §13.1.2): `W/"x"` names `"x"` too.
+            v.split(',')
+                .map(|t| t.trim())
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        })
     {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
     }
