@@ -209,7 +209,8 @@ pub fn sets_spec(
             .fields_v1
             .as_ref()
             .and_then(|f| f.0.get("f:spec"))
-            .is_some_and(has_leaf)
+            // `spec: {}` is itself a value (kubectl records `f:spec: {}`).
+            .is_some_and(|spec| spec.as_object().is_some_and(|m| m.is_empty()) || has_leaf(spec))
 }
 
 /// What validation needs of resolved `valuesFrom`: the values, or why each could not be read.
@@ -565,6 +566,15 @@ mod changed_by_tests {
             Some("status"),
         );
         assert!(!sets_spec(&statusy));
+        // An empty spec was set by someone; a bare structure marker sets nothing.
+        let empty = entry(
+            "kubectl-client-side-apply",
+            serde_json::json!({"f:spec": {}}),
+            None,
+        );
+        assert!(sets_spec(&empty));
+        let marker = entry("old", serde_json::json!({"f:spec": {".": {}}}), None);
+        assert!(!sets_spec(&marker));
     }
 }
 
