@@ -1054,6 +1054,33 @@ async fn a_changed_by_annotation_without_the_webhooks_proof_is_not_trusted() {
         note,
         "revision 1 projected to ConfigMap claimed (changed by release-bot: raise the limit)"
     );
+
+    // The same manifest applied again with a new spec carries its reason again; a merge patch
+    // of the spec alone by someone else does not inherit it (SPEC §5.4: the reason written
+    // with that change).
+    let mut next = object.clone();
+    next["spec"]["values"]["limit"] = json!(20);
+    rtcs.patch(
+        "claimed",
+        &PatchParams::apply("release-bot"),
+        &Patch::Apply(&next),
+    )
+    .await
+    .unwrap();
+    let rtc: RuntimeConfig = ready_at(&env, "claimed", 2).await;
+    let history = rtc.status.unwrap().history;
+    assert_eq!(history[1].reason.as_deref(), Some("raise the limit"));
+    rtcs.patch(
+        "claimed",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"values": {"limit": 30}}})),
+    )
+    .await
+    .unwrap();
+    let rtc: RuntimeConfig = ready_at(&env, "claimed", 3).await;
+    let history = rtc.status.unwrap().history;
+    assert_eq!(history[2].reason, None, "{:?}", history[2]);
+    assert_ne!(history[2].changed_by.as_deref(), Some("release-bot"));
 }
 
 /// Limits are met before the server would refuse a write: a spec with a thousand errors still

@@ -219,7 +219,7 @@ metadata:
     operation: Apply
     apiVersion: hotconf.dev/v1alpha1
     fieldsType: FieldsV1
-    fieldsV1: {"f:spec": {"f:values": {"f:pool": {}}}}
+    fieldsV1: {"f:metadata": {"f:annotations": {"f:hotconf.dev/change-reason": {}}}, "f:spec": {"f:values": {"f:pool": {}}}}
 spec:
   schema:
     pool: {type: integer, minimum: 1, maximum: 64, default: 8, requiresRestart: true}
@@ -277,6 +277,16 @@ status:
         // The annotations and managedFields a reconcile reads survive.
         assert_eq!(back.annotations()["hotconf.dev/rollback-to"], "2");
         assert!(crate::reconcile::sets_spec(&back.managed_fields()[0]));
+        // The reason's owner too: it is the spec's, so the reason is this change's, although
+        // an earlier revision recorded it already.
+        let earlier = crate::crd::Snapshot {
+            reason: Some("raise the pool".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            crate::reconcile::change_reason(&back, &[earlier]).as_deref(),
+            Some("raise the pool")
+        );
 
         assert_eq!(&*cached.index.secrets, ["checkout-token".to_string()]);
         assert_eq!(

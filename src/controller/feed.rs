@@ -134,29 +134,37 @@ impl<K: ConfigResource> CacheFeed<K> {
 
 // What the cache keeps of an object: everything a reconcile that writes nothing reads. Of
 // managedFields that is, per `reconcile::changed_by`, which manager touched `spec` last,
-// outside subresources, and, per `reconcile::rollback_requester`, which one set the rollback
-// annotation. (The snapshot documents are left out when the object is packed: see `cached`.)
+// outside subresources, and, per `reconcile::rollback_requester` and
+// `reconcile::change_reason`, which ones own the rollback and change-reason annotations. (The
+// snapshot documents are left out when the object is packed: see `cached`.)
 pub(super) fn slim<K: ConfigResource>(obj: &mut K) {
     let meta = obj.meta_mut();
     if let Some(entries) = meta.managed_fields.as_mut() {
-        let rollback = format!("f:{}", crate::crd::names::ROLLBACK_TO);
+        let owned = [
+            crate::crd::names::ROLLBACK_TO,
+            crate::crd::names::CHANGE_REASON,
+        ]
+        .map(|a| format!("f:{a}"));
         entries.retain_mut(|m| {
             let spec = crate::reconcile::sets_spec(m);
-            let pins = m
+            let annotations = m
                 .fields_v1
                 .as_ref()
-                .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.get(&rollback))
-                .is_some();
-            // What the two readers need to say yes again, and no more.
+                .and_then(|f| f.0.get("f:metadata")?.get("f:annotations"));
+            let owns: Vec<&String> = owned
+                .iter()
+                .filter(|key| annotations.and_then(|a| a.get(key.as_str())).is_some())
+                .collect();
+            // What the readers need to say yes again, and no more.
             let mut kept = json!({});
             if spec {
                 kept["f:spec"] = json!({"f:set": {}});
             }
-            if pins {
-                kept["f:metadata"] = json!({"f:annotations": {&rollback: {}}});
+            for key in &owns {
+                kept["f:metadata"]["f:annotations"][key.as_str()] = json!({});
             }
             m.fields_v1 = Some(FieldsV1(kept));
-            spec || pins
+            spec || !owns.is_empty()
         });
     }
     if let Some(annotations) = meta.annotations.as_mut() {

@@ -173,6 +173,42 @@ pub fn changed_by<K: Resource>(obj: &K, attested: Option<&str>) -> Option<String
         .and_then(|m| m.manager.clone())
 }
 
+/// The `hotconf.dev/change-reason` written with the spec change of a new generation (SPEC
+/// §5.4). The annotation stays on the object after the change it explained, so it counts only
+/// when it was written with this one: the manager that set the spec last also owns it (one
+/// manifest carries both, as with `kubectl apply` or a GitOps sync), or it no longer says what
+/// the newest revision of an earlier change recorded (it was rewritten since, e.g. by `kubectl
+/// annotate` before a `kubectl patch`). `history` is the recorded history, oldest first.
+pub fn change_reason<K: Resource>(obj: &K, history: &[crate::crd::Snapshot]) -> Option<String> {
+    let reason = obj
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(crate::crd::names::CHANGE_REASON)?;
+    let entries = obj.meta().managed_fields.iter().flatten();
+    let spec_manager = entries
+        .clone()
+        .filter(|m| sets_spec(m))
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.as_deref());
+    let key = format!("f:{}", crate::crd::names::CHANGE_REASON);
+    let written_with_the_spec = spec_manager.is_some()
+        && entries
+            .filter(|m| m.manager.as_deref() == spec_manager)
+            .any(|m| {
+                m.fields_v1
+                    .as_ref()
+                    .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.get(&key))
+                    .is_some()
+            });
+    let previous = history
+        .iter()
+        .rev()
+        .find(|s| s.changed_by.as_deref() != Some(crate::crd::MANAGER))
+        .and_then(|s| s.reason.as_deref());
+    (written_with_the_spec || previous != Some(reason.as_str())).then(|| reason.clone())
+}
+
 /// Who set the `hotconf.dev/rollback-to` annotation: the field manager of the newest
 /// managed-fields entry that owns it (`kubectl-annotate`, `hotconf-cli`, ...).
 pub fn rollback_requester<K: Resource>(obj: &K) -> Option<String> {
@@ -517,6 +553,47 @@ mod changed_by_tests {
             time: Some(Time("2026-12-01T10:00:00Z".parse().unwrap())),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_change_reason_counts_only_when_written_with_the_change() {
+        let reason = |v: &str| {
+            serde_json::json!({"f:metadata": {"f:annotations": {
+            format!("f:{}", names::CHANGE_REASON): {}}}, "f:spec": {"f:values": {v: {}}}})
+        };
+        let mut obj = RuntimeConfig::new("app", RuntimeConfigSpec::default());
+        obj.metadata.annotations = Some(BTreeMap::from([(
+            names::CHANGE_REASON.to_string(),
+            "raise v".to_string(),
+        )]));
+        // One manifest carries both (kubectl apply, a GitOps sync): it counts, even unchanged.
+        obj.metadata.managed_fields = Some(vec![entry("argocd-controller", reason("v"), None)]);
+        let earlier = |r: &str, by: &str| crate::crd::Snapshot {
+            reason: Some(r.into()),
+            changed_by: Some(by.into()),
+            ..Default::default()
+        };
+        assert_eq!(change_reason(&obj, &[]).as_deref(), Some("raise v"));
+        let history = [earlier("raise v", "argocd-controller")];
+        assert_eq!(change_reason(&obj, &history).as_deref(), Some("raise v"));
+        // A later `kubectl patch` of the spec alone: the reason was the earlier change's.
+        let mut later = entry(
+            "kubectl-patch",
+            serde_json::json!({"f:spec": {"f:values": {"f:w": {}}}}),
+            None,
+        );
+        later.time = Some(Time("2026-12-01T10:05:00Z".parse().unwrap()));
+        obj.metadata.managed_fields.as_mut().unwrap().push(later);
+        assert_eq!(change_reason(&obj, &history), None);
+        // ... unless the annotation was rewritten since (`kubectl annotate`, then the patch);
+        // the operator's own revisions in between do not count as the earlier change.
+        let history = [
+            earlier("first", "argocd-controller"),
+            earlier("MaintenanceEnded", crate::crd::MANAGER),
+        ];
+        assert_eq!(change_reason(&obj, &history).as_deref(), Some("raise v"));
+        obj.metadata.annotations = None;
+        assert_eq!(change_reason(&obj, &history), None);
     }
 
     #[test]

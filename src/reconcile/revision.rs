@@ -4,10 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::ResourceExt;
-
 use super::{Context, Draft, changed_by, now_string, secret_values};
-use crate::crd::{Snapshot, names};
+use crate::crd::Snapshot;
 use crate::document::{self, ResolvedSecret};
 use crate::history;
 use crate::kinds::ConfigResource;
@@ -109,7 +107,7 @@ pub(crate) fn decide_revision<K: ConfigResource>(
             &eff.document,
         );
         let attested = observed.attested_author.as_deref();
-        let (reason, changed_by) = authorship(obj, attested, latest_entry, cx.generation, &changed);
+        let (reason, changed_by) = authorship(cx, attested, latest_entry, &changed);
         let status = &mut draft.status;
         // The first revision restarts nothing: the consumers started without it.
         status.pending_restart = if latest_entry.is_some() {
@@ -282,17 +280,16 @@ pub(crate) fn unprojectable(
 /// only the operator can make one, from the inputs beside the spec: the clock ending a
 /// maintenance window, or a `valuesFrom` Secret's new value; a stale human reason would lie
 /// there, so it gets the operator's own reason and field manager.
-fn authorship<K: kube::Resource>(
-    obj: &K,
+fn authorship<K: ConfigResource>(
+    cx: &Context<'_, K>,
     attested: Option<&str>,
     latest: Option<&Snapshot>,
-    generation: i64,
     changed: &[String],
 ) -> (Option<String>, Option<String>) {
-    if latest.is_none_or(|s| s.generation != generation) {
+    if latest.is_none_or(|s| s.generation != cx.generation) {
         return (
-            obj.annotations().get(names::CHANGE_REASON).cloned(),
-            changed_by(obj, attested),
+            super::change_reason(cx.obj, &cx.prev.history),
+            changed_by(cx.obj, attested),
         );
     }
     let maintenance = !changed.is_empty() && changed.iter().all(|k| k.starts_with("maintenance"));
@@ -310,6 +307,7 @@ fn authorship<K: kube::Resource>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::names;
 
     fn find_valid(status: &crate::crd::ConfigStatus) -> Option<&str> {
         status
@@ -377,11 +375,14 @@ mod tests {
         obj.status = Some(draft.status.clone());
         obj.metadata.generation = Some(2);
         obj.spec = obj.spec.clone().with_value("level", "debug");
+        let stale = obj.clone();
+        obj = obj.with_annotation(names::CHANGE_REASON, Some("more logs"));
         let (_, draft) = decide(&obj, &observed);
-        assert_eq!(
-            draft.status.history[2].reason.as_deref(),
-            Some("planned upgrade")
-        );
+        assert_eq!(draft.status.history[2].reason.as_deref(), Some("more logs"));
+        // The annotation left as it was explains the earlier change, not this one.
+        let (_, draft) = decide(&stale, &observed);
+        assert_eq!(draft.status.history[2].reason, None);
+        assert_eq!(draft.status.history[2].generation, 2);
     }
 
     #[test]
