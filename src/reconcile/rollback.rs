@@ -140,10 +140,20 @@ pub(crate) fn decide_rollback<K: ConfigResource>(
             // is trimmed after this step, so a list of revisions here would differ from the
             // next reconcile's and the status would never settle (the chaos suite found it).
             // The Warning names what is available.
-            let message = format!(
+            let mut message = format!(
                 "{}={requested} names no revision in history (see status.history)",
                 names::ROLLBACK_TO,
             );
+            // Everything stays as it is, an earlier pin included: the condition still says the
+            // object is rolled back, and to what.
+            let pinned = prev.rollback.as_ref().map(|p| p.target_revision);
+            let condition = match pinned {
+                Some(revision) => {
+                    message.push_str(&format!("; revision {revision} stays pinned"));
+                    cond_true("RolledBack", "RollbackTargetMissing", &message)
+                }
+                None => cond_false("RolledBack", "RollbackTargetMissing", &message),
+            };
             if find_condition(prev, "RolledBack").map(|c| (&c.reason, &c.message))
                 != Some((&"RollbackTargetMissing".to_string(), &message))
             {
@@ -161,11 +171,7 @@ pub(crate) fn decide_rollback<K: ConfigResource>(
                     ),
                 ));
             }
-            // Everything stays as it is, an earlier pin included.
-            Rollback {
-                pinned: prev.rollback.as_ref().map(|p| p.target_revision),
-                condition: cond_false("RolledBack", "RollbackTargetMissing", &message),
-            }
+            Rollback { pinned, condition }
         }
         RollbackDecision::None => {
             status.rollback = None;
@@ -300,6 +306,27 @@ mod tests {
         again.status = Some(status);
         let (_, draft) = decide(&again, &Observed::test());
         assert!(draft.events.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_target_while_pinned_keeps_the_pin_and_says_so() {
+        let mut obj = at_revision(3).with_annotation(names::ROLLBACK_TO, Some("2"));
+        let observed = Observed::test();
+        let pinned = plan(&obj, &observed);
+        assert_eq!(pinned.status.rollback.as_ref().unwrap().target_revision, 2);
+        obj.status = Some(pinned.status.clone());
+        let obj = obj.with_annotation(names::ROLLBACK_TO, Some("99"));
+        let (rollback, draft) = decide(&obj, &observed);
+        assert_eq!(rollback.pinned, Some(2));
+        let c = &rollback.condition;
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "RollbackTargetMissing")
+        );
+        assert!(
+            c.message.contains("rollback-to=99") && c.message.ends_with("revision 2 stays pinned")
+        );
+        assert_eq!(draft.events[0].reason, "RollbackTargetMissing");
     }
 
     /// An unknown target while the history is trimmed: the status a reconcile writes is the
