@@ -75,7 +75,7 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         "# {target} at revision {} (hash {}), exported by hotconf",
         snapshot.revision, snapshot.hash
     );
-    print!("{}", serde_yaml::to_string(&manifest)?);
+    print!("{}", crate::document::yaml::to_string(&manifest));
     Ok(ExitCode::SUCCESS)
 }
 

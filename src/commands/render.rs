@@ -127,7 +127,7 @@ pub fn render<K: ConfigResource>(
         "data": projection::config_map_data(&effective.document, &target),
     });
     let mut text = header;
-    text.push_str(&serde_yaml::to_string(&config_map).expect("a ConfigMap serializes"));
+    text.push_str(&crate::document::yaml::to_string(&config_map));
     if !refs.is_empty() {
         let data: BTreeMap<String, &str> = refs.into_iter().map(|(k, _)| (k, REDACTED)).collect();
         let secret = json!({
@@ -141,7 +141,7 @@ pub fn render<K: ConfigResource>(
             "---\n# Secret of {}/{namespace}/{name}: values redacted\n",
             K::KIND
         ));
-        text.push_str(&serde_yaml::to_string(&secret).expect("a Secret serializes"));
+        text.push_str(&crate::document::yaml::to_string(&secret));
     }
     Some(text)
 }

@@ -161,7 +161,7 @@ pub async fn run(args: ResetArgs) -> anyhow::Result<ExitCode> {
             "# {target} with {} reset to the schema defaults, by hotconf",
             keys.join(", ")
         );
-        print!("{}", serde_yaml::to_string(&manifest)?);
+        print!("{}", crate::document::yaml::to_string(&manifest));
         return Ok(ExitCode::SUCCESS);
     }
     let before = obj.status.clone().unwrap_or_default().latest_revision;

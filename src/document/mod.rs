@@ -350,7 +350,7 @@ pub fn render(document: &Value, format: Format) -> String {
             text.push('\n');
             text
         }
-        Format::Yaml => serde_yaml::to_string(&SortedValue(&doc)).expect("YAML"),
+        Format::Yaml => yaml::to_string(&doc),
         Format::Properties => flatten(&doc)
             .into_iter()
             .map(|(k, v)| {
@@ -595,3 +595,4 @@ pub fn restart_needed(restart_keys: &BTreeSet<String>, changed: &[String]) -> Ve
 
 #[cfg(test)]
 mod tests;
+pub mod yaml;
