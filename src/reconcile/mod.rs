@@ -178,7 +178,8 @@ pub fn changed_by<K: Resource>(obj: &K, attested: Option<&str>) -> Option<String
 /// when it was written with this one: the manager that set the spec last also owns it (one
 /// manifest carries both, as with `kubectl apply` or a GitOps sync), or it no longer says what
 /// the newest revision of an earlier change recorded (it was rewritten since, e.g. by `kubectl
-/// annotate` before a `kubectl patch`). `history` is the recorded history, oldest first.
+/// annotate` before a `kubectl patch`). `history` is the recorded history, oldest first; a
+/// revision that recorded no reason is passed over.
 pub fn change_reason<K: Resource>(obj: &K, history: &[crate::crd::Snapshot]) -> Option<String> {
     let reason = obj
         .meta()
@@ -201,11 +202,12 @@ pub fn change_reason<K: Resource>(obj: &K, history: &[crate::crd::Snapshot]) -> 
                     .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.get(&key))
                     .is_some()
             });
+    // The newest reason a person's change recorded (a change without one says nothing).
     let previous = history
         .iter()
         .rev()
-        .find(|s| s.changed_by.as_deref() != Some(crate::crd::MANAGER))
-        .and_then(|s| s.reason.as_deref());
+        .filter(|s| s.changed_by.as_deref() != Some(crate::crd::MANAGER))
+        .find_map(|s| s.reason.as_deref());
     (written_with_the_spec || previous != Some(reason.as_str())).then(|| reason.clone())
 }
 
@@ -584,6 +586,13 @@ mod changed_by_tests {
         );
         later.time = Some(Time("2026-12-01T10:05:00Z".parse().unwrap()));
         obj.metadata.managed_fields.as_mut().unwrap().push(later);
+        assert_eq!(change_reason(&obj, &history), None);
+        // Nor does a second such patch, after a revision that recorded no reason.
+        let quiet = crate::crd::Snapshot {
+            changed_by: Some("kubectl-patch".into()),
+            ..Default::default()
+        };
+        let history = [history[0].clone(), quiet];
         assert_eq!(change_reason(&obj, &history), None);
         // ... unless the annotation was rewritten since (`kubectl annotate`, then the patch);
         // the operator's own revisions in between do not count as the earlier change.
