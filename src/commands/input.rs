@@ -563,16 +563,22 @@ fn violations(value: &Value, schema: &Value, path: &str, problems: &mut Vec<Prob
                     });
                 }
             }
-            let properties = schema.get("properties").and_then(Value::as_object);
-            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (key, child) in map {
-                if let Some(child_schema) = properties.and_then(|p| p.get(key)).or(additional) {
+                if let Some(child_schema) = child_schema(schema, key) {
                     violations(child, child_schema, &format!("{path}.{key}"), problems);
                 }
             }
         }
         _ => {}
     }
+}
+
+// The schema of an object's field `key`: its declared property, else `additionalProperties`.
+fn child_schema<'a>(schema: &'a Value, key: &str) -> Option<&'a Value> {
+    schema
+        .get("properties")
+        .and_then(|p| p.get(key))
+        .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()))
 }
 
 /// Fields the CRD does not declare. The API server drops them silently (or refuses the object
@@ -607,7 +613,7 @@ fn walk(value: &Value, schema: &Value, path: &str, problems: &mut Vec<Problem>) 
                 } else {
                     format!("{path}.{key}")
                 };
-                match properties.and_then(|p| p.get(key)).or(additional) {
+                match child_schema(schema, key) {
                     Some(child_schema) => walk(child, child_schema, &child_path, problems),
                     None => problems.push(Problem {
                         path: child_path,

@@ -80,7 +80,8 @@ impl Recorder {
         };
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
-        let event = match repeated {
+        // The next of a series, unless that Event is gone: then it starts again.
+        let patched = match repeated {
             Some(event) => match events
                 .patch(
                     &event.name_any(),
@@ -89,14 +90,14 @@ impl Recorder {
                 )
                 .await
             {
-                Ok(_) => event,
-                Err(kube::Error::Api(e)) if e.code == 404 => {
-                    let event = self.first(ev, regarding, now);
-                    events.create(&PostParams::default(), &event).await?;
-                    event
-                }
+                Ok(_) => Some(event),
+                Err(kube::Error::Api(e)) if e.code == 404 => None,
                 Err(e) => return Err(e),
             },
+            None => None,
+        };
+        let event = match patched {
+            Some(event) => event,
             None => {
                 let event = self.first(ev, regarding, now);
                 events.create(&PostParams::default(), &event).await?;

@@ -143,25 +143,20 @@ pub(super) fn slim<K: ConfigResource>(obj: &mut K) {
         let owned = [
             crate::crd::names::ROLLBACK_TO,
             crate::crd::names::CHANGE_REASON,
-        ]
-        .map(|a| format!("f:{a}"));
+        ];
         entries.retain_mut(|m| {
             let spec = crate::reconcile::sets_spec(m);
-            let annotations = m
-                .fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:metadata")?.get("f:annotations"));
-            let owns: Vec<&String> = owned
-                .iter()
-                .filter(|key| annotations.and_then(|a| a.get(key.as_str())).is_some())
+            let owns: Vec<&str> = owned
+                .into_iter()
+                .filter(|name| crate::reconcile::owns_annotation(m, name))
                 .collect();
             // What the readers need to say yes again, and no more.
             let mut kept = json!({});
             if spec {
                 kept["f:spec"] = json!({"f:set": {}});
             }
-            for key in &owns {
-                kept["f:metadata"]["f:annotations"][key.as_str()] = json!({});
+            for name in &owns {
+                kept["f:metadata"]["f:annotations"][format!("f:{name}")] = json!({});
             }
             m.fields_v1 = Some(FieldsV1(kept));
             spec || !owns.is_empty()

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{ConfigStatus, WorkloadKind};
@@ -164,13 +165,30 @@ pub fn changed_by<K: Resource>(obj: &K, attested: Option<&str>) -> Option<String
     if let Some(by) = attested {
         return Some(by.to_string());
     }
+    newest_spec_entry(obj).and_then(|m| m.manager.clone())
+}
+
+// The newest managed-fields entry that sets a value of `spec` (see [`sets_spec`]).
+fn newest_spec_entry<K: Resource>(obj: &K) -> Option<&ManagedFieldsEntry> {
     obj.meta()
         .managed_fields
         .iter()
         .flatten()
         .filter(|m| sets_spec(m))
         .max_by_key(|m| m.time.as_ref().map(|t| t.0))
-        .and_then(|m| m.manager.clone())
+}
+
+/// Whether a managedFields entry owns annotation `name`.
+pub fn owns_annotation(entry: &ManagedFieldsEntry, name: &str) -> bool {
+    entry
+        .fields_v1
+        .as_ref()
+        .and_then(|f| {
+            f.0.get("f:metadata")?
+                .get("f:annotations")?
+                .get(format!("f:{name}"))
+        })
+        .is_some()
 }
 
 /// The `hotconf.dev/change-reason` written with the spec change of a new generation (SPEC
@@ -186,22 +204,15 @@ pub fn change_reason<K: Resource>(obj: &K, history: &[crate::crd::Snapshot]) -> 
         .annotations
         .as_ref()?
         .get(crate::crd::names::CHANGE_REASON)?;
-    let entries = obj.meta().managed_fields.iter().flatten();
-    let spec_manager = entries
-        .clone()
-        .filter(|m| sets_spec(m))
-        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
-        .and_then(|m| m.manager.as_deref());
-    let key = format!("f:{}", crate::crd::names::CHANGE_REASON);
+    let spec_manager = newest_spec_entry(obj).and_then(|m| m.manager.as_deref());
     let written_with_the_spec = spec_manager.is_some()
-        && entries
+        && obj
+            .meta()
+            .managed_fields
+            .iter()
+            .flatten()
             .filter(|m| m.manager.as_deref() == spec_manager)
-            .any(|m| {
-                m.fields_v1
-                    .as_ref()
-                    .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.get(&key))
-                    .is_some()
-            });
+            .any(|m| owns_annotation(m, crate::crd::names::CHANGE_REASON));
     // The newest reason a person's change recorded (a change without one says nothing).
     let previous = history
         .iter()
@@ -214,17 +225,11 @@ pub fn change_reason<K: Resource>(obj: &K, history: &[crate::crd::Snapshot]) -> 
 /// Who set the `hotconf.dev/rollback-to` annotation: the field manager of the newest
 /// managed-fields entry that owns it (`kubectl-annotate`, `hotconf-cli`, ...).
 pub fn rollback_requester<K: Resource>(obj: &K) -> Option<String> {
-    let key = format!("f:{}", crate::crd::names::ROLLBACK_TO);
     obj.meta()
         .managed_fields
         .iter()
         .flatten()
-        .filter(|m| {
-            m.fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:metadata")?.get("f:annotations")?.get(&key))
-                .is_some()
-        })
+        .filter(|m| owns_annotation(m, crate::crd::names::ROLLBACK_TO))
         .max_by_key(|m| m.time.as_ref().map(|t| t.0))
         .and_then(|m| m.manager.clone())
 }
@@ -232,9 +237,7 @@ pub fn rollback_requester<K: Resource>(obj: &K) -> Option<String> {
 /// Whether a managedFields entry sets a value of `spec` (outside subresources). An entry that
 /// owns only the spec's structure (`.` markers: servers before 1.22 leave those with a manager
 /// whose values another manager took over, under the same timestamp) set nothing.
-pub fn sets_spec(
-    entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
-) -> bool {
+pub fn sets_spec(entry: &ManagedFieldsEntry) -> bool {
     fn has_leaf(node: &serde_json::Value) -> bool {
         node.as_object().is_some_and(|map| {
             map.iter().any(|(key, child)| {
@@ -539,7 +542,7 @@ mod changed_by_tests {
     use super::*;
     use crate::crd::names;
     use crate::crd::{RuntimeConfig, RuntimeConfigSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, Time};
 
     fn entry(
         manager: &str,
