@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_common::{ReloadServer, free_addr, metric, wait_for, wait_reloads};
+use agent_common::{ReloadServer, free_addr, metric, until_revision, wait_for, wait_reloads};
 use common::TestEnv;
 use hotconf::agent::report::Applied;
 use hotconf::crd::{Format, names};
@@ -630,22 +630,9 @@ async fn the_client_with_both_sources_prefers_the_api() {
     // The API's revision 2, not the volume's 1. On a loaded machine the API may not have listed
     // within the grace period (`arbiter::API_GRACE`, unit-tested there), and the handle opens on
     // the volume; the API's content must still take over.
-    let mut changes = config.changes();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        changes.wait_for(|_| config.revision() == Some(2)),
-    )
-    .await
-    .expect("revision 2 through the API")
-    .unwrap();
+    until_revision(&config, 2, Duration::from_secs(10), "through the API").await;
     assert_eq!(config.get::<u64>("check_interval").unwrap(), 20);
     project(&api, &lazy(30, "BALANCED"), 3).await;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        changes.wait_for(|_| config.revision() == Some(3)),
-    )
-    .await
-    .expect("revision 3 through the API")
-    .unwrap();
+    until_revision(&config, 3, Duration::from_secs(10), "through the API").await;
     assert_eq!(config.get::<u64>("check_interval").unwrap(), 30);
 }

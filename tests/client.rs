@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_common::{doc, doc_value, verify};
+use agent_common::{doc, doc_value, until_revision, verify};
 use hotconf::agent::volume::kubelet_write;
 use hotconf::client::{ClientError, Config, EvictionPolicy, Kind, PressureLevel};
 use hotconf::crd::PoolBudget;
@@ -223,14 +223,7 @@ async fn sensitive_values_are_read_from_the_projected_secret() {
     assert_eq!(config.get::<String>("db_password").unwrap(), "pw-1");
 
     project_with_secret(None, Some(&secret), 2, "pw-2");
-    let mut changes = config.changes();
-    tokio::time::timeout(
-        Duration::from_secs(15),
-        changes.wait_for(|_| config.revision() == Some(2)),
-    )
-    .await
-    .expect("revision 2 with its Secret")
-    .unwrap();
+    until_revision(&config, 2, Duration::from_secs(15), "with its Secret").await;
     assert_eq!(config.get::<String>("db_password").unwrap(), "pw-2");
     // The subscriber is called just after the swap: wait for it.
     tokio::time::timeout(Duration::from_secs(15), async {
@@ -278,20 +271,13 @@ async fn pending_restart_names_restart_keys_changed_since_start() {
         .await
         .unwrap();
     assert!(config.pending_restart().is_empty() && !config.is_restart_required());
-    let mut changes = config.changes();
     for (revision, workers, interval, pending) in [
         (2, 8, 30, vec!["values.workers"]),
         (3, 8, 60, vec!["values.workers"]),
         (4, 4, 60, vec![]),
     ] {
         write(revision, workers, interval);
-        tokio::time::timeout(
-            Duration::from_secs(15),
-            changes.wait_for(|_| config.revision() == Some(revision)),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("revision {revision}"))
-        .unwrap();
+        until_revision(&config, revision, Duration::from_secs(15), "written").await;
         assert_eq!(config.pending_restart(), pending, "revision {revision}");
         assert_eq!(
             config.get::<u64>("workers").unwrap(),

@@ -329,3 +329,20 @@ pub fn run_python_json<T: serde::de::DeserializeOwned>(
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Waits up to `within` for `config` to hold `revision` (`what` says why it should).
+pub async fn until_revision(
+    config: &hotconf::client::Config,
+    revision: i64,
+    within: Duration,
+    what: &str,
+) {
+    let mut changes = config.changes();
+    tokio::time::timeout(
+        within,
+        changes.wait_for(|_| config.revision() == Some(revision)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("revision {revision} within {within:?}: {what}"))
+    .expect("the handle is open");
+}
