@@ -22,6 +22,7 @@ pub mod health;
 pub mod history;
 pub mod kinds;
 pub mod leader;
+pub mod manifest;
 pub mod metrics;
 pub mod operator;
 pub mod projection;

@@ -164,7 +164,7 @@ fn fixture_errors() -> Vec<String> {
         format!("{PB}: spec.pools.cache.maxEntries: must be between 1 and 10000000 (got 0)"),
         "tests/fixtures/invalid/mixed.yaml:10 PoolBudget/default/typed: spec.pools.database.maxConnections: must be of type integer (got \"ten\")".to_string(),
         "tests/fixtures/invalid/mixed.yaml:20 RuntimeConfig/default/future: apiVersion: is not served: use hotconf.dev/v1alpha1 (got \"hotconf.dev/v1\")".to_string(),
-        "tests/fixtures/invalid/syntax-error.yaml:8: cannot parse YAML: did not find expected ',' or ']' at line 13 column 20, while parsing a flow sequence at line 13 column 15".to_string(),
+        "tests/fixtures/invalid/syntax-error.yaml:8: cannot parse YAML: while parsing a flow sequence, expected ',' or ']' at byte 218 line 13 column 20".to_string(),
     ]
     .into()
 }
@@ -555,7 +555,24 @@ fn a_spec_the_operator_could_not_project_fails_validation() {
 /// plain `0440` is octal there and a string here). Every example must mean the same to both.
 #[test]
 fn every_example_reads_as_kubectl_reads_it() {
-    let ours = hotconf::dev::manifests::read(&[repo().join("examples")]).unwrap();
+    reads_as_kubectl_reads_it("examples");
+}
+
+// YAML 1.1's booleans, octals, underscores, key conversions and merges (the fixture's comment).
+#[test]
+fn yaml_1_1_manifests_read_as_kubectl_reads_them() {
+    reads_as_kubectl_reads_it("tests/fixtures/yaml");
+    // The same reading is what validate judges: `cache: yes` is the boolean the schema asks for.
+    let out = hotconf(&["validate", "-f", "tests/fixtures/yaml/yaml-1.1.yaml"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let said = stdout(&out) + &stderr(&out);
+    assert!(said.contains("key \"repeated\" is given twice"), "{said}");
+}
+
+/// Every document under `path` (relative to the repository), read by hotconf, equals kubectl's
+/// reading of it (`kubectl label --local -o json`, the added label taken off again).
+fn reads_as_kubectl_reads_it(path: &str) {
+    let ours = hotconf::dev::manifests::read(&[repo().join(path)]).unwrap();
     let out = Command::new("kubectl")
         .args([
             "label",
@@ -563,7 +580,7 @@ fn every_example_reads_as_kubectl_reads_it() {
             "-o",
             "json",
             "-f",
-            "examples",
+            path,
             "hotconf-check=1",
         ])
         .current_dir(repo())

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::crd::{GROUP, PoolBudget, RuntimeConfig, VERSION};
 use crate::kinds::ConfigResource;
+use crate::manifest;
 use crate::validation::FieldError;
 
 /// How stdin is named in messages.
@@ -292,30 +293,37 @@ fn document_lines(text: &str) -> Vec<usize> {
 fn parse_text(file: &str, text: &str, default_ns: &str, inputs: &mut Inputs) {
     let lines = document_lines(text);
     let line_of = |index: usize| lines.get(index).copied().unwrap_or(index + 1);
-    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match <Value as serde::Deserialize>::deserialize(de) {
-            Ok(Value::Null) => continue,
-            Ok(value) => value,
-            Err(e) => {
-                let mut doc = Doc::new(file, index, line_of(index));
-                doc.content = Content::Unreadable;
-                doc.problems.push(Problem {
-                    path: String::new(),
-                    value: None,
-                    rule: format!("cannot parse YAML: {e}"),
-                });
-                inputs.docs.push(doc);
-                // The parser cannot find the next document after a syntax error.
-                return;
-            }
-        };
-        inputs.docs.push(classify(
+    let (docs, error) = manifest::documents(text);
+    let count = docs.len();
+    for (index, parsed) in docs.into_iter().enumerate() {
+        if parsed.value.is_null() {
+            continue;
+        }
+        let mut doc = classify(
             file,
             (index, line_of(index)),
-            value,
+            parsed.value,
             default_ns,
             &mut inputs.secrets,
-        ));
+        );
+        doc.notes
+            .extend(parsed.duplicate_keys.iter().map(|d| {
+                format!(
+                    "line {}: key {:?} is given twice in one mapping; the last value counts, as kubectl reads it",
+                    d.line, d.key
+                )
+            }));
+        inputs.docs.push(doc);
+    }
+    if let Some(e) = error {
+        let mut doc = Doc::new(file, count, line_of(count));
+        doc.content = Content::Unreadable;
+        doc.problems.push(Problem {
+            path: String::new(),
+            value: None,
+            rule: format!("cannot parse YAML: {e}"),
+        });
+        inputs.docs.push(doc);
     }
 }
 
@@ -725,9 +733,15 @@ mod tests {
     #[test]
     fn free_form_fields_are_not_unknown() {
         let (doc, _) = one(
-            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: a, labels: {x: y}}\nspec:\n  schema: {k: {type: json, default: {deep: [1]}}}\n  values: {k: {any: thing}}\n",
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: a, labels: {x: z}}\nspec:\n  schema: {k: {type: json, default: {deep: [1]}}}\n  values: {k: {any: thing}}\n",
         );
         assert!(doc.problems.is_empty(), "{:?}", doc.problems);
+        // As kubectl reads it, a plain `y` is a boolean, which no label value may be.
+        let (doc, _) = one(
+            "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: a, labels: {x: y}}\nspec: {}\n",
+        );
+        let paths: Vec<_> = doc.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["metadata.labels.x"], "{:?}", doc.problems);
     }
 
     #[test]
@@ -744,12 +758,12 @@ mod tests {
     #[test]
     fn secrets_are_collected_with_string_data_winning() {
         let (doc, secrets) = one(
-            "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: shop}\ndata: {a: aGk=, b: eA==}\nstringData: {b: y}\n",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: shop}\ndata: {a: aGk=, b: eA==}\nstringData: {b: why}\n",
         );
         assert!(!doc.is_hotconf());
         let keys = &secrets[&("shop".to_string(), "s".to_string())];
         assert_eq!(keys["a"], "hi");
-        assert_eq!(keys["b"], "y");
+        assert_eq!(keys["b"], "why");
     }
 
     #[test]

@@ -50,24 +50,25 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
-/// Parses every non-empty YAML document of `text`.
+/// Parses every non-empty YAML document of `text`, as kubectl reads it ([`crate::manifest`]).
 pub fn parse(file: &Path, text: &str) -> Result<Vec<Document>, Error> {
-    let mut docs = Vec::new();
-    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value: serde_json::Value =
-            serde::Deserialize::deserialize(de).map_err(|e| Error::Manifest {
-                path: file.to_path_buf(),
-                message: format!("document {index}: {e}"),
-            })?;
-        if !value.is_null() {
-            docs.push(Document {
-                file: file.to_path_buf(),
-                index,
-                value,
-            });
-        }
+    let (parsed, error) = crate::manifest::documents(text);
+    if let Some(e) = error {
+        return Err(Error::Manifest {
+            path: file.to_path_buf(),
+            message: format!("document {}: {e}", parsed.len()),
+        });
     }
-    Ok(docs)
+    Ok(parsed
+        .into_iter()
+        .enumerate()
+        .filter(|(_, doc)| !doc.value.is_null())
+        .map(|(index, doc)| Document {
+            file: file.to_path_buf(),
+            index,
+            value: doc.value,
+        })
+        .collect())
 }
 
 /// Reads and parses every document in `paths`.
