@@ -252,6 +252,18 @@ async fn api_changes_reach_the_app_and_corrupt_documents_are_refused() {
         "no reload for a refused document"
     );
 
+    // Revision 2 put back, as the operator puts back a ConfigMap edited by hand: the agent has
+    // it already, so the app hears nothing, and the refusal's error leaves the Pod.
+    project(&api, &v2, 2).await;
+    wait_for(30, "the Pod annotation without the refusal", || async {
+        applied(&env, pod)
+            .await
+            .filter(|a| a.revision == Some(2) && a.error.is_none())
+    })
+    .await;
+    assert_eq!(std::fs::read(&output).unwrap(), good);
+    assert!(server.drain().is_empty(), "no reload for content it has");
+
     // Revision 5 repairs it.
     let v5 = lazy(90, "CONSERVATIVE");
     let text5 = project(&api, &v5, 5).await;

@@ -6,7 +6,8 @@
 //! source, when the API source is failing, or when it has not synced within a grace period after
 //! start. Nothing ever goes backwards: content the API source showed before its current state is
 //! stale and never applied from the volume; a state (content and revision) that was applied or
-//! refused is not handled twice.
+//! refused is not handled twice, except the one handed on when it shows again after a refusal:
+//! handling it again is a no-op hand-off that clears the refusal's error from the report.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,8 @@ pub struct Arbiter {
     applied: Option<State>,
     handled_api: Option<State>,
     handled_volume: Option<State>,
+    // A source's state was refused (or could not be handed on) since the last one applied.
+    refused_since: bool,
     grace_until: Instant,
 }
 
@@ -32,6 +35,7 @@ impl Arbiter {
             applied: None,
             handled_api: None,
             handled_volume: None,
+            refused_since: false,
             grace_until: start + API_GRACE,
         }
     }
@@ -48,6 +52,7 @@ impl Arbiter {
         if applied {
             self.applied = id;
         }
+        self.refused_since = !applied;
     }
 
     /// The identity of the content handed on last.
@@ -77,6 +82,9 @@ impl Arbiter {
     /// An API state equal to the one handed on (the volume brought it first) counts as handled
     /// by the API too: otherwise, once the volume hands on something newer while the API is
     /// down, that older API state would look unhandled and be applied again, backwards.
+    ///
+    /// The state handed on, shown again by a source after a refusal (a hand-edited ConfigMap
+    /// the operator put back), is picked once more: the agent applies what it has, and says so.
     pub fn pick(
         &mut self,
         volume: Option<&Snapshot>,
@@ -86,7 +94,7 @@ impl Arbiter {
         if let Some(latest) = &api.latest {
             let state = Some(latest.state());
             if self.handled_api != state {
-                if self.applied != state {
+                if self.applied != state || self.refused_since {
                     return Some(latest.clone());
                 }
                 self.handled_api = state;
@@ -94,6 +102,10 @@ impl Arbiter {
         }
         let volume = volume?;
         let state = Some(volume.state());
+        let back = self.applied == state && self.refused_since;
+        if back && self.handled_volume != state && self.volume_allowed(api, now) {
+            return Some(volume.clone());
+        }
         if self.handled_volume == state
             || self.applied == state
             || !self.volume_allowed(api, now)
@@ -250,6 +262,38 @@ mod tests {
         assert!(a.pick(Some(&v2), &state, t0 + API_GRACE).is_none());
         state.observe(snap(Origin::Api, "a: 3\n", Some(3)));
         assert_eq!(a.pick(Some(&v2), &state, t0).unwrap().revision, Some(3));
+    }
+
+    /// Found by an acceptance run: the ConfigMap edited by hand (refused), then put back by the
+    /// operator. The document handed on is picked again, so that the refusal's error goes.
+    #[test]
+    fn the_applied_state_shown_again_after_a_refusal_is_picked_once() {
+        let t0 = Instant::now();
+        let mut a = Arbiter::new(t0);
+        let mut state = api(ApiHealth::Synced, &[("a: 1\n", 2)]);
+        let good = a.pick(None, &state, t0).unwrap();
+        a.handled(&good, true);
+        state.observe(snap(Origin::Api, "tampered: true\n", Some(2)));
+        let tampered = a.pick(None, &state, t0).unwrap();
+        a.handled(&tampered, false);
+        state.observe(snap(Origin::Api, "a: 1\n", Some(2)));
+        let again = a.pick(None, &state, t0).expect("the good state again");
+        assert_eq!(again.identity, good.identity);
+        a.handled(&again, true);
+        assert!(a.pick(None, &state, t0).is_none(), "once");
+
+        // The same through a volume on its own.
+        let mut a = Arbiter::new(t0);
+        let none = ApiState::default();
+        let v = snap(Origin::Volume, "a: 1\n", Some(2));
+        let good = a.pick(Some(&v), &none, t0).unwrap();
+        a.handled(&good, true);
+        let bad = snap(Origin::Volume, "a: [\n", Some(2));
+        let refused = a.pick(Some(&bad), &none, t0).unwrap();
+        a.handled(&refused, false);
+        let again = a.pick(Some(&v), &none, t0).expect("the good state again");
+        a.handled(&again, true);
+        assert!(a.pick(Some(&v), &none, t0).is_none(), "once");
     }
 
     #[test]
