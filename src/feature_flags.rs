@@ -270,6 +270,9 @@ pub struct Resolution {
     pub variant: String,
     /// Why.
     pub reason: Resolved,
+    /// A split answered with its default because there was no subject to bucket: OFREP and
+    /// the provider answer TARGETING_KEY_MISSING instead.
+    pub unbucketed: bool,
 }
 
 /// Resolves a flag (as the effective document carries it) for a subject (`None`: none known),
@@ -284,6 +287,7 @@ pub fn resolve(name: &str, flag: &Value, subject: Option<&str>) -> Option<Resolu
             value: variants.get(variant)?.clone(),
             variant: variant.to_string(),
             reason,
+            unbucketed: false,
         })
     };
     let default = flag.get("defaultVariant").and_then(Value::as_str)?;
@@ -312,14 +316,11 @@ pub fn resolve(name: &str, flag: &Value, subject: Option<&str>) -> Option<Resolu
         .map(|(v, w)| (v.as_str(), w.as_i64().unwrap_or(0)))
         .collect();
     if weights.is_empty() {
-        // Targeting that listed others is a default for this subject, as flagd reports it.
-        // With no subject there is nothing to target: one value (`Default` with no subject is
-        // kept for a split that needs one).
-        let targeted = subject.is_some()
-            && targets
-                .into_iter()
-                .flatten()
-                .any(|(_, l)| l.as_array().is_some_and(|l| !l.is_empty()));
+        // Targeting that listed others (or no subject at all) is a default, as flagd reports it.
+        let targeted = targets
+            .into_iter()
+            .flatten()
+            .any(|(_, l)| l.as_array().is_some_and(|l| !l.is_empty()));
         return pick(
             default,
             if targeted {
@@ -330,7 +331,10 @@ pub fn resolve(name: &str, flag: &Value, subject: Option<&str>) -> Option<Resolu
         );
     }
     let Some(subject) = subject else {
-        return pick(default, Resolved::Default);
+        return pick(default, Resolved::Default).map(|r| Resolution {
+            unbucketed: true,
+            ..r
+        });
     };
     let chosen = match flag.get("bucketing").and_then(Value::as_str) {
         Some("fnv1a") => fnv1a_split(name, subject, &weights),
@@ -369,6 +373,7 @@ fn resolve_on_off(name: &str, flag: &Value, subject: Option<&str>) -> Resolution
     } else {
         Resolved::Static
     };
+    let mut unbucketed = false;
     let (on, reason) = match subject {
         Some(subject) => match evaluate(name, flag, subject) {
             (on, Reason::Denied | Reason::Allowed) => (on, Resolved::TargetingMatch),
@@ -383,14 +388,18 @@ fn resolve_on_off(name: &str, flag: &Value, subject: Option<&str>) -> Resolution
         {
             (false, Resolved::Disabled)
         }
-        None if rollout_of(flag) == 100 => (true, Resolved::Static),
-        None if rollout_of(flag) <= 0 => (false, Resolved::Static),
-        None => (false, Resolved::Default),
+        None if rollout_of(flag) >= 100 => (true, fixed),
+        None if rollout_of(flag) <= 0 => (false, fixed),
+        None => {
+            unbucketed = true;
+            (false, Resolved::Default)
+        }
     };
     Resolution {
         value: Value::Bool(on),
         variant: if on { "on" } else { "off" }.to_string(),
         reason,
+        unbucketed,
     }
 }
 
@@ -463,8 +472,8 @@ mod tests {
         assert_eq!(seen.len(), 2, "both sides of the split");
         let r = resolve("checkout_flow", &flag, None).unwrap();
         assert_eq!(
-            (r.variant.as_str(), r.reason),
-            ("classic", Resolved::Default)
+            (r.variant.as_str(), r.reason, r.unbucketed),
+            ("classic", Resolved::Default, true)
         );
         let mut off = flag.clone();
         off["enabled"] = json!(false);
@@ -478,6 +487,13 @@ mod tests {
         // Targets that list others: the default, as flagd reports it; no targets: static.
         let r = resolve("checkout_flow", &fixed, Some("anyone")).unwrap();
         assert_eq!((r.value, r.reason), (json!("v1"), Resolved::Default));
+        // No subject for targets (found by an acceptance run against flagd): DEFAULT too, and
+        // no split waits for one.
+        let r = resolve("checkout_flow", &fixed, None).unwrap();
+        assert_eq!(
+            (r.value, r.reason, r.unbucketed),
+            (json!("v1"), Resolved::Default, false)
+        );
         fixed["targets"] = json!({});
         let r = resolve("checkout_flow", &fixed, Some("anyone")).unwrap();
         assert_eq!((r.value, r.reason), (json!("v1"), Resolved::Static));
@@ -510,13 +526,13 @@ mod tests {
             resolve("new_ui", &flag, Some("user-42")).unwrap().reason,
             Resolved::Split
         );
-        assert_eq!(
-            resolve("new_ui", &flag, None).unwrap().reason,
-            Resolved::Default
-        );
+        let r = resolve("new_ui", &flag, None).unwrap();
+        assert_eq!((r.reason, r.unbucketed), (Resolved::Default, true));
         let all = json!({"enabled": true, "rolloutPercentage": 100, "allow": [], "deny": []});
         assert_eq!(resolve("f", &all, None).unwrap().reason, Resolved::Static);
         let but = json!({"enabled": true, "rolloutPercentage": 100, "allow": [], "deny": ["x"]});
+        let r = resolve("f", &but, None).unwrap();
+        assert_eq!((r.reason, r.unbucketed), (Resolved::Default, false));
         assert_eq!(
             resolve("f", &but, Some("y")).unwrap().reason,
             Resolved::Default

@@ -29,7 +29,7 @@ pub const META_KEY: &str = ".hotconf.json";
 /// What the metadata key says about the document the same ConfigMap carries: the
 /// `hotconf.dev/revision` and `hotconf.dev/hash` annotations, and the owning CR, in a form a
 /// mounted volume holds.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Meta {
     /// The owning CR's kind.
@@ -47,6 +47,10 @@ pub struct Meta {
     /// with. Left out when there are none, so older readers and projections agree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart_keys: Vec<String>,
+    /// The document's `featureFlags`, when its format cannot be read back into them
+    /// (properties, env, flagd): the agent serves OFREP from these. Left out otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_flags: Option<serde_json::Map<String, Value>>,
 }
 
 impl Meta {
@@ -59,7 +63,22 @@ impl Meta {
             hash: stamp.hash.clone(),
             file_name: target.file_name.clone(),
             restart_keys: stamp.restart_keys.clone(),
+            feature_flags: None,
         }
+    }
+
+    /// The metadata of a projection of `document`: with its flags when `target`'s format does
+    /// not carry them in a form the agent reads back.
+    pub fn of_document(document: &Value, target: &ResolvedTarget, stamp: &Stamp) -> Self {
+        let mut meta = Meta::of(target, stamp);
+        if !matches!(target.format, Format::Yaml | Format::Json) {
+            meta.feature_flags = document
+                .get("featureFlags")
+                .and_then(Value::as_object)
+                .filter(|flags| !flags.is_empty())
+                .cloned();
+        }
+        meta
     }
 
     /// The text of the metadata key: one line of JSON, fields in a fixed order, so the same
@@ -201,7 +220,10 @@ pub fn is_valid_data_key(key: &str) -> bool {
 /// The desired ConfigMap: the document's keys and the metadata key.
 pub fn config_map(document: &Value, target: &ResolvedTarget, stamp: &Stamp) -> ConfigMap {
     let mut data = config_map_data(document, target);
-    data.insert(META_KEY.to_string(), Meta::of(target, stamp).to_text());
+    data.insert(
+        META_KEY.to_string(),
+        Meta::of_document(document, target, stamp).to_text(),
+    );
     let mut metadata = meta(target, stamp);
     metadata
         .annotations
@@ -330,6 +352,30 @@ mod tests {
             revision: 3,
             hash: "abc".into(),
             restart_keys: vec!["values.workers".into()],
+        }
+    }
+
+    #[test]
+    fn the_metadata_carries_the_flags_of_a_format_that_cannot_be_read_back() {
+        let doc = serde_json::json!({"featureFlags": {"f": {"enabled": true}}, "values": {}});
+        let flags = |format: Format| {
+            let target = ResolvedTarget::resolve(
+                Some(&Target {
+                    format: Some(format),
+                    ..Default::default()
+                }),
+                "x",
+            );
+            let cm = config_map(&doc, &target, &stamp());
+            Meta::parse(&cm.data.unwrap()[META_KEY])
+                .unwrap()
+                .feature_flags
+        };
+        for format in [Format::Properties, Format::Env, Format::Flagd] {
+            assert_eq!(flags(format).unwrap()["f"]["enabled"], true, "{format:?}");
+        }
+        for format in [Format::Yaml, Format::Json] {
+            assert_eq!(flags(format), None, "{format:?}: the document has them");
         }
     }
 

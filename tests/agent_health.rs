@@ -55,6 +55,7 @@ fn data(seq: u64, hash: Option<&str>) -> BTreeMap<String, String> {
         hash,
         file_name: "config.yaml".into(),
         restart_keys: Vec::new(),
+        feature_flags: None,
     };
     BTreeMap::from([
         ("config.yaml".to_string(), doc(seq, "health")),

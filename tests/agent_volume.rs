@@ -848,6 +848,7 @@ fn project_flags(dir: &Path, doc: &serde_json::Value, revision: i64) {
         hash: hotconf::document::hash(doc),
         file_name: "config.yaml".into(),
         restart_keys: Vec::new(),
+        feature_flags: None,
     };
     let text = hotconf::document::render(doc, hotconf::crd::Format::Yaml);
     kubelet_write(

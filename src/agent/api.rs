@@ -109,11 +109,13 @@ pub fn snapshot_of(cm: &ConfigMap, key: Option<&str>) -> Snapshot {
         text.map_err(Unreadable),
     );
     stamp(&mut snapshot, cm);
-    // The metadata key also says which paths need a restart, when it describes this key.
+    // The metadata key also says which paths need a restart, and the flags of a format that
+    // does not carry them readably, when it describes this key.
     if let Some(meta) = data.get(META_KEY).and_then(|t| Meta::parse(t).ok())
         && meta.file_name == snapshot.key
     {
         snapshot.restart_keys = meta.restart_keys;
+        snapshot.flags = meta.feature_flags;
     }
     snapshot
 }

@@ -39,6 +39,14 @@ pub struct FlagLabels {
     pub reason: String,
 }
 
+/// Labels of the OFREP evaluations that failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlagErrorLabels {
+    /// The OFREP error code (`FLAG_NOT_FOUND`, `TARGETING_KEY_MISSING`, ...): not the flag,
+    /// which a caller may name freely.
+    pub code: String,
+}
+
 /// Labels of the per-source metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -214,6 +222,7 @@ pub struct Metrics {
     registry: Registry,
     reloads: Family<ReloadLabels, Counter>,
     flags: Family<FlagLabels, Counter>,
+    flag_errors: Family<FlagErrorLabels, Counter>,
     latency: Histogram,
     revision: Gauge,
     readiness: Mutex<Readiness>,
@@ -276,10 +285,17 @@ impl Metrics {
             "OFREP flag evaluations by flag, variant and reason",
             flags.clone(),
         );
+        let flag_errors = Family::<FlagErrorLabels, Counter>::default();
+        registry.register(
+            "flag_evaluation_errors",
+            "OFREP flag evaluations answered with an error, by error code",
+            flag_errors.clone(),
+        );
         Metrics {
             registry,
             reloads,
             flags,
+            flag_errors,
             latency,
             revision,
             readiness: Mutex::new(Readiness::Waiting),
@@ -344,6 +360,15 @@ impl Metrics {
                 flag: flag.to_string(),
                 variant: variant.to_string(),
                 reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one OFREP evaluation answered with the error `code`.
+    pub fn count_flag_error(&self, code: &str) {
+        self.flag_errors
+            .get_or_create(&FlagErrorLabels {
+                code: code.to_string(),
             })
             .inc();
     }

@@ -386,8 +386,9 @@ struct Ready {
     secrets: Option<String>,
     // Whether the output holds sensitive values (written with mode 0600).
     private: bool,
-    // The parsed document (YAML and JSON), for the OFREP server.
-    document: Option<serde_json::Value>,
+    // The flags the OFREP server answers from: the document's (YAML and JSON) or the metadata
+    // key's, expanded as the output is.
+    flags: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The check stage: the text parses, its hash matches the annotation; the bytes to write
@@ -406,13 +407,29 @@ fn prepare(snapshot: &Snapshot, expand_env: bool) -> Result<Ready, String> {
     if !missing.is_empty() {
         tracing::warn!(variables = ?missing, "unset environment variables without a default expand to nothing");
     }
+    let flags = match &checked.document {
+        Some(document) => document
+            .get("featureFlags")
+            .and_then(serde_json::Value::as_object)
+            .cloned(),
+        None => snapshot.flags.clone(),
+    }
+    .unwrap_or_default();
+    // The application reads flags with the variables expanded: OFREP answers alike.
+    let flags = match expand_env {
+        true => match check::expand_value(&flags.into(), &lookup, &mut Vec::new()) {
+            serde_json::Value::Object(flags) => flags,
+            _ => serde_json::Map::new(),
+        },
+        false => flags,
+    };
     Ok(Ready {
         hash: checked.hash,
         bytes,
         names_secrets: secrets::named(text, checked.document.as_ref(), format),
         secrets: None,
         private: false,
-        document: checked.document,
+        flags,
     })
 }
 
@@ -456,7 +473,7 @@ enum Fate {
         unchanged: bool,
         notified: Result<(), handoff::NotifyError>,
         handed: Handed,
-        document: Option<serde_json::Value>,
+        flags: serde_json::Map<String, serde_json::Value>,
         // The SHA-256 of the output's bytes (what the file holds now).
         output_sha256: String,
     },
@@ -576,6 +593,7 @@ impl Agent {
         });
         self.metrics.set_revision(st.revision);
         self.metrics.set_ready();
+        self.flags.set(st.flags.clone(), st.revision, &st.hash);
         if st.announced {
             self.settled = Some(st.identity);
         } else {
@@ -597,7 +615,14 @@ impl Agent {
 
     // Records what the output file holds now (`output_sha256`: the SHA-256 of its bytes), for
     // the next start.
-    fn persist(&self, snapshot: &Snapshot, hash: &str, announced: bool, output_sha256: String) {
+    fn persist(
+        &self,
+        snapshot: &Snapshot,
+        hash: &str,
+        announced: bool,
+        output_sha256: String,
+        flags: serde_json::Map<String, serde_json::Value>,
+    ) {
         let Some(output) = &self.output else {
             return;
         };
@@ -609,6 +634,7 @@ impl Agent {
             name: snapshot.owner.name.clone(),
             output_sha256,
             announced,
+            flags,
         };
         if let Err(e) = state::write(output, &st) {
             tracing::warn!(error = %e, "writing the agent's state beside the output failed");
@@ -799,7 +825,7 @@ impl Agent {
             unchanged,
             notified,
             handed,
-            document: ready.document,
+            flags: ready.flags,
             output_sha256,
         }
     }
@@ -860,12 +886,10 @@ impl Agent {
                 unchanged,
                 notified,
                 handed,
-                document,
+                flags,
                 output_sha256,
             } => {
-                if let Some(document) = &document {
-                    self.flags.set(document, snapshot.revision, &hash);
-                }
+                self.flags.set(flags.clone(), snapshot.revision, &hash);
                 let latency = snapshot.seen_at.elapsed();
                 self.arbiter.handled(snapshot, true);
                 self.last_good = Some(Good {
@@ -875,7 +899,7 @@ impl Agent {
                 });
                 self.metrics.set_revision(snapshot.revision);
                 self.metrics.set_ready();
-                self.persist(snapshot, &hash, notified.is_ok(), output_sha256);
+                self.persist(snapshot, &hash, notified.is_ok(), output_sha256, flags);
                 self.settled = notified.is_ok().then(|| snapshot.identity.clone());
                 // A newer document replaces one the application was never told about.
                 self.unannounced = None;
@@ -946,6 +970,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::Format;
 
     fn snapshot(text: Result<&str, &str>, hash: Option<&str>) -> Snapshot {
         let mut s = Snapshot::new(
@@ -976,6 +1001,35 @@ mod tests {
         assert!(broken.err().unwrap().contains("does not parse"));
     }
 
+    /// Found by an acceptance run: OFREP served nothing for a properties, env or flagd
+    /// document. The flags come from the metadata key then, expanded as the output is.
+    #[test]
+    fn flags_come_from_the_document_or_the_metadata_key_expanded_as_the_output() {
+        let doc = serde_json::json!({"featureFlags": {"f": {"enabled": true,
+            "variants": {"one": "${HOTCONF_TEST_FLAG_HOME:/home}"}, "defaultVariant": "one"}}});
+        let yaml = snapshot(Ok(&crate::document::render(&doc, Format::Yaml)), None);
+        assert_eq!(
+            prepare(&yaml, false).unwrap().flags["f"]["variants"]["one"],
+            "${HOTCONF_TEST_FLAG_HOME:/home}"
+        );
+        assert_eq!(
+            prepare(&yaml, true).unwrap().flags["f"]["variants"]["one"],
+            "/home",
+            "expanded as the output file is"
+        );
+        let mut props = Snapshot::new(
+            Origin::Volume,
+            "config.properties",
+            Ok(crate::document::render(&doc, Format::Properties)),
+        );
+        assert!(prepare(&props, false).unwrap().flags.is_empty());
+        props.flags = doc["featureFlags"].as_object().cloned();
+        assert_eq!(
+            prepare(&props, true).unwrap().flags["f"]["variants"]["one"],
+            "/home"
+        );
+    }
+
     #[test]
     fn a_volume_snapshot_is_checked_against_its_metadata_key() {
         let doc = serde_json::json!({"values": {"a": 1}});
@@ -987,6 +1041,7 @@ mod tests {
             hash: hash.into(),
             file_name: "config.yaml".into(),
             restart_keys: Vec::new(),
+            feature_flags: None,
         };
         let good = volume::snapshot_of(
             "config.yaml".into(),

@@ -4,17 +4,18 @@
 //!
 //! - `POST /ofrep/v1/evaluate/flags/{key}`: one flag. `200 {key, value, reason, variant,
 //!   metadata}`; `404 FLAG_NOT_FOUND`; `400 TARGETING_KEY_MISSING` when the flag splits subjects
-//!   and the context has no `targetingKey`; `400 PARSE_ERROR` for a body that is not JSON or a
-//!   `context` that is not an object; `400 INVALID_CONTEXT` for a `targetingKey`
-//!   that is not a string.
+//!   and the context has no `targetingKey`; `400 PARSE_ERROR` for a body that is not a JSON
+//!   object or a `context` that is not an object; `400 INVALID_CONTEXT` for a `targetingKey`
+//!   that is not a string; `500 GENERAL` while no document has been handed on.
 //! - `POST /ofrep/v1/evaluate/flags`: every flag, `{flags: [...]}` with an entry per flag (an
 //!   error entry for one that cannot be evaluated), an `ETag` over the document and the context,
-//!   and `304` when `If-None-Match` names it.
+//!   and `304` when `If-None-Match` names it; `500 GENERAL` while no document has been handed on
+//!   (an empty list would read as "no flags" to a caching provider).
 //!
 //! The context's `targetingKey` is the subject. `reason` is `STATIC`, `TARGETING_MATCH`,
 //! `SPLIT`, `DISABLED` or `DEFAULT`; `metadata` carries the hotconf `revision` and `hash`.
 //! Answers come from memory (a pointer swapped on each hand-off), never blocked by a reload.
-//! Every evaluation is counted by flag, variant and reason in the agent's metrics.
+//! Every evaluation is counted: by flag, variant and reason, or by error code.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -28,7 +29,7 @@ use serde_json::{Map, Value, json};
 
 use super::metrics::Metrics;
 use super::source::sha256_hex;
-use crate::feature_flags::{Resolved, resolve};
+use crate::feature_flags::resolve;
 
 /// The flags the agent serves: those of the document handed on last.
 #[derive(Debug, Default)]
@@ -42,13 +43,9 @@ struct Current {
 }
 
 impl Flags {
-    /// Serves the flags of `document` (revision and hash as handed on) from now on.
-    pub fn set(&self, document: &Value, revision: Option<i64>, hash: &str) {
-        let flags = document
-            .get("featureFlags")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+    /// Serves `flags` (the `featureFlags` of the document handed on, its revision and hash)
+    /// from now on.
+    pub fn set(&self, flags: Map<String, Value>, revision: Option<i64>, hash: &str) {
         let current = Arc::new(Current {
             flags,
             revision,
@@ -101,6 +98,13 @@ fn targeting_key(body: &str) -> Result<Option<String>, Failure> {
             format!("the request is not JSON: {e}"),
         )
     })?;
+    if !parsed.is_object() {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            "PARSE_ERROR",
+            "the request must be a JSON object".into(),
+        ));
+    }
     let context = match parsed.get("context") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(c)) => c,
@@ -148,7 +152,7 @@ impl Server {
             ));
         };
         // A split with nobody to bucket: the protocol's error rather than a silent default.
-        if r.reason == Resolved::Default && subject.is_none() {
+        if r.unbucketed {
             return Err(Failure(
                 StatusCode::BAD_REQUEST,
                 "TARGETING_KEY_MISSING",
@@ -172,9 +176,9 @@ fn revision_text(revision: Option<i64>) -> String {
 
 fn no_document() -> Failure {
     Failure(
-        StatusCode::NOT_FOUND,
-        "FLAG_NOT_FOUND",
-        "no configuration has been handed on yet".into(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "GENERAL",
+        "the agent has handed on no document yet: no flags to evaluate".into(),
     )
 }
 
@@ -185,20 +189,23 @@ async fn one(State(server): State<Server>, Path(key): Path<String>, body: String
     });
     match result {
         Ok(answer) => (StatusCode::OK, axum::Json(answer)).into_response(),
-        Err(f) => (f.0, axum::Json(error_entry(&key, &f))).into_response(),
+        Err(f) => {
+            server.metrics.count_flag_error(f.1);
+            (f.0, axum::Json(error_entry(&key, &f))).into_response()
+        }
     }
 }
 
 async fn bulk(State(server): State<Server>, headers: HeaderMap, body: String) -> Response {
-    let subject = match targeting_key(&body) {
-        Ok(s) => s,
+    let request = targeting_key(&body)
+        .and_then(|subject| Ok((subject, server.flags.current().ok_or_else(no_document)?)));
+    let (subject, current) = match request {
+        Ok(r) => r,
         Err(f) => {
+            server.metrics.count_flag_error(f.1);
             let body = json!({"errorCode": f.1, "errorDetails": f.2});
             return (f.0, axum::Json(body)).into_response();
         }
-    };
-    let Some(current) = server.flags.current() else {
-        return (StatusCode::OK, axum::Json(json!({"flags": []}))).into_response();
     };
     // The answer depends on the document and the subject only.
     let etag = format!(
@@ -224,7 +231,10 @@ async fn bulk(State(server): State<Server>, headers: HeaderMap, body: String) ->
         .map(
             |key| match server.evaluate(&current, key, subject.as_deref()) {
                 Ok(answer) => answer,
-                Err(f) => error_entry(key, &f),
+                Err(f) => {
+                    server.metrics.count_flag_error(f.1);
+                    error_entry(key, &f)
+                }
             },
         )
         .collect();

@@ -64,6 +64,9 @@ pub struct Snapshot {
     /// The document paths whose change needs a restart, from the metadata key (empty without
     /// one).
     pub restart_keys: Vec<String>,
+    /// The document's flags from the metadata key, for a format that does not carry them in a
+    /// form read back (properties, env, flagd).
+    pub flags: Option<serde_json::Map<String, serde_json::Value>>,
     /// When the source first noticed the change (start of an inotify burst, arrival of a watch
     /// event): the start of the source→applied latency.
     pub seen_at: Instant,
@@ -85,6 +88,7 @@ impl Snapshot {
             hash: None,
             owner: Owner::default(),
             restart_keys: Vec::new(),
+            flags: None,
             seen_at: Instant::now(),
         }
     }

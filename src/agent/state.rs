@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::source::sha256_hex;
 
 /// The persisted state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
     /// The revision handed on, when known.
@@ -33,6 +33,9 @@ pub struct State {
     pub output_sha256: String,
     /// Whether the application was told about it.
     pub announced: bool,
+    /// The flags OFREP answers from for this document (absent in older state files).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub flags: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where the state of `output` is kept.
@@ -75,6 +78,10 @@ mod tests {
             name: Some("app".into()),
             output_sha256: sha256_hex(b"a: 1\n"),
             announced: false,
+            flags: serde_json::json!({"f": {"enabled": true}})
+                .as_object()
+                .cloned()
+                .unwrap(),
         };
         write(&output, &state).unwrap();
         assert_eq!(

@@ -43,7 +43,10 @@ pub const RETRY: Duration = Duration::from_millis(20);
 pub const STALE: Duration = Duration::from_secs(10);
 
 /// What a read of the directory found.
-#[derive(Debug, PartialEq, Eq)]
+// One lives per read of the directory, so the size of `Found` (the metadata with its flags)
+// costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, PartialEq)]
 pub enum Read {
     /// The key's whole text (or why it cannot be had, e.g. the key is missing).
     Found {
@@ -245,6 +248,7 @@ fn described_snapshot(
             snapshot.revision = Some(meta.revision);
             snapshot.hash = Some(meta.hash);
             snapshot.restart_keys = meta.restart_keys;
+            snapshot.flags = meta.feature_flags;
         }
         snapshot.owner = Owner {
             kind: Some(meta.kind),
@@ -543,6 +547,7 @@ mod tests {
             hash: hash.into(),
             file_name: file_name.into(),
             restart_keys: Vec::new(),
+            feature_flags: None,
         }
     }
 

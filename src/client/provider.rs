@@ -82,7 +82,7 @@ impl HotconfProvider {
                 format!("flag {flag} is not in the configuration"),
             )
         })?;
-        if r.reason == Resolved::Default && subject.is_none() {
+        if r.unbucketed {
             return Err(error(
                 EvaluationErrorCode::TargetingKeyMissing,
                 format!("flag {flag} splits subjects: the context needs a targeting key"),
