@@ -108,8 +108,9 @@ fn unknown_fields(message: &str) -> Vec<String> {
 }
 
 /// The operator's verdict, exactly as `hotconf validate` reaches it: (path, rule).
+// As JSON (valid YAML): serde_yaml writes a key such as `n` plain, which a YAML 1.1 reader (kubectl, and hotconf's manifest reader) takes for `false`.
 fn operator_verdict(object: &Value, ns: &str) -> Vec<(String, String)> {
-    hotconf::commands::problems_in(&serde_yaml::to_string(object).unwrap(), ns)
+    hotconf::commands::problems_in(&serde_json::to_string(object).unwrap(), ns)
 }
 
 /// A field path in one spelling: `spec.schema[n].enum[0]` (the server's) and
