@@ -953,6 +953,49 @@ async fn paused_specs_are_recorded_but_not_projected() {
     assert_eq!(resumed.status.unwrap().history.len(), 2);
 }
 
+/// Found by an acceptance run: a RuntimeConfig named after its own `valuesFrom` Secret took that
+/// Secret over as its projection (controller ownerReference, merged keys), and deleting the CR
+/// garbage-collected the user's credential. A Secret of the target's name that the CR does not
+/// control is a conflict, as a ConfigMap is: never read, written or deleted.
+#[tokio::test]
+async fn a_secret_the_object_does_not_control_is_never_taken_over() {
+    let env = TestEnv::new("secret-taken").await;
+    let _operator = env.start_operator();
+    env.apply_yaml(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: rot}\nstringData: {pw: s3cr3t-value}\n",
+    );
+    env.apply_yaml(
+        "apiVersion: hotconf.dev/v1alpha1\nkind: RuntimeConfig\nmetadata: {name: rot}\nspec:\n  schema: {db_password: {type: string, sensitive: true}}\n  valuesFrom: [{key: db_password, secretKeyRef: {name: rot, key: pw}}]\n",
+    );
+    let refused: RuntimeConfig = wait_for(&env, "rot", "TargetConflict", |o: &RuntimeConfig| {
+        o.status
+            .as_ref()
+            .and_then(|s| condition(s, "Ready"))
+            .is_some_and(|c| c.reason == "TargetConflict" && c.message.contains("Secret rot"))
+    })
+    .await;
+    assert!(is(refused.status.as_ref(), "Ready", "False"));
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let untouched = secrets.get("rot").await.unwrap();
+    assert!(
+        untouched.metadata.owner_references.is_none(),
+        "{:?}",
+        untouched.metadata
+    );
+    let keys: Vec<_> = untouched.data.unwrap().into_keys().collect();
+    assert_eq!(keys, ["pw"]);
+    let rtcs: Api<RuntimeConfig> = Api::namespaced(env.client.clone(), &env.ns);
+    rtcs.delete("rot", &Default::default()).await.unwrap();
+    eventually(20, "the RuntimeConfig to go", || async {
+        rtcs.get_opt("rot").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(
+        secrets.get_opt("rot").await.unwrap().is_some(),
+        "the user's Secret stays"
+    );
+}
+
 #[tokio::test]
 async fn renaming_the_target_moves_the_projection() {
     let env = TestEnv::new("rename").await;

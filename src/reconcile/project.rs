@@ -55,17 +55,36 @@ pub(crate) fn decide_projection<K: ConfigResource>(
         None => None,
     };
     draft.plan.incomplete |= incomplete;
-    let conflict = observed
+    // Sensitive values: the Secret follows the valid spec's values (history keeps none), and
+    // an invalid spec's Secret keeps what it holds. Only a Secret this object controls counts:
+    // one of the same name that is someone else's is never read, taken over or deleted.
+    let owned_secret = observed
+        .secret
+        .as_ref()
+        .filter(|s| owned_by(&s.metadata, obj));
+    let sensitive = revision.sensitive.clone().unwrap_or_else(|| {
+        owned_secret
+            .map(projection::secret_values)
+            .unwrap_or_default()
+    });
+    let foreign = |kind: &str| {
+        format!(
+            "{kind} {} exists and is not controlled by this {}",
+            target.name,
+            K::KIND
+        )
+    };
+    let conflict = if observed
         .config_map
         .as_ref()
-        .filter(|cm| !owned_by(&cm.metadata, obj))
-        .map(|_| {
-            format!(
-                "ConfigMap {} exists and is not controlled by this {}",
-                target.name,
-                K::KIND
-            )
-        });
+        .is_some_and(|cm| !owned_by(&cm.metadata, obj))
+    {
+        Some(foreign("ConfigMap"))
+    } else if !sensitive.is_empty() && observed.secret.is_some() && owned_secret.is_none() {
+        Some(foreign("Secret"))
+    } else {
+        None
+    };
     let mut projected_now = false;
     if let (Some((revision_number, hash, doc)), false, None) = (&source, obj.paused(), &conflict)
         && let Some(owner) = obj.controller_owner_ref(&())
@@ -99,11 +118,6 @@ pub(crate) fn decide_projection<K: ConfigResource>(
             draft.plan.config_map = Some(desired);
             draft.plan.outcome.projected = true;
         }
-        // Sensitive values: the Secret follows the valid spec's values (history keeps none).
-        let sensitive = revision
-            .sensitive
-            .clone()
-            .unwrap_or_else(|| existing_secret_values(observed));
         if !sensitive.is_empty() {
             let desired = projection::secret(&sensitive, target, &stamp);
             if !observed
@@ -113,11 +127,7 @@ pub(crate) fn decide_projection<K: ConfigResource>(
             {
                 draft.plan.secret = Some(desired);
             }
-        } else if observed
-            .secret
-            .as_ref()
-            .is_some_and(|s| owned_by(&s.metadata, obj))
-        {
+        } else if owned_secret.is_some() {
             draft.plan.delete_secrets.push(target.name.clone());
         }
         let status = &mut draft.status;
@@ -163,14 +173,6 @@ fn authored(status: &crate::crd::ConfigStatus, revision: i64) -> String {
 }
 
 /// The sensitive values the Secret holds now: what an invalid spec keeps projected.
-fn existing_secret_values(observed: &Observed) -> BTreeMap<String, String> {
-    observed
-        .secret
-        .as_ref()
-        .map(projection::secret_values)
-        .unwrap_or_default()
-}
-
 /// Whether `meta` names `obj` among its owners.
 fn owned_by<K: Resource>(meta: &kube::api::ObjectMeta, obj: &K) -> bool {
     let uid = obj.meta().uid.as_deref();
