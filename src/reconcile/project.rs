@@ -2,13 +2,11 @@
 //! ConfigMap (and the sensitive values into the Secret), unless the spec is paused or the target
 //! belongs to someone else; objects of an earlier target are deleted.
 
-use std::collections::BTreeMap;
-
 use kube::Resource;
 use serde_json::Value;
 
 use super::revision::Revision;
-use super::{Context, Draft, Observed, normal};
+use super::{Context, Draft, normal};
 use crate::crd::Projected;
 use crate::kinds::ConfigResource;
 use crate::projection::{self, Stamp};
@@ -184,6 +182,7 @@ fn owned_by<K: Resource>(meta: &kube::api::ObjectMeta, obj: &K) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Observed;
     use super::*;
     use crate::crd::RuntimeConfig;
     use crate::reconcile::plan;
